@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` (main job on synthetic data) and `make test`.
+# Each creates .venv and installs what it needs, pinned by constraints.txt.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -q -c constraints.txt
+HASH := $(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.core-$(HASH): $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test-$(HASH): $(VENV)/.core-$(HASH)
+	$(PIP) -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.core-$(HASH)
+	$(BIN)/nf demo --workdir nf-demo
+
+test: $(VENV)/.test-$(HASH)
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.test-$(HASH)
+	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_query.py
+
+clean:
+	rm -rf $(VENV) nf-demo

@@ -1,0 +1,5 @@
+"""``python -m nf ...``."""
+
+from nf.main import main
+
+main()

@@ -1,0 +1,21 @@
+"""``nf demo``: the pipeline on synthetic data, CPU, minutes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("demo")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("nf-demo"), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(workdir: Path, seed: int) -> None:
+    """Synthesize NSD, ingest it into a store, query it and print a summary."""
+    from nf.demo import run_demo
+
+    run_demo(workdir, seed=seed, echo=click.echo)
+
+
+COMMANDS = [demo]

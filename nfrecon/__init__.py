@@ -1,0 +1,1 @@
+"""nfrecon: reconstruction and metrics (not implemented yet)."""

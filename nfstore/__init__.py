@@ -1,0 +1,16 @@
+"""nfstore: the NeuroFusion feature store (Zarr v3 + xarray).
+
+>>> import nfstore
+>>> store = nfstore.open_store("nf.zarr")
+>>> x = store.betas("nsd/subj01", roi="V1", split="test", average_repeats=True)
+"""
+
+from nfstore._version import __version__
+from nfstore.errors import (MissingFileError, NFError, OptionError, QueryError, ReaderError,
+                            SchemaError, StoreError)
+from nfstore.ingest import IngestSummary, ingest
+from nfstore.store import Store, open_store
+
+__all__ = ["__version__", "open_store", "Store", "ingest", "IngestSummary", "NFError",
+           "ReaderError", "MissingFileError", "SchemaError", "StoreError", "QueryError",
+           "OptionError"]

@@ -1,0 +1,100 @@
+"""Guarded file access: every failure becomes a one-line :class:`ReaderError` naming the file.
+
+Readers call these helpers instead of nibabel, h5py and scipy.io directly, so that a missing,
+truncated or corrupt file is reported as ``<file>: <what was expected>; <what was found>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nfstore.errors import MissingFileError, ReaderError
+
+CHECKSUM_LIMIT = 64 * 2**20  # files up to this size get a sha256; larger ones size + mtime
+
+
+def require_file(path: Path, what: str) -> Path:
+    """Return ``path`` if it is a file, else raise :class:`MissingFileError` naming ``what``."""
+    if not path.is_file():
+        raise MissingFileError(f"{path}: missing file; expected {what}")
+    return path
+
+
+@contextmanager
+def reading(path: Path, kind: str) -> Iterator[None]:
+    """Turn any low-level error raised while reading ``path`` into a one-line ReaderError."""
+    try:
+        yield
+    except ReaderError:
+        raise
+    except FileNotFoundError as err:
+        raise MissingFileError(f"{path}: missing file; expected {kind}") from err
+    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, zlib.error,
+            MemoryError, RuntimeError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise ReaderError(f"{path}: cannot read as {kind} ({detail})") from err
+
+
+def nifti_header(path: Path) -> tuple[tuple[int, ...], np.ndarray, Any]:
+    """Return ``(shape, affine, image)`` of a NIfTI file without reading its data."""
+    import nibabel as nib
+
+    require_file(path, "a NIfTI image")
+    with reading(path, "NIfTI"):
+        img = nib.load(str(path))
+        return tuple(int(s) for s in img.shape), np.asarray(img.affine), img
+
+
+def nifti_data(path: Path, dtype: str | None = None) -> np.ndarray:
+    """Read a whole NIfTI image as stored (no scaling applied when the header has none).
+
+    Returns
+    -------
+    data : array of shape (X, Y, Z[, T]) in the file's on-disk dtype (or ``dtype``)
+    """
+    _, _, img = nifti_header(path)
+    with reading(path, "NIfTI"):
+        data = np.asanyarray(img.dataobj)
+        if dtype is not None:
+            data = data.astype(dtype, copy=False)
+        return data
+
+
+def load_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Load the named variables of a MATLAB v5 file; a missing key is a ReaderError."""
+    import scipy.io
+
+    require_file(path, "a MATLAB .mat file")
+    with reading(path, "MATLAB v5 .mat"):
+        mat = scipy.io.loadmat(str(path), variable_names=list(keys))
+    missing = [k for k in keys if k not in mat]
+    if missing:
+        with reading(path, "MATLAB v5 .mat"):
+            found = sorted(k for k in scipy.io.whosmat(str(path)))
+        names = [f[0] for f in found] if found and isinstance(found[0], tuple) else found
+        raise ReaderError(f"{path}: expected variables {list(keys)}; missing {missing}, "
+                          f"found {names}")
+    return {k: np.asarray(mat[k]) for k in keys}
+
+
+def file_record(path: Path, root: Path) -> dict[str, Any]:
+    """Provenance record of one source file: relative path, size, and sha256 or mtime."""
+    st = path.stat()
+    rec: dict[str, Any] = {"path": os.path.relpath(path, root), "size": int(st.st_size)}
+    if st.st_size <= CHECKSUM_LIMIT:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+        rec["sha256"] = h.hexdigest()
+    else:
+        rec["mtime"] = float(st.st_mtime)
+    return rec

@@ -1,0 +1,114 @@
+"""Where things live inside a store folder, and atomic moves between those places."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from nfstore._names import SCHEMA_VERSION, STAGING_GROUP, STIMULI_GROUP, TRASH_GROUP
+from nfstore._version import __version__
+from nfstore.errors import OptionError, SchemaError
+
+
+def local_store_path(store: str | os.PathLike[str]) -> Path:
+    """Return ``store`` as a local path; writing needs a local folder (atomic renames)."""
+    text = os.fspath(store)
+    if "://" in text and not text.startswith("file://"):
+        raise OptionError(f"--store: writing needs a local folder (atomic renames); got {text!r}."
+                          " Ingest locally, then copy the folder to object storage.")
+    return Path(text.removeprefix("file://"))
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def is_store(path: Path) -> bool:
+    meta = read_json(path / "zarr.json")
+    return bool(meta) and "nf_schema_version" in (meta or {}).get("attributes", {})
+
+
+def ensure_store(path: Path) -> bool:
+    """Create the root group of a new store; check an existing one. Returns True if created."""
+    if path.exists():
+        if not path.is_dir() or not any(path.iterdir()):
+            if path.is_dir():
+                _create_root(path)
+                return True
+            raise SchemaError(f"{path}: expected a NeuroFusion store folder; found a file")
+        if not is_store(path):
+            raise SchemaError(f"{path}: expected a NeuroFusion store (zarr.json with "
+                              f"nf_schema_version); found another folder")
+        return False
+    _create_root(path)
+    return True
+
+
+def _create_root(path: Path) -> None:
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.attrs.update({"nf_schema_version": SCHEMA_VERSION, "nf_version": __version__,
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    for name, purpose in ((STAGING_GROUP, "ingests in progress; invisible to queries"),
+                          (STIMULI_GROUP, "stimulus tables, one group per dataset")):
+        root.create_group(name).attrs["purpose"] = purpose
+
+
+def ensure_group(store: Path, path: str) -> None:
+    """Create the (empty) group ``path`` and its parents if missing."""
+    root = zarr.open_group(str(store), mode="r+")
+    root.require_group(path)
+
+
+def staging_path(store: Path, key: str) -> Path:
+    return store / STAGING_GROUP / key
+
+
+def commit(store: Path, staged: Path, key: str) -> None:
+    """Move ``staged`` to ``store/key``, replacing any previous version atomically.
+
+    The previous version is first renamed into ``_trash`` and deleted only after the new one is
+    in place; :func:`recover` restores it if the process died between the two renames.
+    """
+    target = store / key
+    ensure_group(store, os.path.dirname(key))
+    trash = None
+    if target.exists():
+        trash = store / TRASH_GROUP / f"{key}@{os.getpid()}-{time.time_ns()}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(target, trash)
+    os.rename(staged, target)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def recover(store: Path) -> None:
+    """Put back any previous version left in ``_trash`` by a commit that died half-way."""
+    trash = store / TRASH_GROUP
+    if not trash.is_dir():
+        return
+    for old in sorted(trash.rglob("*@*")):
+        key = old.relative_to(trash).as_posix().split("@")[0]
+        target = store / key
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, target)
+    shutil.rmtree(trash, ignore_errors=True)

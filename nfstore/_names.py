@@ -1,0 +1,54 @@
+"""Canonical dimension, coordinate and identifier names: the one place they are spelled.
+
+Every module that touches the store imports these constants instead of writing the strings.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCHEMA_VERSION: Final = 1
+
+# dimensions
+TRIAL: Final = "trial"
+VOXEL: Final = "voxel"
+ROI: Final = "roi"
+STIMULUS: Final = "stimulus"
+
+# trial coordinates
+SPLIT: Final = "split"
+SESSION: Final = "session"
+RUN: Final = "run"
+REPEAT: Final = "repeat"
+SOURCE: Final = "source"
+TRIAL_COORDS: Final = (STIMULUS, SPLIT, SESSION, RUN, REPEAT, SOURCE)
+
+# voxel coordinates
+VOXEL_I: Final = "voxel_i"
+VOXEL_J: Final = "voxel_j"
+VOXEL_K: Final = "voxel_k"
+VOXEL_COORDS: Final = (VOXEL_I, VOXEL_J, VOXEL_K)
+ROI_MASK: Final = "roi_mask"
+
+# data variables
+BETAS: Final = "betas"
+
+# values
+SPLITS: Final = ("train", "test", "imagery")
+MEASURED: Final = "measured"
+DATASETS: Final = ("nsd", "bold5000", "god")
+
+# store layout
+STIMULI_GROUP: Final = "stimuli"
+STAGING_GROUP: Final = "_staging"
+TRASH_GROUP: Final = "_trash"
+
+# subject-group status attribute
+STATUS_ATTR: Final = "nf_status"
+COMPLETE: Final = "complete"
+INCOMPLETE: Final = "incomplete"
+
+
+def subject_key(dataset: str, subject: str) -> str:
+    """Return the store key ``'<dataset>/<subject>'``."""
+    return f"{dataset}/{subject}"

@@ -1,0 +1,263 @@
+"""Ingest: raw dataset files -> store groups, streamed block by block, resumable, atomic.
+
+A subject is written into ``_staging/<dataset>/<subject>`` (invisible to queries), one block
+(NSD session) at a time; a small progress file records the finished blocks, so a killed ingest
+resumes where it stopped. When every block is written the group is renamed into place, replacing
+a previous version only at that moment (see :mod:`nfstore._layout`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from nfstore import _layout
+from nfstore._names import (BETAS, COMPLETE, INCOMPLETE, MEASURED, ROI, ROI_MASK, SOURCE,
+                            STATUS_ATTR, STIMULI_GROUP, TRIAL, VOXEL, subject_key)
+from nfstore._version import __version__
+from nfstore.errors import MissingFileError, OptionError, ReaderError, StoreError
+from nfstore.normalize import zscore_groups
+from nfstore.readers import get_reader
+from nfstore.readers.base import RawSubject, StimulusTable
+
+VOXEL_CHUNK = 256
+DTYPES = ("float32", "float16")
+
+
+@dataclass
+class IngestSummary:
+    """What an ingest did: subjects written, trials, voxels, bytes of betas, seconds."""
+
+    dataset: str
+    subjects: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    trials: int = 0
+    voxels: dict[str, int] = field(default_factory=dict)
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.trials / self.seconds if self.seconds else 0.0
+        mb = self.bytes_written / 2**20
+        return (f"ingested {len(self.subjects)} {self.dataset} subject(s) "
+                f"({', '.join(self.subjects)}): {self.trials} trials, "
+                f"{sum(self.voxels.values())} voxels, {mb:.1f} MiB of betas in "
+                f"{self.seconds:.1f} s ({rate:.0f} trials/s, {mb / max(self.seconds, 1e-9):.1f} "
+                f"MiB/s)" + (f"; resumed {', '.join(self.resumed)}" if self.resumed else ""))
+
+
+def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
+           subjects: Sequence[str] | None = None, options: Any = None,
+           overwrite: bool = False, dtype: str = "float32", voxel_chunk: int = VOXEL_CHUNK,
+           progress: bool = False,
+           on_block: Callable[[str, str], None] | None = None) -> IngestSummary:
+    """Ingest subjects of ``dataset`` from ``raw_root`` into ``store``.
+
+    Parameters
+    ----------
+    dataset : {"nsd"}
+    raw_root : path
+        Root of the dataset in its original layout (never modified).
+    store : path
+        Store folder; created if missing.
+    subjects : list of str, optional
+        Subject names accepted by the reader (``1``, ``subj01``); default: all found.
+    options : reader ``Options``, optional
+    overwrite : bool
+        Replace subjects already in the store (atomically, at the end).
+    dtype : {"float32", "float16"}
+    voxel_chunk : int
+        Voxels per chunk (the trial chunk is the largest block, e.g. one NSD session).
+    progress : bool
+        Show a progress bar.
+    on_block : callable, optional
+        Called with ``(subject_key, block_label)`` after each block is durably written.
+    """
+    t0 = time.perf_counter()
+    reader = get_reader(dataset)
+    if dtype not in DTYPES:
+        raise OptionError(f"--dtype: expected one of {list(DTYPES)}; got {dtype!r}")
+    root = Path(raw_root)
+    if not root.is_dir():
+        raise MissingFileError(f"{root}: missing folder; expected the {dataset} dataset root")
+    options = options if options is not None else reader.Options()
+    names = [reader.subject_name(s) for s in subjects] if subjects else reader.list_subjects(root)
+    if not names:
+        raise MissingFileError(f"{root}: expected {dataset} subject folders; found none")
+
+    # Everything that can be checked before writing is checked here: the store is untouched
+    # when a header, design file or ROI is wrong, or a subject exists without --overwrite.
+    raws = [reader.open_subject(root, name, options) for name in names]
+    table = reader.stimulus_table(root, options)
+    path = _layout.local_store_path(store)
+    if path.exists():
+        _layout.ensure_store(path)
+        _layout.recover(path)
+        existing = [r for r in raws if _is_complete(path / subject_key(dataset, r.subject))]
+        if existing and not overwrite:
+            keys = ", ".join(subject_key(dataset, r.subject) for r in existing)
+            raise StoreError(f"{path}: {keys} already in the store; pass --overwrite to replace")
+    created = _layout.ensure_store(path)
+
+    summary = IngestSummary(dataset)
+    bar = _progress_bar(sum(len(r.blocks) for r in raws), progress)
+    committed_any = False
+    try:
+        for raw in raws:
+            key = subject_key(dataset, raw.subject)
+            staged = _layout.staging_path(path, key)
+            try:
+                resumed = _stage(raw, staged, dtype, voxel_chunk, str(root.resolve()), bar,
+                                 on_block, key)
+            except BaseException as err:
+                if not isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    _discard(staged)  # a user error leaves no trace; an interrupt resumes
+                raise
+            if not committed_any:
+                _commit_stimuli(path, table)
+            _layout.commit(path, staged, key)
+            staged.with_suffix(".json").unlink(missing_ok=True)
+            committed_any = True
+            summary.subjects.append(key)
+            summary.resumed += [key] if resumed else []
+            summary.trials += raw.n_trials
+            summary.voxels[key] = raw.n_voxels
+            summary.bytes_written += raw.n_trials * raw.n_voxels * np.dtype(dtype).itemsize
+    except (ReaderError, StoreError):
+        if created and not committed_any:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="block", disable=not enabled, desc="ingest")
+
+
+def _is_complete(group: Path) -> bool:
+    meta = _layout.read_json(group / "zarr.json")
+    return bool(meta) and meta.get("attributes", {}).get(STATUS_ATTR) == COMPLETE
+
+
+def _discard(staged: Path) -> None:
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.with_suffix(".json").unlink(missing_ok=True)
+
+
+def _fingerprint(raw: RawSubject, dtype: str, voxel_chunk: int) -> str:
+    blob = json.dumps({"dataset": raw.dataset, "subject": raw.subject, "dtype": dtype,
+                       "voxel_chunk": voxel_chunk, "attrs": raw.attrs,
+                       "blocks": [(b.label, b.start, b.stop) for b in raw.blocks],
+                       "n_voxels": raw.n_voxels, "version": __version__},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root: str,
+           bar: Any, on_block: Callable[[str, str], None] | None, key: str) -> bool:
+    """Write ``raw`` into ``staged`` block by block; returns True if it resumed earlier work."""
+    progress_file = staged.with_suffix(".json")
+    fingerprint = _fingerprint(raw, dtype, voxel_chunk)
+    state = _layout.read_json(progress_file)
+    resumed = bool(state and state.get("fingerprint") == fingerprint and staged.is_dir())
+    if not resumed:
+        _discard(staged)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        _write_template(raw, staged, dtype, voxel_chunk, raw_root)
+        state = {"fingerprint": fingerprint, "blocks_done": [], "zero_std": 0}
+        _layout.write_json_atomic(progress_file, state)
+    assert state is not None
+    betas = zarr.open_array(str(staged / BETAS), mode="r+")
+    fit = (raw.trials["split"] == "train").to_numpy()
+    for block in raw.blocks:
+        if block.label in state["blocks_done"]:
+            bar.update(1)
+            continue
+        x = block.load()
+        want = (block.stop - block.start, raw.n_voxels)
+        if x.shape != want:
+            raise ReaderError(f"{block.files[0]}: expected betas of shape {want}; found {x.shape}")
+        rows = slice(block.start, block.stop)
+        z, n_zero = zscore_groups(x, raw.norm_group[rows], fit[rows],
+                                  ddof=int(raw.normalization.get("ddof", 0)))
+        betas[block.start:block.stop] = z.astype(dtype)
+        state["blocks_done"].append(block.label)
+        state["zero_std"] += n_zero
+        _layout.write_json_atomic(progress_file, state)
+        bar.update(1)
+        bar.set_postfix_str(f"{key} {block.label}")
+        if on_block is not None:
+            on_block(key, block.label)
+    group = zarr.open_group(str(staged), mode="r+")
+    norm = dict(raw.normalization, zero_std_pairs=int(state["zero_std"]))
+    group.attrs.update({"normalization": norm, STATUS_ATTR: COMPLETE})
+    return resumed
+
+
+def _write_template(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int,
+                    raw_root: str) -> None:
+    """Create the subject group: coordinates written, betas allocated (filled by blocks)."""
+    t_chunk = max(b.stop - b.start for b in raw.blocks)
+    chunks = (min(t_chunk, raw.n_trials), min(voxel_chunk, raw.n_voxels))
+    coords: dict[str, Any] = {}
+    for col in raw.trials.columns:
+        values = raw.trials[col].to_numpy()
+        coords[col] = (TRIAL, values.astype(object) if values.dtype == object else values)
+    coords[SOURCE] = (TRIAL, np.full(raw.n_trials, MEASURED, dtype=object))
+    for name, values in raw.voxels.items():
+        coords[name] = (VOXEL, np.asarray(values))
+    coords[ROI] = (ROI, np.array(raw.roi_names, dtype=object))
+    coords[ROI_MASK] = ((ROI, VOXEL), raw.roi_mask.astype(bool))
+    lazy = da.zeros((raw.n_trials, raw.n_voxels), dtype=dtype, chunks=chunks)
+    ds = xr.Dataset({BETAS: ((TRIAL, VOXEL), lazy)}, coords=coords)
+    ds.to_zarr(str(staged), mode="w", compute=False, zarr_format=3, consolidated=False,
+               encoding={BETAS: {"chunks": chunks}})
+    group = zarr.open_group(str(staged), mode="r+")
+    group.attrs.update({
+        STATUS_ATTR: INCOMPLETE, "dataset": raw.dataset, "subject": raw.subject,
+        "reader": f"nfstore.readers.{raw.dataset}", "nf_version": __version__,
+        "raw_root": raw_root, "dtype": dtype, "normalization": raw.normalization,
+        **raw.attrs,
+    })
+
+
+def _commit_stimuli(store: Path, table: StimulusTable) -> None:
+    """Replace the stimulus table of ``table.dataset`` (written to staging, then renamed)."""
+    key = f"{STIMULI_GROUP}/{table.dataset}"
+    staged = _layout.staging_path(store, key)
+    _discard(staged)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    ds = xr.Dataset(coords={"stimulus": ("stimulus", table.stimulus.astype(object)),
+                            "file": ("stimulus", table.file.astype(object)),
+                            "index": ("stimulus", table.index.astype(np.int64))})
+    ds.to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
+    zarr.open_group(str(staged), mode="r+").attrs.update(
+        {"dataset": table.dataset, "raw_root": str(table.root), "nf_version": __version__})
+    _layout.commit(store, staged, key)
+
+
+def options_from(dataset: str, **values: Any) -> Any:
+    """Build the reader's ``Options`` from keyword values (``None`` values keep defaults)."""
+    cls = get_reader(dataset).Options
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k, v in values.items() if v is not None and k not in known)
+    if unknown:
+        raise OptionError(f"options {unknown} do not apply to {dataset}; valid: {sorted(known)}")
+    return cls(**{k: v for k, v in values.items() if v is not None})

@@ -1,0 +1,304 @@
+"""NSD reader: the original NSD release tree -> :class:`RawSubject`.
+
+Files (relative to the NSD root), see ``shared/reference/dataset-formats.md`` section 1::
+
+    nsddata/experiments/nsd/nsd_expdesign.mat            masterordering, subjectim, sharedix (1-based)
+    nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5         imgBrick (N, H, W, 3) uint8, 0-based rows
+    nsddata/ppdata/subjNN/behav/responses.tsv            SESSION, RUN, TRIAL, 73KID (1-based)
+    nsddata/ppdata/subjNN/func1pt8mm/roi/<atlas>.nii.gz  nsdgeneral (1/0/-1) and other atlases
+    nsddata/freesurfer/fsaverage/label/<atlas>.mgz.ctab  label names (optional)
+    nsddata_betas/ppdata/subjNN/func1pt8mm/<version>/betas_sessionSS.{nii.gz,hdf5}
+        NIfTI int16 (X, Y, Z, T) x300, or HDF5 ``/betas`` (T, Z, Y, X)
+
+Voxels are those with ``nsdgeneral == 1``, ordered by their ``prf-visualrois`` label (V1v first,
+unlabelled last) and then by C-order grid index, so that early visual ROIs are contiguous on the
+voxel axis and an ROI query touches few chunks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nfstore import _io
+from nfstore._names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
+from nfstore.errors import MissingFileError, OptionError, ReaderError
+from nfstore.readers._rois import NSD_ATLAS_LABELS, alias_rois, atlas_rois, read_ctab
+from nfstore.readers.base import Block, RawSubject, StimulusTable
+
+NAME = "nsd"
+EXPDESIGN = Path("nsddata/experiments/nsd/nsd_expdesign.mat")
+STIMULI = Path("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
+SCALE = 300.0  # int16 betas are percent signal change x 300
+FORMATS = ("auto", "nifti", "hdf5")
+_SUFFIX = {"nifti": ".nii.gz", "hdf5": ".hdf5"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """NSD ingest options.
+
+    Attributes
+    ----------
+    beta_version : str
+        Beta folder, e.g. ``betas_fithrf_GLMdenoise_RR``.
+    space : str
+        Functional space folder (``func1pt8mm`` or ``func1mm``).
+    format : {"auto", "nifti", "hdf5"}
+        Source of betas; ``auto`` takes NIfTI where present, else HDF5.
+    sessions : tuple of int or None
+        1-based sessions to ingest (default: every session with a betas file).
+    """
+
+    beta_version: str = "betas_fithrf_GLMdenoise_RR"
+    space: str = "func1pt8mm"
+    format: str = "auto"
+    sessions: tuple[int, ...] | None = None
+
+
+def subject_name(spec: str | int) -> str:
+    """``1``, ``"1"``, ``"01"``, ``"subj01"`` -> ``"subj01"``."""
+    m = re.fullmatch(r"(?:subj)?0*([1-9]\d*)", str(spec).strip())
+    if not m:
+        raise OptionError(f"--subjects: expected NSD subjects like 1 or subj01; got {spec!r}")
+    return f"subj{int(m.group(1)):02d}"
+
+
+def list_subjects(root: Path) -> list[str]:
+    """Subjects with a betas folder under ``root``."""
+    base = root / "nsddata_betas" / "ppdata"
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if re.fullmatch(r"subj\d\d", p.name))
+
+
+def stimulus_table(root: Path, options: Options) -> StimulusTable:
+    """All images of ``nsd_stimuli.hdf5`` as ``nsd/<5-digit nsdId>`` stimuli."""
+    n = stimulus_count(root)
+    return StimulusTable(
+        dataset=NAME,
+        stimulus=np.array([f"nsd/{i:05d}" for i in range(n)], dtype=object),
+        file=np.array([str(STIMULI)] * n, dtype=object),
+        index=np.arange(n, dtype=np.int64),
+        root=root.resolve(),
+    )
+
+
+def stimulus_count(root: Path) -> int:
+    """Number of images in ``imgBrick``, after checking its shape and dtype."""
+    import h5py
+
+    path = _io.require_file(root / STIMULI, "the NSD image brick (imgBrick)")
+    with _io.reading(path, "HDF5"), h5py.File(path, "r") as f:
+        if "imgBrick" not in f:
+            raise ReaderError(f"{path}: expected dataset 'imgBrick'; found {sorted(f.keys())}")
+        d = f["imgBrick"]
+        if d.ndim != 4 or d.shape[-1] != 3 or d.dtype != np.uint8:
+            raise ReaderError(f"{path}: expected imgBrick of shape (N, H, W, 3) uint8; "
+                              f"found {d.shape} {d.dtype}")
+        return int(d.shape[0])
+
+
+def _design(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    path = root / EXPDESIGN
+    d = _io.load_mat(path, ("masterordering", "subjectim", "sharedix"))
+    return (d["masterordering"].ravel().astype(np.int64), d["subjectim"].astype(np.int64),
+            d["sharedix"].ravel().astype(np.int64))
+
+
+def _responses(path: Path) -> pd.DataFrame:
+    _io.require_file(path, "the NSD behavioural responses (responses.tsv)")
+    with _io.reading(path, "tab-separated responses"):
+        df = pd.read_csv(path, sep="\t")
+    need = ["SESSION", "RUN", "TRIAL", "73KID"]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ReaderError(f"{path}: expected columns {need}; missing {missing}, "
+                          f"found {list(df.columns)[:12]}")
+    return df
+
+
+def _beta_files(beta_dir: Path, fmt: str) -> dict[int, Path]:
+    """Session number -> betas file; ``auto`` prefers NIfTI and falls back to HDF5."""
+    if fmt not in FORMATS:
+        raise OptionError(f"--format: expected one of {list(FORMATS)}; got {fmt!r}")
+    found: dict[int, Path] = {}
+    for kind in (["nifti", "hdf5"] if fmt == "auto" else [fmt]):
+        for p in sorted(beta_dir.glob(f"betas_session*{_SUFFIX[kind]}")):
+            m = re.fullmatch(r"betas_session(\d+)" + re.escape(_SUFFIX[kind]), p.name)
+            if m:
+                found.setdefault(int(m.group(1)), p)
+    return found
+
+
+def _beta_shape(path: Path) -> tuple[tuple[int, int, int], int]:
+    """Spatial grid (X, Y, Z) and trial count of one betas file, from its header."""
+    if path.name.endswith(".nii.gz"):
+        shape, _, _ = _io.nifti_header(path)
+        if len(shape) != 4:
+            raise ReaderError(f"{path}: expected a 4-D (X, Y, Z, trials) image; found {shape}")
+        return (shape[0], shape[1], shape[2]), shape[3]
+    import h5py
+
+    with _io.reading(path, "HDF5"), h5py.File(path, "r") as f:
+        if "betas" not in f:
+            raise ReaderError(f"{path}: expected dataset 'betas'; found {sorted(f.keys())}")
+        shape = f["betas"].shape
+    if len(shape) != 4:
+        raise ReaderError(f"{path}: expected /betas of shape (trials, Z, Y, X); found {shape}")
+    return (shape[3], shape[2], shape[1]), shape[0]
+
+
+def _load_block(path: Path, ijk: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Betas of the selected voxels, float32 (n_trials, n_voxels) in percent signal change."""
+    i, j, k = ijk
+    if path.name.endswith(".nii.gz"):
+        data = _io.nifti_data(path)
+        vals = np.ascontiguousarray(data[i, j, k, :].T)
+    else:
+        import h5py
+
+        with _io.reading(path, "HDF5"), h5py.File(path, "r") as f:
+            d = f["betas"]
+            box = d[:, k.min():k.max() + 1, j.min():j.max() + 1, i.min():i.max() + 1]
+            vals = box[:, k - k.min(), j - j.min(), i - i.min()]
+    return vals.astype(np.float32) / np.float32(SCALE)
+
+
+def _read_rois(roi_dir: Path, root: Path, grid: tuple[int, ...], ijk: tuple[np.ndarray, ...]
+               ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Native and alias ROI masks over the selected voxels, plus the prf-visualrois labels."""
+    names: list[str] = ["nsdgeneral"]
+    masks: list[np.ndarray] = [np.ones(ijk[0].size, bool)]
+    by_label: dict[str, np.ndarray] = {}
+    prf: np.ndarray | None = None
+    for path in sorted(roi_dir.glob("*.nii.gz")):
+        atlas = path.name[: -len(".nii.gz")]
+        if atlas == "nsdgeneral" or atlas.startswith(("lh.", "rh.")):
+            continue
+        shape, _, _ = _io.nifti_header(path)
+        if shape[:3] != grid:
+            raise ReaderError(f"{path}: expected the nsdgeneral grid {grid}; found {shape}")
+        values = _io.nifti_data(path)[ijk].astype(np.int64)
+        ctab = root / "nsddata/freesurfer/fsaverage/label" / f"{atlas}.mgz.ctab"
+        labels = read_ctab(ctab) if ctab.is_file() else NSD_ATLAS_LABELS.get(atlas, {})
+        n, m, b = atlas_rois(atlas, values, labels)
+        names += n
+        masks += m
+        for label, mask in b.items():
+            by_label.setdefault(label, mask)
+        if atlas == "prf-visualrois":
+            prf = values
+    a_names, a_masks = alias_rois(by_label)
+    return names + a_names, np.array(masks + a_masks, dtype=bool), prf
+
+
+def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
+    """Read design, responses and ROIs of one NSD subject and check them against the betas."""
+    subject = subject_name(subject)
+    sub_no = int(subject[4:])
+    sub_dir = root / "nsddata" / "ppdata" / subject
+    roi_dir = sub_dir / options.space / "roi"
+    beta_dir = root / "nsddata_betas" / "ppdata" / subject / options.space / options.beta_version
+
+    masterordering, subjectim, sharedix = _design(root)
+    if sub_no > subjectim.shape[0]:
+        raise ReaderError(f"{root / EXPDESIGN}: expected a subjectim row for {subject}; "
+                          f"found {subjectim.shape[0]} rows")
+    responses = _responses(sub_dir / "behav" / "responses.tsv")
+    files = _beta_files(beta_dir, options.format)
+    if not files:
+        raise MissingFileError(f"{beta_dir}: missing betas; expected betas_sessionSS"
+                               f"{'.nii.gz or .hdf5' if options.format == 'auto' else _SUFFIX[options.format]}"
+                               " files")
+    sessions = list(options.sessions) if options.sessions else sorted(files)
+    absent = [s for s in sessions if s not in files]
+    if absent:
+        raise MissingFileError(f"{beta_dir}: --sessions asks for {absent}; betas files exist for "
+                               f"sessions {sorted(files)}")
+
+    general_path = roi_dir / "nsdgeneral.nii.gz"
+    grid, affine, _ = _io.nifti_header(general_path)
+    general = _io.nifti_data(general_path)
+    selected = general == 1
+    if not selected.any():
+        raise ReaderError(f"{general_path}: expected voxels labelled 1; found none")
+
+    # voxel order: prf-visualrois label (1..7, then unlabelled), then C-order grid index
+    ijk0 = np.nonzero(selected)
+    names, masks, prf = _read_rois(roi_dir, root, grid[:3], ijk0)
+    key = np.where(prf > 0, prf, np.iinfo(np.int64).max) if prf is not None else np.zeros(
+        ijk0[0].size, np.int64)
+    order = np.lexsort((np.arange(key.size), key))
+    ijk = tuple(np.asarray(a[order], dtype=np.int64) for a in ijk0)
+    masks = masks[:, order]
+
+    # trial table: the subject's full sequence, so repeat indices do not depend on --sessions
+    n_total = len(responses)
+    if n_total > masterordering.size:
+        raise ReaderError(f"{sub_dir / 'behav/responses.tsv'}: expected at most "
+                          f"{masterordering.size} trials (masterordering); found {n_total}")
+    ten_k = masterordering[:n_total] - 1
+    if ten_k.max() >= subjectim.shape[1]:
+        raise ReaderError(f"{root / EXPDESIGN}: masterordering refers to image {ten_k.max() + 1} "
+                          f"of the 10k list; subjectim has {subjectim.shape[1]} columns")
+    nsd_ids = subjectim[sub_no - 1, ten_k] - 1
+    n_images = stimulus_count(root)
+    if nsd_ids.max() >= n_images or nsd_ids.min() < 0:
+        raise ReaderError(f"{root / STIMULI}: expected an image for nsdId {nsd_ids.max()}; "
+                          f"imgBrick has {n_images} images")
+    kid = responses["73KID"].to_numpy(np.int64) - 1
+    bad = np.flatnonzero(kid != nsd_ids)
+    if bad.size:
+        t = int(bad[0])
+        raise ReaderError(f"{sub_dir / 'behav/responses.tsv'}: row {t + 1} expected 73KID "
+                          f"{nsd_ids[t] + 1} (from nsd_expdesign.mat); found {kid[t] + 1}")
+    repeat = pd.Series(nsd_ids).groupby(nsd_ids).cumcount().to_numpy()
+    test = np.isin(nsd_ids, sharedix - 1)
+    session_col = responses["SESSION"].to_numpy(np.int64)
+
+    rows, blocks, sources = [], [], []
+    start = 0
+    for s in sessions:
+        idx = np.flatnonzero(session_col == s)
+        path = files[s]
+        bgrid, n_t = _beta_shape(path)
+        if bgrid != grid[:3]:
+            raise ReaderError(f"{path}: expected the ROI grid {grid[:3]} (nsdgeneral.nii.gz); "
+                              f"found {bgrid}")
+        if n_t != idx.size:
+            raise ReaderError(f"{path}: expected {idx.size} trials (responses.tsv rows of "
+                              f"session {s}); found {n_t}")
+        rows.append(idx)
+        blocks.append(Block(f"session {s}", start, start + n_t,
+                            (lambda p=path: _load_block(p, ijk)), (path,)))
+        sources.append(path)
+        start += n_t
+    t = np.concatenate(rows)
+    trials = pd.DataFrame({
+        STIMULUS: np.array([f"nsd/{i:05d}" for i in nsd_ids[t]], dtype=object),
+        SPLIT: np.where(test[t], "test", "train").astype(object),
+        "session": session_col[t],
+        "run": responses["RUN"].to_numpy(np.int64)[t],
+        "repeat": repeat[t],
+        "nsd_trial": t.astype(np.int64),
+    })
+    records = [_io.file_record(p, root) for p in
+               [root / EXPDESIGN, sub_dir / "behav/responses.tsv", general_path, *sources]]
+    return RawSubject(
+        dataset=NAME, subject=subject, trials=trials,
+        norm_group=trials["session"].to_numpy(),
+        voxels={VOXEL_I: ijk[0], VOXEL_J: ijk[1], VOXEL_K: ijk[2]},
+        roi_names=names, roi_mask=masks, blocks=blocks,
+        attrs={"volume_shape": list(grid[:3]), "affine": np.asarray(affine).tolist(),
+               "beta_version": options.beta_version, "space": options.space,
+               "sessions": [int(s) for s in sessions], "source_files": records,
+               "beta_format": sorted({"nifti" if p.name.endswith(".nii.gz") else "hdf5"
+                                      for p in sources})},
+        normalization={"method": "zscore", "scale": f"1/{SCALE:g}", "group": "session",
+                       "ddof": 0, "statistics_from": "train"},
+    )

@@ -1,0 +1,132 @@
+"""Store validation against ``schemas/store-v1.schema.json`` plus the value checks it lists.
+
+:func:`manifest` describes a store from its Zarr metadata alone (group attributes; array
+dimension names, data types, shapes). :func:`check_store` validates that manifest (cheap, run
+on every open); :func:`validate_store` adds the value checks of ``x-nf-checks`` (``nf validate``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from nfstore._names import (BETAS, DATASETS, REPEAT, ROI, ROI_MASK, RUN, SESSION, SPLIT, SPLITS,
+                            STIMULI_GROUP, STIMULUS, TRIAL, VOXEL)
+from nfstore.errors import SchemaError
+
+if TYPE_CHECKING:
+    from nfstore.store import Store
+
+
+def _arrays(group: zarr.Group) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, arr in group.arrays():
+        meta = arr.metadata.to_dict()
+        out[name] = {"dims": list(meta.get("dimension_names") or []),
+                     "dtype": str(meta.get("data_type")), "shape": list(arr.shape)}
+    return out
+
+
+def manifest(store: Store) -> dict[str, Any]:
+    """JSON-like description of the store's groups and arrays (metadata reads only)."""
+    root = store._root
+    out: dict[str, Any] = {"attributes": dict(root.attrs), "stimuli": {}, "subjects": {}}
+    for name in store._children(STIMULI_GROUP):
+        g = root[f"{STIMULI_GROUP}/{name}"]
+        out["stimuli"][name] = {"attributes": dict(g.attrs), "arrays": _arrays(g)}
+    for key in store.subjects():
+        g = root[key]
+        out["subjects"][key] = {"attributes": dict(g.attrs), "arrays": _arrays(g)}
+    return out
+
+
+def _schema_problems(man: dict[str, Any], location: str) -> list[str]:
+    import jsonschema
+
+    import schemas
+
+    validator = jsonschema.Draft202012Validator(schemas.load("store-v1"))
+    problems = []
+    for err in sorted(validator.iter_errors(man), key=lambda e: list(map(str, e.absolute_path))):
+        where = "/".join(str(p) for p in err.absolute_path)
+        problems.append(f"{location}: {where or '(root)'}: {err.message}")
+    for key, sub in man["subjects"].items():
+        arrays = sub.get("arrays", {})
+        for dim in (TRIAL, VOXEL, ROI):
+            lengths = {n: a["shape"][a["dims"].index(dim)] for n, a in arrays.items()
+                       if dim in a.get("dims", [])}
+            if len(set(lengths.values())) > 1:
+                problems.append(f"{location}/{key}: expected one length along '{dim}'; found "
+                                f"{lengths}")
+    return problems
+
+
+def check_store(store: Store) -> None:
+    """Raise :class:`SchemaError` with the first problem if the manifest breaks the schema."""
+    problems = _schema_problems(manifest(store), store.location)
+    if problems:
+        extra = f" (+{len(problems) - 1} more; run `nf validate`)" if len(problems) > 1 else ""
+        raise SchemaError(problems[0] + extra)
+
+
+def validate_store(store: Store) -> list[str]:
+    """All problems of the store: schema, cross-array lengths and the value checks."""
+    man = manifest(store)
+    problems = _schema_problems(man, store.location)
+    if problems:
+        return problems
+    tables = {name: set(store.stimuli(name)[STIMULUS].values.tolist())
+              for name in man["stimuli"]}
+    for key in man["subjects"]:
+        problems += _subject_values(store, key, tables)
+    return problems
+
+
+def _subject_values(store: Store, key: str, tables: dict[str, set[str]]) -> list[str]:
+    where = f"{store.location}/{key}"
+    ds = store.dataset(key)
+    dataset = key.split("/")[0]
+    problems = []
+    bad_split = sorted(set(ds[SPLIT].values.tolist()) - set(SPLITS))
+    if bad_split:
+        problems.append(f"{where}/split: expected values in {list(SPLITS)}; found {bad_split}")
+    for name, low in ((SESSION, 1), (RUN, 1), (REPEAT, 0)):
+        if ds[name].size and int(ds[name].values.min()) < low:
+            problems.append(f"{where}/{name}: expected values >= {low}; found "
+                            f"{int(ds[name].values.min())}")
+    stim = ds[STIMULUS].values.tolist()
+    wrong = [s for s in stim if not str(s).startswith(f"{dataset}/")]
+    if wrong:
+        problems.append(f"{where}/stimulus: expected ids starting with '{dataset}/'; found "
+                        f"{wrong[:3]}")
+    missing = sorted(set(stim) - tables.get(dataset, set()))
+    if missing:
+        problems.append(f"{where}/stimulus: {len(missing)} ids are not in /{STIMULI_GROUP}/"
+                        f"{dataset} (e.g. {missing[:3]})")
+    empty = [str(r) for r, m in zip(ds[ROI].values, ds[ROI_MASK].values) if not m.any()]
+    if empty:
+        problems.append(f"{where}/roi_mask: expected every ROI to select voxels; empty: {empty}")
+    problems += _missing_chunks(store, key)
+    return problems
+
+
+def _missing_chunks(store: Store, key: str) -> list[str]:
+    """Betas chunks absent from a local store (a chunk never written reads as NaN)."""
+    path = Path(store.location) / key / BETAS
+    if not path.is_dir():
+        return []
+    arr = store._root[f"{key}/{BETAS}"]
+    grid = [math.ceil(s / c) for s, c in zip(arr.shape, arr.chunks)]
+    expected = int(np.prod(grid))
+    found = sum(1 for p in (path / "c").rglob("*") if p.is_file()) if (path / "c").is_dir() else 0
+    if found < expected:
+        return [f"{store.location}/{key}/{BETAS}: expected {expected} chunks; found {found} "
+                f"(an ingest was cut short?)"]
+    return []
+
+
+__all__ = ["manifest", "check_store", "validate_store", "DATASETS"]

@@ -1,0 +1,92 @@
+"""Stimulus tables and lazy access to stimulus pixels in the raw dataset files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from nfstore.errors import MissingFileError, QueryError
+
+
+def _read_brick_rows(rows: np.ndarray, path: str, key: str) -> np.ndarray:
+    """Read rows of an (N, H, W, 3) HDF5 image brick in the given order."""
+    import h5py
+
+    order = np.argsort(rows, kind="stable")
+    uniq, inverse = np.unique(rows[order], return_inverse=True)
+    with h5py.File(path, "r") as f:
+        block = f[key][uniq.tolist()]  # h5py needs increasing indices
+    out = np.empty((rows.size, *block.shape[1:]), block.dtype)
+    out[order] = block[inverse]
+    return out
+
+
+def _read_image_files(rows: np.ndarray, paths: tuple[str, ...], size: tuple[int, int] | None
+                      ) -> np.ndarray:
+    from PIL import Image
+
+    imgs = []
+    for r in rows:
+        with Image.open(paths[int(r)]) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+            imgs.append(np.asarray(im))
+    return np.stack(imgs)
+
+
+def brick_shape(path: Path, key: str = "imgBrick") -> tuple[int, ...]:
+    import h5py
+
+    if not path.is_file():
+        raise MissingFileError(f"{path}: missing stimulus file; the store refers to it "
+                               f"(was the raw dataset moved?)")
+    with h5py.File(path, "r") as f:
+        return tuple(f[key].shape)
+
+
+def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
+                size: tuple[int, int] | None = None, chunk: int = 64) -> da.Array:
+    """Dask array (n, H, W, 3) uint8 of stimulus pixels; nothing is read until computed.
+
+    Parameters
+    ----------
+    files : array of str, shape (n,)
+        Files relative to ``raw_root``.
+    index : int array of shape (n,)
+        Row in an HDF5 image brick, or -1 for one-image files (JPEG, PNG).
+    size : (height, width), optional
+        Resize one-image files to this size; required when their sizes differ.
+    """
+    n = files.size
+    if n == 0:
+        raise QueryError("images: expected at least one stimulus; got none")
+    bricks = set(files[index >= 0].tolist())
+    if bricks and (index < 0).any() or len(bricks) > 1:
+        raise QueryError("images: expected stimuli of one dataset per call; got a mix")
+    if bricks:
+        path = raw_root / next(iter(bricks))
+        shape = brick_shape(path)
+        rows = da.from_array(index.astype(np.int64), chunks=chunk)
+        return rows.map_blocks(_read_brick_rows, str(path), "imgBrick", dtype=np.uint8,
+                               new_axis=[1, 2, 3], chunks=(rows.chunks[0], *shape[1:]))
+    paths = tuple(str(raw_root / f) for f in files.tolist())
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise MissingFileError(f"{missing[0]}: missing stimulus image ({len(missing)} missing)")
+    if size is None:
+        from PIL import Image
+
+        sizes = set()
+        for p in paths:
+            with Image.open(p) as im:
+                sizes.add((im.size[1], im.size[0]))
+        if len(sizes) > 1:
+            raise QueryError(f"images: stimuli have different sizes {sorted(sizes)[:3]}; "
+                             f"pass size=(height, width)")
+        size = sizes.pop()
+    rows = da.from_array(np.arange(n), chunks=chunk)
+    return rows.map_blocks(_read_image_files, paths, size, dtype=np.uint8,
+                           new_axis=[1, 2, 3], chunks=(rows.chunks[0], *size, 3))

@@ -1,0 +1,232 @@
+"""The store, opened lazily: subjects, ROIs, betas queries, stimulus pixels.
+
+Opening reads metadata only; a query selects by coordinates (small arrays) and returns a
+dask-backed :class:`xarray.DataArray`: no beta chunk is read before ``.values``/``.compute()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from nfstore import _layout
+from nfstore._names import (BETAS, COMPLETE, DATASETS, ROI, ROI_MASK, SCHEMA_VERSION,
+                            SOURCE, SPLIT, SPLITS, STAGING_GROUP, STATUS_ATTR, STIMULI_GROUP,
+                            STIMULUS, TRIAL, VOXEL)
+from nfstore.errors import QueryError, SchemaError
+from nfstore.stimuli import lazy_pixels
+
+
+def open_store(location: str | os.PathLike[str], *, check: bool = True) -> Store:
+    """Open a store lazily and check it against the store schema (metadata only).
+
+    Parameters
+    ----------
+    location : path or fsspec URL
+    check : bool
+        Validate the layout and metadata against ``schemas/store-v1.schema.json``.
+    """
+    return Store(location, check=check)
+
+
+class Store:
+    """A NeuroFusion feature store (see ``DESIGN.md``, store contract)."""
+
+    def __init__(self, location: str | os.PathLike[str], *, check: bool = True) -> None:
+        self.location = os.fspath(location)
+        try:
+            self._root = zarr.open_group(self.location, mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
+            raise SchemaError(f"{self.location}: expected a NeuroFusion store; found no zarr "
+                              f"group there") from err
+        version = self._root.attrs.get("nf_schema_version")
+        if version != SCHEMA_VERSION:
+            raise SchemaError(f"{self.location}: expected nf_schema_version {SCHEMA_VERSION}; "
+                              f"found {version!r}")
+        self._open: dict[str, xr.Dataset] = {}
+        if check:
+            from nfstore.schema import check_store
+
+            check_store(self)
+
+    def __repr__(self) -> str:
+        return f"<nfstore.Store {self.location!r}: {len(self.subjects())} subjects>"
+
+    # ----------------------------------------------------------------- listing
+    def _children(self, path: str) -> list[str]:
+        if path not in self._root:
+            return []
+        return sorted(self._root[path].group_keys())
+
+    def subjects(self, dataset: str | None = None) -> list[str]:
+        """Complete subjects, as ``'<dataset>/<subject>'`` keys (incomplete ones are hidden)."""
+        out = []
+        for ds in [dataset] if dataset else DATASETS:
+            for name in self._children(ds):
+                if self._root[f"{ds}/{name}"].attrs.get(STATUS_ATTR) == COMPLETE:
+                    out.append(f"{ds}/{name}")
+        return out
+
+    def incomplete(self) -> dict[str, str]:
+        """Ingests in progress or interrupted: subject key -> blocks done."""
+        out = {}
+        staging = Path(self.location) / STAGING_GROUP
+        for progress in sorted(staging.glob("*/*.json")) if staging.is_dir() else []:
+            state = _layout.read_json(progress) or {}
+            key = progress.relative_to(staging).with_suffix("").as_posix()
+            out[key] = f"{len(state.get('blocks_done', []))} blocks written"
+        return out
+
+    def attrs(self, subject: str) -> dict[str, Any]:
+        """Attributes (provenance, geometry, normalization) of a subject group."""
+        self._require(subject)
+        return dict(self._root[subject].attrs)
+
+    def _require(self, subject: str) -> None:
+        if subject not in self.subjects():
+            raise QueryError(f"SUBJECT: {subject!r} is not in {self.location}; available: "
+                             f"{self.subjects()}")
+
+    def dataset(self, subject: str) -> xr.Dataset:
+        """The whole subject group as a lazy :class:`xarray.Dataset` (betas + coordinates)."""
+        self._require(subject)
+        if subject not in self._open:
+            ds = xr.open_zarr(self.location, group=subject, consolidated=False, chunks={},
+                              zarr_format=3)
+            # small coordinates in memory: selections never touch beta chunks
+            small = [c for c in ds.coords if c != BETAS]
+            self._open[subject] = ds.assign_coords({c: ds[c].load() for c in small})
+        return self._open[subject]
+
+    def rois(self, subject: str) -> list[str]:
+        """ROI names available for ``subject`` (native names and harmonized aliases)."""
+        return [str(r) for r in self.dataset(subject)[ROI].values]
+
+    # ----------------------------------------------------------------- queries
+    def betas(self, subject: str, roi: str | Sequence[str] | None = None,
+              split: str | None = None, average_repeats: bool = False,
+              synthetic: bool | Sequence[str] = False) -> xr.DataArray:
+        """Betas of one subject, lazily.
+
+        Parameters
+        ----------
+        subject : str
+            ``'<dataset>/<subject>'``, e.g. ``'nsd/subj01'``.
+        roi : str or list of str, optional
+            ROI name(s); a list selects their union. Default: every voxel.
+        split : {"train", "test", "imagery"}, optional
+        average_repeats : bool
+            Average the trials that share a stimulus (within the selection): one row per
+            stimulus, with coordinate ``n_repeats``.
+        synthetic : bool or list of str
+            Include synthetic trial sets (not available yet in this store version).
+
+        Returns
+        -------
+        betas : DataArray of shape (n_trials, n_voxels), dask-backed
+        """
+        ds = self.dataset(subject)
+        if synthetic:
+            raise QueryError("synthetic: this store has no synthetic trial sets yet "
+                             "(see `nf augment`)")
+        x = ds[BETAS]
+        if roi is not None:
+            names = [roi] if isinstance(roi, str) else list(roi)
+            unknown = [r for r in names if r not in set(ds[ROI].values.tolist())]
+            if unknown:
+                raise QueryError(f"--roi: {unknown} not available for {subject}; available: "
+                                 f"{self.rois(subject)}")
+            mask = ds[ROI_MASK].sel({ROI: names}).values.any(axis=0)
+            x = x.isel({VOXEL: np.flatnonzero(mask)})
+        if split is not None:
+            if split not in SPLITS:
+                raise QueryError(f"--split: expected one of {list(SPLITS)}; got {split!r}")
+            x = x.isel({TRIAL: np.flatnonzero(ds[SPLIT].values == split)})
+        if average_repeats:
+            x = average_repeats_of(x)
+        x.attrs = {"subject": subject, "roi": roi if roi is None or isinstance(roi, str)
+                   else list(roi), "split": split, "average_repeats": average_repeats}
+        return x.rename(BETAS)
+
+    # ----------------------------------------------------------------- stimuli
+    def stimuli(self, dataset: str) -> xr.Dataset:
+        """Stimulus table of ``dataset``: ``stimulus`` ids with the ``file``/``index`` of pixels."""
+        if dataset not in self._children(STIMULI_GROUP):
+            raise QueryError(f"stimuli: {dataset!r} has no stimulus table in {self.location}; "
+                             f"available: {self._children(STIMULI_GROUP)}")
+        return xr.open_zarr(self.location, group=f"{STIMULI_GROUP}/{dataset}",
+                            consolidated=False, zarr_format=3).load()
+
+    def images(self, stimuli: Any, size: tuple[int, int] | None = None) -> xr.DataArray:
+        """Pixels of the given stimuli, lazily: DataArray (stimulus, y, x, rgb) uint8.
+
+        Parameters
+        ----------
+        stimuli : sequence of str or DataArray of stimulus ids
+        size : (height, width), optional
+            Resize one-image-per-file datasets whose images differ in size.
+        """
+        ids = np.asarray(getattr(stimuli, "values", stimuli), dtype=object).ravel()
+        datasets = {str(s).split("/", 1)[0] for s in ids}
+        if len(datasets) != 1:
+            raise QueryError(f"images: expected stimuli of one dataset; got {sorted(datasets)}")
+        name = datasets.pop()
+        table = self._table(name)
+        pos = table.get_indexer(ids)
+        if (pos < 0).any():
+            missing = ids[pos < 0][:3].tolist()
+            raise QueryError(f"images: stimuli {missing} are not in the stimulus table")
+        tab = self.stimuli(name)
+        raw_root = Path(self._root[f"{STIMULI_GROUP}/{name}"].attrs["raw_root"])
+        pixels = lazy_pixels(tab["file"].values[pos], tab["index"].values[pos], raw_root, size)
+        return xr.DataArray(pixels, dims=(STIMULUS, "y", "x", "rgb"),
+                            coords={STIMULUS: ids}, name="pixels")
+
+    def _table(self, dataset: str) -> Any:
+        import pandas as pd
+
+        return self._tables.setdefault(dataset, pd.Index(self.stimuli(dataset)[STIMULUS].values))
+
+    @cached_property
+    def _tables(self) -> dict[str, Any]:
+        return {}
+
+    # ----------------------------------------------------------------- summary
+    def info(self) -> dict[str, dict[str, Any]]:
+        """Per subject: trials per split, voxels, ROIs, sessions (metadata and coordinates)."""
+        out = {}
+        for key in self.subjects():
+            ds = self.dataset(key)
+            splits = {s: int((ds[SPLIT].values == s).sum()) for s in SPLITS}
+            out[key] = {"trials": int(ds.sizes[TRIAL]), **splits,
+                        "stimuli": int(np.unique(ds[STIMULUS].values).size),
+                        "voxels": int(ds.sizes[VOXEL]), "rois": int(ds.sizes[ROI]),
+                        "sessions": int(np.unique(ds["session"].values).size),
+                        "dtype": str(ds[BETAS].dtype)}
+        return out
+
+
+def average_repeats_of(x: xr.DataArray) -> xr.DataArray:
+    """Average trials sharing a stimulus: DataArray (trial, voxel), one row per stimulus.
+
+    Rows are ordered by stimulus id; coordinates ``stimulus``, ``split``, ``n_repeats`` and
+    ``source`` are kept (a stimulus' trials share one split).
+    """
+    stim = x[STIMULUS].values
+    if stim.size == 0:
+        return x
+    groups = xr.DataArray(stim, dims=TRIAL, name=STIMULUS)
+    keep = [c for c in (SPLIT, SOURCE) if c in x.coords]
+    mean = x.drop_vars([c for c in x.coords if x[c].dims == (TRIAL,)]).groupby(groups).mean()
+    uniq, first, counts = np.unique(stim, return_index=True, return_counts=True)
+    mean = mean.rename({STIMULUS: TRIAL}).drop_vars(TRIAL)
+    coords = {STIMULUS: (TRIAL, uniq.astype(object)), "n_repeats": (TRIAL, counts)}
+    coords.update({c: (TRIAL, x[c].values[first]) for c in keep})
+    return mean.assign_coords(coords).transpose(TRIAL, VOXEL)

@@ -1,0 +1,1 @@
+"""nftrain: the contrastive trainer (issue #6; not implemented yet)."""
