@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,9 @@ def write_query(x: xr.DataArray, out: str | Path) -> Path:
                     ds = ds.assign_coords({name: (ds[name].dims, fixed)})
             ds.to_netcdf(tmp, engine="h5netcdf")
         else:
-            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+            with warnings.catch_warnings():  # consolidated metadata: a zarr-python extension
+                warnings.filterwarnings("ignore", message="Consolidated metadata")
+                ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.rename(tmp, out)

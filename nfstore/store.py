@@ -101,8 +101,8 @@ class Store:
             ds = xr.open_zarr(self.location, group=subject, consolidated=False, chunks={},
                               zarr_format=3)
             # small coordinates in memory: selections never touch beta chunks
-            small = [c for c in ds.coords if c != BETAS]
-            self._open[subject] = ds.assign_coords({c: ds[c].load() for c in small})
+            small = {c: ds[c].load() for c in ds.coords if c != BETAS}
+            self._open[subject] = ds.assign_coords({c: _plain_strings(v) for c, v in small.items()})
         return self._open[subject]
 
     def rois(self, subject: str) -> list[str]:
@@ -211,6 +211,13 @@ class Store:
                         "sessions": int(np.unique(ds["session"].values).size),
                         "dtype": str(ds[BETAS].dtype)}
         return out
+
+
+def _plain_strings(x: xr.DataArray) -> xr.DataArray:
+    """Zarr string arrays come back as numpy StringDType; users expect object arrays of str."""
+    if x.dtype.kind == "T":
+        return x.copy(data=np.array(x.values.tolist(), dtype=object))
+    return x
 
 
 def average_repeats_of(x: xr.DataArray) -> xr.DataArray:

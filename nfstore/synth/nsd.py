@@ -57,7 +57,7 @@ class NSDSynthConfig:
 
 def _grid(cfg: NSDSynthConfig, sub: int) -> tuple[int, int, int]:
     dx = (0, 1, 0, 2, -1, 2, -1, 0)[(sub - 1) % 8]
-    return (cfg.grid[0] + dx, cfg.grid[1] + (sub % 3), cfg.grid[2] - (sub % 2))
+    return (cfg.grid[0] + dx, cfg.grid[1] + (sub - 1) % 3, cfg.grid[2] - (sub - 1) % 2)
 
 
 def _volumes(grid: tuple[int, int, int]) -> dict[str, np.ndarray]:
@@ -66,15 +66,17 @@ def _volumes(grid: tuple[int, int, int]) -> dict[str, np.ndarray]:
     brain = (x**2 + y**2 + z**2) < 0.85
     general = brain & (y < 0.15)  # posterior part: "visual cortex"
     nsdgeneral = np.where(brain, general.astype(np.int16), -1).astype(np.int16)
+    # V1, V2, V3, hV4: the most posterior 10%, 8%, 7%, 5% of nsdgeneral (ranked along y)
     prf = np.zeros(grid, np.int16)
-    bands = [(-1.0, -0.62), (-0.62, -0.5), (-0.5, -0.4), (-0.4, -0.3)]  # V1, V2, V3, hV4
-    for b, (lo, hi) in enumerate(bands):
-        band = general & (y >= lo) & (y < hi)
-        if b < 3:
-            prf[band & (z < 0)] = 2 * b + 1   # ventral
-            prf[band & (z >= 0)] = 2 * b + 2  # dorsal
-        else:
-            prf[band] = 7
+    key = (y + 0.01 * z + 0.001 * x)[general]
+    rank = np.argsort(np.argsort(key)) / key.size
+    labels = np.zeros(key.size, np.int16)
+    dorsal = z[general] >= 0
+    for b, (lo, hi) in enumerate([(0.0, 0.10), (0.10, 0.18), (0.18, 0.25), (0.25, 0.30)]):
+        band = (rank >= lo) & (rank < hi)
+        labels[band] = 7 if b == 3 else 2 * b + 1
+        labels[band & dorsal] = 7 if b == 3 else 2 * b + 2
+    prf[general] = labels
     prf = np.where(brain, prf, -1).astype(np.int16)
     places = np.zeros(grid, np.int16)
     places[general & (y >= -0.2) & (x < -0.3)] = 1  # OPA

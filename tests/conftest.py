@@ -1,0 +1,55 @@
+"""Shared fixtures: a small synthetic NSD tree and its store (built once per session)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nfstore.synth import synthesize
+
+SMALL = dict(subjects=(1, 2), sessions=3, trials_per_session=40, runs_per_session=3,
+             images_per_subject=60, shared=10, image_size=32, grid=(14, 16, 14), seed=3)
+
+
+@pytest.fixture(scope="session")
+def nsd_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic NSD tree (2 subjects x 3 sessions x 40 trials). Read-only for tests."""
+    out = tmp_path_factory.mktemp("raw") / "nsd"
+    synthesize("nsd", out, **SMALL)
+    return out
+
+
+@pytest.fixture(scope="session")
+def nsd_store_ro(nsd_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding both synthetic subjects. Read-only for tests."""
+    import nfstore
+
+    path = tmp_path_factory.mktemp("store") / "nf.zarr"
+    nfstore.ingest("nsd", nsd_raw, path)
+    return path
+
+
+@pytest.fixture
+def nsd_store(nsd_store_ro: Path, tmp_path: Path) -> Path:
+    """A private copy of the store, free to modify."""
+    path = tmp_path / "nf.zarr"
+    shutil.copytree(nsd_store_ro, path)
+    return path
+
+
+@pytest.fixture
+def raw_copy(nsd_raw: Path, tmp_path: Path) -> Path:
+    """A private copy of the synthetic NSD tree, free to damage."""
+    path = tmp_path / "nsd"
+    shutil.copytree(nsd_raw, path)
+    return path
+
+
+def tree_state(path: Path) -> dict[str, tuple[int, int]]:
+    """Relative file path -> (size, mtime_ns) of every file under ``path``."""
+    if not path.exists():
+        return {}
+    return {p.relative_to(path).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*")) if p.is_file()}

@@ -1,0 +1,76 @@
+"""Schema document, validation on open and `validate_store` value checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+import nfstore
+import schemas
+from nfstore.schema import manifest, validate_store
+
+
+def _edit_json(path: Path, edit) -> None:
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_schema_document_is_valid_json_schema() -> None:
+    doc = schemas.load("store-v1")
+    jsonschema.Draft202012Validator.check_schema(doc)
+    assert doc["properties"]["attributes"]["properties"]["nf_schema_version"]["const"] == 1
+
+
+def test_valid_store_has_no_problems(nsd_store_ro: Path) -> None:
+    store = nfstore.open_store(nsd_store_ro)
+    assert validate_store(store) == []
+    man = manifest(store)
+    assert man["subjects"]["nsd/subj01"]["arrays"]["betas"]["dims"] == ["trial", "voxel"]
+    assert man["subjects"]["nsd/subj01"]["arrays"]["betas"]["dtype"] == "float32"
+
+
+def test_wrong_schema_version_fails_on_open(nsd_store: Path) -> None:
+    _edit_json(nsd_store / "zarr.json", lambda m: m["attributes"].update(nf_schema_version=2))
+    with pytest.raises(nfstore.SchemaError, match="expected nf_schema_version 1; found 2"):
+        nfstore.open_store(nsd_store)
+
+
+def test_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(nfstore.SchemaError, match="expected a NeuroFusion store"):
+        nfstore.open_store(tmp_path / "nothing.zarr")
+
+
+def test_wrong_dims_named_on_open(nsd_store: Path) -> None:
+    _edit_json(nsd_store / "nsd/subj01/betas/zarr.json",
+               lambda m: m.update(dimension_names=["voxel", "trial"]))
+    with pytest.raises(nfstore.SchemaError) as err:
+        nfstore.open_store(nsd_store)
+    assert "nsd/subj01/arrays/betas/dims" in str(err.value)
+    assert "['trial', 'voxel'] was expected" in str(err.value)
+
+
+def test_missing_attribute_named(nsd_store: Path) -> None:
+    _edit_json(nsd_store / "nsd/subj02/zarr.json",
+               lambda m: m["attributes"].pop("normalization"))
+    with pytest.raises(nfstore.SchemaError, match="subjects/nsd/subj02/attributes: "
+                                                  "'normalization' is a required property"):
+        nfstore.open_store(nsd_store)
+
+
+def test_validate_reports_missing_chunks_and_bad_values(nsd_store: Path) -> None:
+    chunk = next(p for p in (nsd_store / "nsd/subj01/betas/c").rglob("*") if p.is_file())
+    chunk.unlink()
+    store = nfstore.open_store(nsd_store)  # metadata still valid
+    problems = validate_store(store)
+    assert len(problems) == 1 and "betas: expected" in problems[0] and "chunks; found" in problems[0]
+
+
+def test_validate_reports_unknown_stimuli(nsd_store: Path) -> None:
+    shutil.rmtree(nsd_store / "stimuli/nsd")
+    problems = validate_store(nfstore.open_store(nsd_store))
+    assert any("ids are not in /stimuli/nsd" in p for p in problems)
