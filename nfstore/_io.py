@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,10 +36,10 @@ def reading(path: Path, kind: str) -> Iterator[None]:
         raise
     except FileNotFoundError as err:
         raise MissingFileError(f"{path}: missing file; expected {kind}") from err
-    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, zlib.error,
-            MemoryError, RuntimeError) as err:
-        detail = " ".join(str(err).split()) or type(err).__name__
-        raise ReaderError(f"{path}: cannot read as {kind} ({detail})") from err
+    except Exception as err:  # any failure inside a file read means the file is not usable
+        detail = " ".join(str(err).replace(str(path), "").split())
+        raise ReaderError(f"{path}: cannot read as {kind} ({type(err).__name__}"
+                          f"{': ' + detail if detail else ''})") from err
 
 
 def nifti_header(path: Path) -> tuple[tuple[int, ...], np.ndarray, Any]:

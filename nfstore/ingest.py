@@ -43,6 +43,7 @@ class IngestSummary:
     dataset: str
     subjects: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     trials: int = 0
     voxels: dict[str, int] = field(default_factory=dict)
     bytes_written: int = 0
@@ -55,7 +56,9 @@ class IngestSummary:
                 f"({', '.join(self.subjects)}): {self.trials} trials, "
                 f"{sum(self.voxels.values())} voxels, {mb:.1f} MiB of betas in "
                 f"{self.seconds:.1f} s ({rate:.0f} trials/s, {mb / max(self.seconds, 1e-9):.1f} "
-                f"MiB/s)" + (f"; resumed {', '.join(self.resumed)}" if self.resumed else ""))
+                f"MiB/s)" + (f"; resumed {', '.join(self.resumed)}" if self.resumed else "")
+                + (f"; skipped {', '.join(self.skipped)} (already complete from the same files)"
+                   if self.skipped else ""))
 
 
 def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
@@ -102,16 +105,14 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     raws = [reader.open_subject(root, name, options) for name in names]
     table = reader.stimulus_table(root, options)
     path = _layout.local_store_path(store)
+    skipped: list[str] = []
     if path.exists():
         _layout.ensure_store(path)
         _layout.recover(path)
-        existing = [r for r in raws if _is_complete(path / subject_key(dataset, r.subject))]
-        if existing and not overwrite:
-            keys = ", ".join(subject_key(dataset, r.subject) for r in existing)
-            raise StoreError(f"{path}: {keys} already in the store; pass --overwrite to replace")
+        raws, skipped = _check_existing(path, dataset, raws, overwrite, dtype, voxel_chunk)
     created = _layout.ensure_store(path)
 
-    summary = IngestSummary(dataset)
+    summary = IngestSummary(dataset, skipped=skipped)
     bar = _progress_bar(sum(len(r.blocks) for r in raws), progress)
     committed_any = False
     try:
@@ -149,6 +150,35 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="block", disable=not enabled, desc="ingest")
+
+
+def _check_existing(path: Path, dataset: str, raws: list[RawSubject], overwrite: bool,
+                    dtype: str, voxel_chunk: int) -> tuple[list[RawSubject], list[str]]:
+    """Subjects still to write, and those skipped.
+
+    A complete subject needs ``overwrite`` to be replaced, except when this command resumes an
+    interrupted ingest: complete subjects written from the same files and options (same
+    fingerprint) are then skipped, so that rerunning the interrupted command finishes it.
+    """
+    if overwrite:
+        return raws, []
+    keys = [subject_key(dataset, r.subject) for r in raws]
+    existing = [(r, k) for r, k in zip(raws, keys) if _is_complete(path / k)]
+    if not existing:
+        return raws, []
+    resuming = any(_layout.staging_path(path, k).with_suffix(".json").is_file() for k in keys)
+    same = {k for r, k in existing if resuming and _stored_fingerprint(path / k)
+            == _fingerprint(r, dtype, voxel_chunk)}
+    blocking = [k for _, k in existing if k not in same]
+    if blocking:
+        raise StoreError(f"{path}: {', '.join(blocking)} already in the store; pass "
+                         f"--overwrite to replace")
+    return [r for r, k in zip(raws, keys) if k not in same], sorted(same)
+
+
+def _stored_fingerprint(group: Path) -> str | None:
+    meta = _layout.read_json(group / "zarr.json") or {}
+    return meta.get("attributes", {}).get("ingest_fingerprint")
 
 
 def _is_complete(group: Path) -> bool:
@@ -207,7 +237,8 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
             on_block(key, block.label)
     group = zarr.open_group(str(staged), mode="r+")
     norm = dict(raw.normalization, zero_std_pairs=int(state["zero_std"]))
-    group.attrs.update({"normalization": norm, STATUS_ATTR: COMPLETE})
+    group.attrs.update({"normalization": norm, "ingest_fingerprint": fingerprint,
+                        STATUS_ATTR: COMPLETE})
     return resumed
 
 

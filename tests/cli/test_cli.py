@@ -1,0 +1,89 @@
+"""The nf command line: parsing, output and one-line errors (click's CliRunner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import nfstore
+from nf.main import _register, cli
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    _register()
+    return CliRunner()
+
+
+def test_synth_ingest_info_validate_query(runner: CliRunner, tmp_path: Path) -> None:
+    raw, store = tmp_path / "raw", tmp_path / "s.zarr"
+    r = runner.invoke(cli, ["synth", "nsd", str(raw), "--subjects", "1", "3", "--sessions", "2",
+                            "--trials-per-session", "30", "--images-per-subject", "40",
+                            "--shared", "5", "--image-size", "16", "--grid", "12,14,12"])
+    assert r.exit_code == 0, r.output
+    assert "2 subject(s), 120 trials" in r.output
+    r = runner.invoke(cli, ["ingest", "nsd", str(raw), "--store", str(store), "--subjects", "3",
+                            "--sessions", "2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "ingested 1 nsd subject(s) (nsd/subj03): 30 trials" in r.output
+    r = runner.invoke(cli, ["info", str(store)])
+    assert r.exit_code == 0 and "nsd/subj03" in r.output and "sessions" in r.output
+    r = runner.invoke(cli, ["validate", str(store)])
+    assert r.exit_code == 0 and "valid (schema version 1; 1 subjects)" in r.output
+    out = tmp_path / "q.npy"
+    r = runner.invoke(cli, ["query", str(store), "nsd/subj03", "--roi", "V1", "V2", "--split",
+                            "train", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    want = nfstore.open_store(store).betas("nsd/subj03", roi=["V1", "V2"], split="train")
+    np.testing.assert_array_equal(np.load(out), want.values)
+
+
+def test_synth_refuses_non_empty_folder(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    r = runner.invoke(cli, ["synth", "nsd", str(tmp_path / "x")])
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines() == [f"Error: {tmp_path / 'x'}: folder exists and is not "
+                                             "empty; pass --overwrite to replace it"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["query", "{store}", "nsd/subj07", "--out", "{tmp}/q.npy"], "'nsd/subj07' is not in"),
+    (["query", "{store}", "nsd/subj01", "--out", "{tmp}/q.txt"], "--out: expected a file ending"),
+    (["query", "{store}", "nsd/subj01", "--roi", "FOO", "--out", "{tmp}/q.npy"],
+     "--roi: ['FOO'] not available"),
+    (["ingest", "nsd", "{tmp}/nowhere", "--store", "{tmp}/n.zarr"], "nowhere: missing folder"),
+    (["ingest", "nsd", "{raw}", "--store", "{tmp}/n.zarr", "--sessions", "3-1"],
+     "--sessions: expected increasing"),
+    (["ingest", "nsd", "{raw}", "--store", "{tmp}/n.zarr", "--sessions", "9"],
+     "--sessions asks for [9]"),
+    (["ingest", "nsd", "{raw}", "--store", "{tmp}/n.zarr", "--subjects", "x"],
+     "--subjects: expected NSD subjects like 1 or subj01; got 'x'"),
+    (["info", "{tmp}/none.zarr"], "expected a NeuroFusion store"),
+])
+def test_user_errors_are_one_line(runner: CliRunner, nsd_raw: Path, nsd_store_ro: Path,
+                                  tmp_path: Path, args: list[str], message: str) -> None:
+    args = [a.format(store=nsd_store_ro, tmp=tmp_path, raw=nsd_raw) for a in args]
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+def test_validate_lists_problems_and_fails(runner: CliRunner, nsd_store: Path) -> None:
+    chunk = next(p for p in (nsd_store / "nsd/subj02/betas/c").rglob("*") if p.is_file())
+    chunk.unlink()
+    r = runner.invoke(cli, ["validate", str(nsd_store)])
+    assert r.exit_code == 1 and "nsd/subj02/betas: expected" in r.output
+
+
+def test_demo_runs(runner: CliRunner, tmp_path: Path) -> None:
+    r = runner.invoke(cli, ["demo", "--workdir", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    assert "demo done" in r.output and "nsd/subj02" in r.output
+    rel = float(r.output.split("correlation of train betas = ")[1].split()[0])
+    assert rel > 0.2  # the planted signal survives ingest and normalization

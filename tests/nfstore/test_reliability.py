@@ -1,0 +1,200 @@
+"""Ingest reliability: bounded memory, kill -9 and resume, atomic overwrite, clean errors."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import scipy.io
+
+import nfstore
+from nfstore.readers.nsd import EXPDESIGN, Options
+from nfstore.schema import validate_store
+from nfstore.synth import synthesize
+from tests.conftest import tree_state
+
+SESSION = "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session{:02d}"
+
+
+def _peak_ingest_bytes(raw: Path, store: Path, sessions: int) -> int:
+    tracemalloc.start()
+    nfstore.ingest("nsd", raw, store, options=Options(sessions=tuple(range(1, sessions + 1))))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+def test_peak_memory_does_not_grow_with_sessions(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    synthesize("nsd", raw, subjects=(1,), sessions=6, trials_per_session=60, grid=(30, 34, 30),
+               images_per_subject=150, shared=10, image_size=16)
+    two = _peak_ingest_bytes(raw, tmp_path / "a.zarr", 2)
+    six = _peak_ingest_bytes(raw, tmp_path / "b.zarr", 6)
+    session_bytes = 30 * 35 * 30 * 60 * 2  # one int16 session volume
+    assert six < 1.25 * two, (two, six)  # 3x the data, about the same peak
+    assert two < 12 * session_bytes  # a few session-sized buffers, not the subject
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import nfstore
+
+    def on_block(key, label):
+        if key == sys.argv[3] and label == "session 2":
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after a durable block
+
+    nfstore.ingest("nsd", sys.argv[1], sys.argv[2], on_block=on_block)
+""")
+
+
+@pytest.mark.parametrize("victim", ["nsd/subj01", "nsd/subj02"])
+def test_kill_9_leaves_valid_store_and_rerun_completes(nsd_raw: Path, nsd_store_ro: Path,
+                                                       tmp_path: Path, victim: str) -> None:
+    store = tmp_path / "k.zarr"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(nsd_raw), str(store), victim],
+                          cwd=Path(__file__).parents[2], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    st = nfstore.open_store(store)
+    assert validate_store(st) == []
+    done = ["nsd/subj01"] if victim == "nsd/subj02" else []
+    assert st.subjects() == done
+    assert victim in st.incomplete()
+    with pytest.raises(nfstore.QueryError):
+        st.betas(victim)
+
+    summary = nfstore.ingest("nsd", nsd_raw, store)  # the same command again
+    assert summary.resumed == [victim] and summary.skipped == done
+    st, ref = nfstore.open_store(store), nfstore.open_store(nsd_store_ro)
+    assert st.subjects() == ["nsd/subj01", "nsd/subj02"] and st.incomplete() == {}
+    for key in st.subjects():
+        assert st.dataset(key).load().identical(ref.dataset(key).load().assign_attrs(
+            st.dataset(key).attrs))  # no duplicated or missing trials, same values
+    assert validate_store(st) == []
+
+
+def test_reingest_needs_overwrite(nsd_raw: Path, nsd_store: Path) -> None:
+    before = tree_state(nsd_store)
+    with pytest.raises(nfstore.StoreError, match="nsd/subj01 already in the store; pass "
+                                                 "--overwrite to replace"):
+        nfstore.ingest("nsd", nsd_raw, nsd_store, subjects=["1"])
+    assert tree_state(nsd_store) == before
+    nfstore.ingest("nsd", nsd_raw, nsd_store, subjects=["1"], overwrite=True,
+                   options=Options(sessions=(1,)))
+    assert nfstore.open_store(nsd_store).betas("nsd/subj01").sizes["trial"] == 40
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_failed_overwrite_keeps_previous_version(raw_copy: Path, nsd_store: Path) -> None:
+    before = nfstore.open_store(nsd_store).dataset("nsd/subj01").load()
+    _truncate(raw_copy / (SESSION.format(3) + ".nii.gz"))  # header fine, data cut short
+    state = tree_state(nsd_store)
+    with pytest.raises(nfstore.ReaderError, match="betas_session03.nii.gz: cannot read as NIfTI"):
+        nfstore.ingest("nsd", raw_copy, nsd_store, subjects=["1"], overwrite=True)
+    assert tree_state(nsd_store) == state
+    after = nfstore.open_store(nsd_store).dataset("nsd/subj01").load()
+    assert after.identical(before)
+
+
+def _corrupt_mat(raw: Path) -> str:
+    (raw / EXPDESIGN).write_bytes(b"not a matlab file" * 10)
+    return "nsd_expdesign.mat: cannot read as MATLAB v5 .mat"
+
+
+def _mat_without_sharedix(raw: Path) -> str:
+    mat = scipy.io.loadmat(raw / EXPDESIGN)
+    scipy.io.savemat(raw / EXPDESIGN, {k: v for k, v in mat.items()
+                                       if not k.startswith("__") and k != "sharedix"})
+    return "nsd_expdesign.mat: expected variables ['masterordering', 'subjectim', 'sharedix']; " \
+           "missing ['sharedix']"
+
+
+def _missing_responses(raw: Path) -> str:
+    (raw / "nsddata/ppdata/subj01/behav/responses.tsv").unlink()
+    return "responses.tsv: missing file; expected the NSD behavioural responses"
+
+
+def _truncated_nifti(raw: Path) -> str:
+    _truncate(raw / (SESSION.format(2) + ".nii.gz"), 0.3)
+    (raw / (SESSION.format(2) + ".hdf5")).unlink()
+    return "betas_session02.nii.gz: cannot read as NIfTI"
+
+
+def _corrupt_gzip_header(raw: Path) -> str:
+    (raw / (SESSION.format(1) + ".nii.gz")).write_bytes(gzip.compress(b"garbage" * 100))
+    return "betas_session01.nii.gz: cannot read as NIfTI"
+
+
+def _corrupt_hdf5(raw: Path) -> str:
+    for s in (1, 2, 3):
+        (raw / (SESSION.format(s) + ".nii.gz")).unlink()
+    (raw / (SESSION.format(2) + ".hdf5")).write_bytes(b"\x89HDF\r\n" + b"\0" * 500)
+    return "betas_session02.hdf5: cannot read as HDF5"
+
+
+def _roi_grid_mismatch(raw: Path) -> str:
+    path = raw / "nsddata/ppdata/subj01/func1pt8mm/roi/prf-visualrois.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.int16), np.eye(4)), str(path))
+    return "prf-visualrois.nii.gz: expected the nsdgeneral grid (14, 16, 14); found (5, 5, 5)"
+
+
+def _beta_grid_mismatch(raw: Path) -> str:
+    path = raw / (SESSION.format(3) + ".nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((14, 16, 13, 40), np.int16), np.eye(4)), str(path))
+    return ("betas_session03.nii.gz: expected the ROI grid (14, 16, 14) (nsdgeneral.nii.gz); "
+            "found (14, 16, 13)")
+
+
+def _trial_count_mismatch(raw: Path) -> str:
+    path = raw / (SESSION.format(1) + ".nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((14, 16, 14, 39), np.int16), np.eye(4)), str(path))
+    return "betas_session01.nii.gz: expected 40 trials (responses.tsv rows of session 1); found 39"
+
+
+def _missing_stimuli(raw: Path) -> str:
+    (raw / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5").unlink()
+    return "nsd_stimuli.hdf5: missing file; expected the NSD image brick"
+
+
+BREAKERS = [_corrupt_mat, _mat_without_sharedix, _missing_responses, _truncated_nifti,
+            _corrupt_gzip_header, _corrupt_hdf5, _roi_grid_mismatch, _beta_grid_mismatch,
+            _trial_count_mismatch, _missing_stimuli]
+
+
+@pytest.mark.parametrize("break_tree", BREAKERS, ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize("store_exists", [False, True])
+def test_bad_input_is_one_line_and_store_unchanged(raw_copy: Path, nsd_store: Path,
+                                                   tmp_path: Path, break_tree,
+                                                   store_exists: bool) -> None:
+    message = break_tree(raw_copy)
+    store = nsd_store if store_exists else tmp_path / "new.zarr"
+    before = tree_state(store)
+    with pytest.raises(nfstore.NFError) as err:
+        nfstore.ingest("nsd", raw_copy, store, subjects=["1"], overwrite=True)
+    text = str(err.value)
+    assert message in text and "\n" not in text
+    assert str(raw_copy) in text  # names the file with its path
+    assert tree_state(store) == before
+    assert store.exists() == store_exists
+
+
+def test_cli_error_has_no_traceback(raw_copy: Path, tmp_path: Path) -> None:
+    _corrupt_mat(raw_copy)
+    proc = subprocess.run([sys.executable, "-m", "nf", "ingest", "nsd", str(raw_copy), "--store",
+                           str(tmp_path / "s.zarr")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "nsd_expdesign.mat" in lines[0]
+    assert not (tmp_path / "s.zarr").exists()
