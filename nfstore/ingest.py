@@ -13,15 +13,16 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.codecs import BloscCodec
 
 from nfstore import _layout
 from nfstore._names import (BETAS, COMPLETE, INCOMPLETE, MEASURED, ROI, ROI_MASK, SOURCE,
@@ -30,7 +31,7 @@ from nfstore._version import __version__
 from nfstore.errors import MissingFileError, OptionError, ReaderError, StoreError
 from nfstore.normalize import zscore_groups
 from nfstore.readers import get_reader
-from nfstore.readers.base import RawSubject, StimulusTable
+from nfstore.readers.base import Block, RawSubject, StimulusTable
 
 VOXEL_CHUNK = 256
 DTYPES = ("float32", "float16")
@@ -216,18 +217,10 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
     assert state is not None
     betas = zarr.open_array(str(staged / BETAS), mode="r+")
     fit = (raw.trials["split"] == "train").to_numpy()
-    for block in raw.blocks:
-        if block.label in state["blocks_done"]:
-            bar.update(1)
-            continue
-        x = block.load()
-        want = (block.stop - block.start, raw.n_voxels)
-        if x.shape != want:
-            raise ReaderError(f"{block.files[0]}: expected betas of shape {want}; found {x.shape}")
-        rows = slice(block.start, block.stop)
-        z, n_zero = zscore_groups(x, raw.norm_group[rows], fit[rows],
-                                  ddof=int(raw.normalization.get("ddof", 0)))
-        betas[block.start:block.stop] = z.astype(dtype)
+    todo = [b for b in raw.blocks if b.label not in state["blocks_done"]]
+    bar.update(len(raw.blocks) - len(todo))
+
+    def done(block: Block, n_zero: int) -> None:  # after the block's write has completed
         state["blocks_done"].append(block.label)
         state["zero_std"] += n_zero
         _layout.write_json_atomic(progress_file, state)
@@ -235,11 +228,50 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
         bar.set_postfix_str(f"{key} {block.label}")
         if on_block is not None:
             on_block(key, block.label)
+
+    # three-stage pipeline: load (thread) -> normalize (here) -> write (thread)
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        previous = None
+        for block, x in _prefetched(todo):
+            want = (block.stop - block.start, raw.n_voxels)
+            if x.shape != want:
+                raise ReaderError(f"{block.files[0]}: expected betas of shape {want}; found "
+                                  f"{x.shape}")
+            rows = slice(block.start, block.stop)
+            z, n_zero = zscore_groups(x, raw.norm_group[rows], fit[rows],
+                                      ddof=int(raw.normalization.get("ddof", 0)))
+            del x
+            future = writer.submit(betas.__setitem__, rows, z.astype(dtype, copy=False))
+            if previous is not None:
+                previous[0].result()
+                done(*previous[1:])
+            previous = (future, block, n_zero)
+        if previous is not None:
+            previous[0].result()
+            done(*previous[1:])
     group = zarr.open_group(str(staged), mode="r+")
     norm = dict(raw.normalization, zero_std_pairs=int(state["zero_std"]))
     group.attrs.update({"normalization": norm, "ingest_fingerprint": fingerprint,
                         STATUS_ATTR: COMPLETE})
     return resumed
+
+
+def _prefetched(blocks: list[Block]) -> Iterator[tuple[Block, np.ndarray]]:
+    """Yield ``(block, block.load())``, loading the next block in a thread meanwhile.
+
+    Decompression (zlib, HDF5) and the store's codecs release the GIL, so reading session
+    k + 1 overlaps normalizing and writing session k; at most two blocks are in memory.
+    """
+    if not blocks:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(blocks[0].load)
+        for n, block in enumerate(blocks):
+            x = pending.result()
+            if n + 1 < len(blocks):
+                pending = pool.submit(blocks[n + 1].load)
+            yield block, x
+            del x
 
 
 def _write_template(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int,
@@ -256,10 +288,11 @@ def _write_template(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int,
         coords[name] = (VOXEL, np.asarray(values))
     coords[ROI] = (ROI, np.array(raw.roi_names, dtype=object))
     coords[ROI_MASK] = ((ROI, VOXEL), raw.roi_mask.astype(bool))
-    lazy = da.zeros((raw.n_trials, raw.n_voxels), dtype=dtype, chunks=chunks)
-    ds = xr.Dataset({BETAS: ((TRIAL, VOXEL), lazy)}, coords=coords)
-    ds.to_zarr(str(staged), mode="w", compute=False, zarr_format=3, consolidated=False,
-               encoding={BETAS: {"chunks": chunks}})
+    xr.Dataset(coords=coords).to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
+    zarr.create_array(str(staged), name=BETAS, shape=(raw.n_trials, raw.n_voxels),
+                      chunks=chunks, dtype=dtype, fill_value=np.nan,
+                      compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+                      dimension_names=(TRIAL, VOXEL))
     group = zarr.open_group(str(staged), mode="r+")
     group.attrs.update({
         STATUS_ATTR: INCOMPLETE, "dataset": raw.dataset, "subject": raw.subject,

@@ -32,14 +32,23 @@ def zscore_groups(x: np.ndarray, groups: np.ndarray, fit: np.ndarray, ddof: int 
     n_zero = 0
     for g in np.unique(groups):
         rows = groups == g
-        ref = x[rows & fit]
+        whole = bool(rows.all())
+        xg = x if whole else x[rows]
+        ref = xg if fit[rows].all() else xg[fit[rows]]
         if ref.shape[0] <= ddof:
             n_zero += x.shape[1]
             continue
+        # float64 statistics; the output is centred and scaled in place, in float32
         mean = ref.mean(axis=0, dtype=np.float64)
-        std = ref.std(axis=0, ddof=ddof, dtype=np.float64)
-        ok = std > 0
+        out = xg - mean.astype(np.float32)
+        cref = out if ref is xg else out[fit[rows]]
+        var = np.einsum("ij,ij->j", cref, cref, dtype=np.float64) / (ref.shape[0] - ddof)
+        ok = var > 0
         n_zero += int((~ok).sum())
-        scale = np.divide(1.0, std, out=np.zeros_like(std), where=ok)
-        z[rows] = ((x[rows] - mean) * scale).astype(np.float32)
+        scale = np.divide(1.0, np.sqrt(var), out=np.zeros_like(var), where=ok)
+        out *= scale.astype(np.float32)
+        if whole:
+            z = out
+        else:
+            z[rows] = out
     return z, n_zero

@@ -157,8 +157,10 @@ def _load_block(path: Path, ijk: tuple[np.ndarray, np.ndarray, np.ndarray]) -> n
     """Betas of the selected voxels, float32 (n_trials, n_voxels) in percent signal change."""
     i, j, k = ijk
     if path.name.endswith(".nii.gz"):
-        data = _io.nifti_data(path)
-        vals = np.ascontiguousarray(data[i, j, k, :].T)
+        data = _io.nifti_data(path)  # (X, Y, Z, T), Fortran order as stored
+        x, y, _, t = data.shape
+        flat = data.reshape(-1, t, order="F").T  # (T, X*Y*Z) C-contiguous view when F-ordered
+        vals = np.take(flat, i + x * (j + y * k), axis=1)
     else:
         import h5py
 

@@ -33,14 +33,17 @@ def _peak_ingest_bytes(raw: Path, store: Path, sessions: int) -> int:
 
 
 def test_peak_memory_does_not_grow_with_sessions(tmp_path: Path) -> None:
+    """Ingest pipelines load, normalize and write: a few sessions in flight, never the subject."""
     raw = tmp_path / "raw"
-    synthesize("nsd", raw, subjects=(1,), sessions=6, trials_per_session=60, grid=(30, 34, 30),
-               images_per_subject=150, shared=10, image_size=16)
-    two = _peak_ingest_bytes(raw, tmp_path / "a.zarr", 2)
-    six = _peak_ingest_bytes(raw, tmp_path / "b.zarr", 6)
+    synthesize("nsd", raw, subjects=(1,), sessions=8, trials_per_session=60, grid=(30, 34, 30),
+               images_per_subject=200, shared=10, image_size=16)
+    three = _peak_ingest_bytes(raw, tmp_path / "a.zarr", 3)  # enough to fill the pipeline
+    eight = _peak_ingest_bytes(raw, tmp_path / "b.zarr", 8)
     session_bytes = 30 * 35 * 30 * 60 * 2  # one int16 session volume
-    assert six < 1.25 * two, (two, six)  # 3x the data, about the same peak
-    assert two < 12 * session_bytes  # a few session-sized buffers, not the subject
+    # 5 more sessions of data; the peak moves by at most the ~1 block that pipeline timing
+    # can leave in flight, and stays well under the subject's size
+    assert eight - three < 2 * session_bytes, (three / session_bytes, eight / session_bytes)
+    assert eight < 7 * session_bytes, eight / session_bytes
 
 
 KILL_SCRIPT = textwrap.dedent("""
