@@ -8,39 +8,37 @@ import click
 
 from nf._options import ManyValues, store_option, subjects_option
 
-DATASET = click.Choice(["nsd"])
+DATASET = click.Choice(["nsd", "bold5000", "god"])
 
 
 @click.command("synth")
 @click.argument("dataset", type=DATASET)
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@subjects_option("Subjects to write, e.g. 1 2 (default: 1 2).")
+@subjects_option("Subjects to write, e.g. 1 2 (default: nsd 1 2, bold5000 1 4, god 1 2).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--sessions", type=click.IntRange(1), help="Sessions per subject [real: 30-40].")
-@click.option("--trials-per-session", type=click.IntRange(1), help="[real: 750]")
-@click.option("--runs-per-session", type=click.IntRange(1), help="[real: 12]")
-@click.option("--images-per-subject", type=click.IntRange(2), help="[real: 10000]")
-@click.option("--shared", type=click.IntRange(1), help="Shared test images [real: 1000].")
-@click.option("--image-size", type=click.IntRange(8), help="Pixels per side [real: 425].")
-@click.option("--grid", help="Voxel grid X,Y,Z of subject 1, e.g. 20,24,20.")
-@click.option("--noise", type=float, help="Trial noise, percent signal change.")
+@click.option("--sessions", type=click.IntRange(1), help="Sessions per subject (nsd, bold5000).")
+@click.option("--trials-per-session", type=click.IntRange(1), help="nsd [real: 750]")
+@click.option("--runs-per-session", type=click.IntRange(1), help="nsd [12], bold5000 [9-10]")
+@click.option("--images-per-subject", type=click.IntRange(2), help="nsd [real: 10000]")
+@click.option("--shared", type=click.IntRange(1), help="nsd shared test images [real: 1000]")
+@click.option("--image-size", type=click.IntRange(8), help="Pixels per side.")
+@click.option("--grid", help="Voxel grid X,Y,Z (nsd: of subject 1; god: voxel box).")
+@click.option("--noise", type=float, help="Trial noise (signal has unit variance).")
+@click.option("--set", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Any other size of the dataset's generator, e.g. test_images=5.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
 def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: int,
-          grid: str | None, overwrite: bool, **sizes: int | float | None) -> None:
+          grid: str | None, extra: tuple[str, ...], overwrite: bool,
+          **sizes: int | float | None) -> None:
     """Write a small synthetic DATASET tree in its ORIGINAL layout to OUT_DIR."""
-    from nfstore.errors import OptionError
-    from nfstore.synth import synthesize
+    from nfstore.synth import parse_settings, synthesize
 
-    try:
-        subs = tuple(int(s) for s in subjects) if subjects else None
-        grid_t = tuple(int(v) for v in grid.split(",")) if grid else None
-    except ValueError:
-        raise OptionError(f"--subjects/--grid: expected integers; got {subjects} / {grid}"
-                          ) from None
-    if grid_t is not None and len(grid_t) != 3:
-        raise OptionError(f"--grid: expected three integers X,Y,Z; got {grid!r}")
-    summary = synthesize(dataset, out_dir, overwrite=overwrite, subjects=subs, seed=seed,
-                         grid=grid_t, **sizes)
+    params = parse_settings(dataset, [f"subjects={','.join(subjects)}"] if subjects else [])
+    if grid:
+        params.update(parse_settings(dataset, [f"grid={grid}"]))
+    params.update(parse_settings(dataset, list(extra)))
+    summary = synthesize(dataset, out_dir, overwrite=overwrite, seed=seed,
+                         **{**sizes, **params})
     click.echo(f"wrote synthetic {dataset} to {out_dir}: {summary['subjects']} subject(s), "
                f"{summary['trials']} trials, {summary['images']} images in "
                f"{summary['seconds']:.1f} s")
@@ -50,26 +48,30 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
 @click.argument("dataset", type=DATASET)
 @click.argument("raw_root", type=click.Path())
 @store_option
-@subjects_option("Subjects, e.g. 1 2 or subj01 (default: every subject found).")
-@click.option("--sessions", help="NSD sessions, e.g. 1-37 or 1,3,5 (default: all found).")
-@click.option("--beta-version", default="betas_fithrf_GLMdenoise_RR", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["auto", "nifti", "hdf5"]), default="auto",
-              show_default=True, help="NSD betas source; auto prefers NIfTI.")
+@subjects_option("Subjects, e.g. 1 2, subj01, CSI1, sub-01 (default: every subject found).")
+@click.option("--sessions", help="nsd: sessions, e.g. 1-37 or 1,3,5 (default: all found).")
+@click.option("--beta-version", help="nsd: betas folder [betas_fithrf_GLMdenoise_RR].")
+@click.option("--format", "fmt", type=click.Choice(["auto", "nifti", "hdf5", "mat", "h5"]),
+              help="Source format: nsd auto|nifti|hdf5, bold5000 auto|mat|h5 [auto].")
+@click.option("--tr", type=click.Choice(["TR1", "TR2", "TR3", "TR4", "TR5", "TR34"]),
+              help="bold5000: ROI file [TR34 = mean of TR3 and TR4].")
+@click.option("--images", type=click.Path(file_okay=False),
+              help="god: folder with training/ and test/ images [RAW_ROOT/images].")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace subjects already in the store.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | None,
-           sessions: str | None, beta_version: str, fmt: str, dtype: str, overwrite: bool,
-           progress: bool) -> None:
+           sessions: str | None, beta_version: str | None, fmt: str | None, tr: str | None,
+           images: str | None, dtype: str, overwrite: bool, progress: bool) -> None:
     """Ingest DATASET from RAW_ROOT (original layout) into the store."""
     import nfstore
     from nfstore.ingest import options_from
     from nfstore.readers.base import parse_ranges
 
     ranges = parse_ranges(sessions, "--sessions")
-    options = options_from(dataset, beta_version=beta_version, format=fmt,
-                           sessions=tuple(ranges) if ranges else None)
+    options = options_from(dataset, beta_version=beta_version, format=fmt, tr=tr,
+                           images=images, sessions=tuple(ranges) if ranges else None)
     summary = nfstore.ingest(dataset, raw_root, store, subjects=subjects, options=options,
                              overwrite=overwrite, dtype=dtype, progress=progress)
     click.echo(summary.line())

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
@@ -128,7 +129,7 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
                     _discard(staged)  # a user error leaves no trace; an interrupt resumes
                 raise
             if not committed_any:
-                _commit_stimuli(path, table)
+                _commit_stimuli(path, table, raws)
             _layout.commit(path, staged, key)
             staged.with_suffix(".json").unlink(missing_ok=True)
             committed_any = True
@@ -216,7 +217,8 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
         _layout.write_json_atomic(progress_file, state)
     assert state is not None
     betas = zarr.open_array(str(staged / BETAS), mode="r+")
-    fit = (raw.trials["split"] == "train").to_numpy()
+    fit = raw.norm_fit if raw.norm_fit is not None else (raw.trials["split"] == "train"
+                                                          ).to_numpy()
     todo = [b for b in raw.blocks if b.label not in state["blocks_done"]]
     bar.update(len(raw.blocks) - len(todo))
 
@@ -302,15 +304,33 @@ def _write_template(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int,
     })
 
 
-def _commit_stimuli(store: Path, table: StimulusTable) -> None:
-    """Replace the stimulus table of ``table.dataset`` (written to staging, then renamed)."""
+def _commit_stimuli(store: Path, table: StimulusTable, raws: list[RawSubject]) -> None:
+    """Replace the stimulus table of ``table.dataset`` (staged, then renamed).
+
+    Rows: the reader's table, rows of the previous table it does not list, and every stimulus
+    the subjects reference without an image (GOD imagery names a category: empty ``file``).
+    """
     key = f"{STIMULI_GROUP}/{table.dataset}"
+    ids = list(table.stimulus)
+    files, index = list(table.file), list(table.index)
+    seen = set(ids)
+    previous = store / key
+    if previous.is_dir():
+        old = xr.open_zarr(str(previous), consolidated=False, zarr_format=3).load()
+        for i, f, n in zip(old["stimulus"].values.tolist(), old["file"].values.tolist(),
+                           old["index"].values.tolist()):
+            if i not in seen:
+                ids.append(i), files.append(f), index.append(n), seen.add(i)
+    for raw in raws:
+        for i in pd.unique(raw.trials["stimulus"]):
+            if i not in seen:
+                ids.append(i), files.append(""), index.append(-1), seen.add(i)
     staged = _layout.staging_path(store, key)
     _discard(staged)
     staged.parent.mkdir(parents=True, exist_ok=True)
-    ds = xr.Dataset(coords={"stimulus": ("stimulus", table.stimulus.astype(object)),
-                            "file": ("stimulus", table.file.astype(object)),
-                            "index": ("stimulus", table.index.astype(np.int64))})
+    ds = xr.Dataset(coords={"stimulus": ("stimulus", np.array(ids, dtype=object)),
+                            "file": ("stimulus", np.array(files, dtype=object)),
+                            "index": ("stimulus", np.array(index, dtype=np.int64))})
     ds.to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
     zarr.open_group(str(staged), mode="r+").attrs.update(
         {"dataset": table.dataset, "raw_root": str(table.root), "nf_version": __version__})
@@ -323,5 +343,8 @@ def options_from(dataset: str, **values: Any) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(k for k, v in values.items() if v is not None and k not in known)
     if unknown:
-        raise OptionError(f"options {unknown} do not apply to {dataset}; valid: {sorted(known)}")
+        names = [f"--{k.replace('_', '-')}" for k in unknown]
+        valid = [f"--{k.replace('_', '-')}" for k in sorted(known)]
+        raise OptionError(f"{', '.join(names)}: not an option of {dataset}; its options: "
+                          f"{', '.join(valid)}")
     return cls(**{k: v for k, v in values.items() if v is not None})

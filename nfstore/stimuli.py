@@ -63,6 +63,9 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
     n = files.size
     if n == 0:
         raise QueryError("images: expected at least one stimulus; got none")
+    if (files == "").any():
+        raise QueryError(f"images: {int((files == '').sum())} stimuli have no image (GOD imagery "
+                         f"trials name only a category)")
     bricks = set(files[index >= 0].tolist())
     if bricks and (index < 0).any() or len(bricks) > 1:
         raise QueryError("images: expected stimuli of one dataset per call; got a mix")

@@ -7,7 +7,9 @@ from types import ModuleType
 
 from nfstore.errors import OptionError
 
-READERS: dict[str, str] = {"nsd": "nfstore.readers.nsd"}
+READERS: dict[str, str] = {"nsd": "nfstore.readers.nsd",
+                           "bold5000": "nfstore.readers.bold5000",
+                           "god": "nfstore.readers.god"}
 
 
 def get_reader(dataset: str) -> ModuleType:

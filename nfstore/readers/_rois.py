@@ -73,10 +73,16 @@ def atlas_rois(atlas: str, values: np.ndarray, labels: dict[int, str]
 
 
 def alias_rois(by_label: dict[str, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
-    """Harmonized aliases present in ``by_label`` (label name -> mask)."""
+    """Harmonized NSD aliases present in ``by_label`` (label name -> mask)."""
+    return union_aliases(by_label, ALIASES)
+
+
+def union_aliases(by_name: dict[str, np.ndarray], aliases: dict[str, tuple[str, ...]]
+                  ) -> tuple[list[str], list[np.ndarray]]:
+    """Alias ROIs as unions of named masks (missing parts are ignored; absent aliases dropped)."""
     names, masks = [], []
-    for alias, parts in ALIASES.items():
-        present = [by_label[p] for p in parts if p in by_label]
+    for alias, parts in aliases.items():
+        present = [by_name[p] for p in parts if p in by_name]
         if present:
             names.append(alias)
             masks.append(np.logical_or.reduce(present))

@@ -72,6 +72,8 @@ class RawSubject:
         Provenance and geometry (JSON-serializable).
     normalization : dict
         Description of the default normalization (method, grouping, ddof, scale).
+    norm_fit : bool array of shape (n_trials,), optional
+        Trials whose statistics normalize their group; default: the train trials.
     """
 
     dataset: str
@@ -84,6 +86,7 @@ class RawSubject:
     blocks: list[Block]
     attrs: dict[str, Any] = field(default_factory=dict)
     normalization: dict[str, Any] = field(default_factory=dict)
+    norm_fit: np.ndarray | None = None
 
     @property
     def n_trials(self) -> int:
@@ -136,3 +139,29 @@ def parse_ranges(spec: str | None, option: str = "--sessions") -> list[int] | No
             raise OptionError(f"{option}: expected increasing 1-based ranges like '1-37'; got {spec!r}")
         out.extend(range(a, b + 1))
     return sorted(set(out))
+
+
+def contiguous_blocks(keys: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """Split rows into ``(start, stop)`` ranges of at most ``max_rows`` rows that never cut a
+    run of equal ``keys`` (a normalization group), unless that run alone is longer.
+
+    Parameters
+    ----------
+    keys : array of shape (n_rows,)
+    max_rows : int
+    """
+    cuts = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]] + [len(keys)]
+    out: list[tuple[int, int]] = []
+    start = 0
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if b - start > max_rows and a > start:
+            out.append((start, a))
+            start = a
+    if start < len(keys):
+        out.append((start, len(keys)))
+    return out
+
+
+def repeat_index(stimuli: np.ndarray) -> np.ndarray:
+    """0-based occurrence index of each stimulus in sequence order, shape (n_trials,)."""
+    return pd.Series(stimuli).groupby(stimuli).cumcount().to_numpy()

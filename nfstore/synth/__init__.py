@@ -10,7 +10,11 @@ from typing import Any
 
 from nfstore.errors import OptionError, StoreError
 
-GENERATORS = {"nsd": ("nfstore.synth.nsd", "synth_nsd", "NSDSynthConfig")}
+GENERATORS = {
+    "nsd": ("nfstore.synth.nsd", "synth_nsd", "NSDSynthConfig"),
+    "bold5000": ("nfstore.synth.bold5000", "synth_bold5000", "BOLD5000SynthConfig"),
+    "god": ("nfstore.synth.god", "synth_god", "GODSynthConfig"),
+}
 
 
 def config_class(dataset: str) -> Any:
@@ -22,13 +26,46 @@ def config_class(dataset: str) -> Any:
     return getattr(importlib.import_module(module), cls)
 
 
+def parse_settings(dataset: str, items: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` items into config fields, converted to the field's type.
+
+    Tuples take comma-separated values (``grid=20,24,20``); booleans take true/false.
+    """
+    import typing
+
+    cls = config_class(dataset)
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in hints:
+            raise OptionError(f"--set: expected KEY=VALUE with KEY one of {sorted(hints)}; "
+                              f"got {item!r}")
+        hint = hints[key]
+        try:
+            if typing.get_origin(hint) is tuple:
+                inner = typing.get_args(hint)[0]
+                out[key] = tuple(inner(v) for v in text.split(",") if v.strip())
+            elif hint is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                out[key] = text.lower() in ("true", "1")
+            else:
+                out[key] = hint(text)
+        except ValueError:
+            raise OptionError(f"--set {key}: expected {getattr(hint, '__name__', hint)}; "
+                              f"got {text!r}") from None
+    return out
+
+
 def synthesize(dataset: str, out: str | Path, overwrite: bool = False, **params: Any
                ) -> dict[str, float]:
     """Write a synthetic ``dataset`` tree to ``out`` (atomically: built aside, then renamed).
 
     Parameters
     ----------
-    dataset : {"nsd"}
+    dataset : {"nsd", "bold5000", "god"}
     out : path
         Destination folder; must not exist (or be empty) unless ``overwrite``.
     **params
@@ -40,7 +77,9 @@ def synthesize(dataset: str, out: str | Path, overwrite: bool = False, **params:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(k for k, v in params.items() if v is not None and k not in known)
     if unknown:
-        raise OptionError(f"options {unknown} do not apply to {dataset}; valid: {sorted(known)}")
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in unknown)
+        raise OptionError(f"{names}: not a setting of the {dataset} generator; its settings: "
+                          f"{', '.join(sorted(known))}")
     cfg = cls(**{k: v for k, v in params.items() if v is not None})
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:

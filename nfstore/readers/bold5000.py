@@ -1,0 +1,224 @@
+"""BOLD5000 reader (release 1 ROI files) -> :class:`RawSubject`.
+
+Files (relative to the BOLD5000 root), see ``shared/reference/dataset-formats.md`` section 2::
+
+    ROIs/CSI{n}/mat/CSI{n}_ROIs_TR{1,2,3,4,5,34}.mat     one (trials x voxels) variable per ROI
+    ROIs/CSI{n}/h5/CSI{n}_ROIs_TR{...}.h5                the same; may be transposed (MATLAB)
+    ROIs/stim_lists/CSI0{n}_stim_lists.txt               trial order; 'rep_' marks repeated images
+    BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli/{COCO,ImageNet,Scene}/<image>
+    BOLD5000_Stimuli/Scene_Stimuli/repeated_stimuli_113_list.txt   the test images
+    BOLD5000_Stimuli/Stimuli_Presentation_Lists/CSI{n}/CSI{n}_sessNN/<one .txt per run>
+
+The voxel axis is the ROI variables concatenated in the order EarlyVis, LOC, OPA, PPA, RSC (left
+hemisphere first); release-1 ROI files have no grid positions, so ``voxel_i/j/k`` are -1.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nfstore import _io
+from nfstore._names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
+from nfstore.errors import MissingFileError, OptionError, ReaderError
+from nfstore.readers._rois import union_aliases
+from nfstore.readers.base import Block, RawSubject, StimulusTable, repeat_index
+
+NAME = "bold5000"
+ROI_KEYS = tuple(f"{h}{r}" for r in ("EarlyVis", "LOC", "OPA", "PPA", "RSC") for h in ("LH", "RH"))
+ALIASES = {r: (f"LH{r}", f"RH{r}") for r in ("EarlyVis", "LOC", "OPA", "PPA", "RSC")}
+TRS = ("TR1", "TR2", "TR3", "TR4", "TR5", "TR34")
+STIMULI = Path("BOLD5000_Stimuli/Scene_Stimuli/Presented_Stimuli")
+TEST_LISTS = (Path("BOLD5000_Stimuli/Scene_Stimuli/repeated_stimuli_113_list.txt"),
+              STIMULI / "repeated_stimuli_113_list.txt")
+PRESENTATION = Path("BOLD5000_Stimuli/Stimuli_Presentation_Lists")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class Options:
+    """BOLD5000 ingest options.
+
+    Attributes
+    ----------
+    tr : {"TR1", "TR2", "TR3", "TR4", "TR5", "TR34"}
+        Which ROI file: a single volume after onset, or the mean of TR3 and TR4.
+    format : {"auto", "mat", "h5"}
+        ROI file format; ``auto`` takes ``.mat`` where present, else ``.h5``.
+    """
+
+    tr: str = "TR34"
+    format: str = "auto"
+
+
+def subject_name(spec: str | int) -> str:
+    """``1``, ``"CSI1"`` -> ``"CSI1"``."""
+    m = re.fullmatch(r"(?:CSI)?0*([1-9])", str(spec).strip(), flags=re.IGNORECASE)
+    if not m:
+        raise OptionError(f"--subjects: expected BOLD5000 subjects like 1 or CSI1; got {spec!r}")
+    return f"CSI{m.group(1)}"
+
+
+def list_subjects(root: Path) -> list[str]:
+    base = root / "ROIs"
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if re.fullmatch(r"CSI\d", p.name))
+
+
+def stem(name: str) -> str:
+    """Stimulus stem of a presented file name: 'rep_' and the extension stripped."""
+    name = name.strip()
+    name = name[4:] if name.startswith("rep_") else name
+    return name.rsplit(".", 1)[0] if name.lower().endswith(IMAGE_SUFFIXES) else name
+
+
+def stimulus_table(root: Path, options: Options) -> StimulusTable:
+    """Every presented image (COCO, ImageNet, Scene) as ``bold5000/<stem>``."""
+    base = root / STIMULI
+    if not base.is_dir():
+        raise MissingFileError(f"{base}: missing folder; expected the presented BOLD5000 images "
+                               f"in COCO/, ImageNet/, Scene/")
+    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return StimulusTable(
+        dataset=NAME,
+        stimulus=np.array([f"bold5000/{stem(p.name)}" for p in files], dtype=object),
+        file=np.array([str(p.relative_to(root)) for p in files], dtype=object),
+        index=np.full(len(files), -1, np.int64), root=root.resolve())
+
+
+def _roi_file(root: Path, subject: str, options: Options) -> Path:
+    if options.tr not in TRS:
+        raise OptionError(f"--tr: expected one of {list(TRS)}; got {options.tr!r}")
+    if options.format not in ("auto", "mat", "h5"):
+        raise OptionError(f"--format: expected auto, mat or h5 for bold5000; got "
+                          f"{options.format!r}")
+    mat = root / "ROIs" / subject / "mat" / f"{subject}_ROIs_{options.tr}.mat"
+    h5 = root / "ROIs" / subject / "h5" / f"{subject}_ROIs_{options.tr}.h5"
+    if options.format == "mat" or (options.format == "auto" and mat.is_file()):
+        return _io.require_file(mat, f"the {options.tr} ROI betas of {subject}")
+    return _io.require_file(h5, f"the {options.tr} ROI betas of {subject} (.mat or .h5)")
+
+
+def _roi_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """ROI variable -> shape, from the file's directory (no data read)."""
+    if path.suffix == ".mat":
+        import scipy.io
+
+        with _io.reading(path, "MATLAB v5 .mat"):
+            found = {name: tuple(shape) for name, shape, _ in scipy.io.whosmat(str(path))}
+    else:
+        import h5py
+
+        with _io.reading(path, "HDF5"), h5py.File(path, "r") as f:
+            found = {k: tuple(f[k].shape) for k in f.keys()}
+    unknown = sorted(set(found) - set(ROI_KEYS))
+    missing = [k for k in ROI_KEYS if k not in found]
+    if unknown or missing:
+        raise ReaderError(f"{path}: expected ROI variables {list(ROI_KEYS)}; "
+                          + (f"unknown {unknown}" if unknown else "")
+                          + ("; " if unknown and missing else "")
+                          + (f"missing {missing}" if missing else ""))
+    return found
+
+
+def _load(path: Path, transposed: bool) -> np.ndarray:
+    """All ROI variables side by side: float32 (n_trials, n_voxels) in ROI_KEYS order."""
+    if path.suffix == ".mat":
+        data = _io.load_mat(path, ROI_KEYS)
+    else:
+        import h5py
+
+        with _io.reading(path, "HDF5"), h5py.File(path, "r") as f:
+            data = {k: f[k][()] for k in ROI_KEYS}
+    parts = [np.asarray(data[k], dtype=np.float32) for k in ROI_KEYS]
+    return np.hstack([p.T if transposed else p for p in parts])
+
+
+def _sessions(root: Path, subject: str, names: list[str], list_path: Path
+              ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Session and run (1-based) of every trial from the presentation lists, if present."""
+    base = root / PRESENTATION / subject
+    if not base.is_dir():
+        return None
+    session, run, seq = [], [], []
+    sess_dirs = sorted(p for p in base.iterdir() if re.search(r"sess(\d+)$", p.name))
+    for sd in sess_dirs:
+        s = int(re.search(r"sess(\d+)$", sd.name).group(1))  # type: ignore[union-attr]
+        for r, run_file in enumerate(sorted(sd.glob("*.txt")), start=1):
+            lines = [ln.strip() for ln in run_file.read_text().splitlines() if ln.strip()]
+            seq += lines
+            session += [s] * len(lines)
+            run += [r] * len(lines)
+    if [stem(x) for x in seq] != [stem(x) for x in names]:
+        raise ReaderError(f"{base}: expected the runs to list the {len(names)} trials of "
+                          f"{list_path.name} in order; found {len(seq)} trials that differ")
+    return np.array(session, np.int64), np.array(run, np.int64)
+
+
+def _test_stems(root: Path) -> set[str]:
+    for rel in TEST_LISTS:
+        if (root / rel).is_file():
+            return {stem(x) for x in (root / rel).read_text().splitlines() if x.strip()}
+    raise MissingFileError(f"{root / TEST_LISTS[0]}: missing file; expected the list of "
+                           f"repeated (test) images")
+
+
+def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
+    """Read stimulus lists and ROI file layout of one BOLD5000 subject and check them."""
+    subject = subject_name(subject)
+    n = subject[-1]
+    list_path = _io.require_file(root / "ROIs/stim_lists" / f"CSI0{n}_stim_lists.txt",
+                                 f"the trial order of {subject}")
+    names = [ln.strip() for ln in list_path.read_text().splitlines() if ln.strip()]
+    path = _roi_file(root, subject, options)
+    shapes = _roi_shapes(path)
+    n_trials = len(names)
+    lead = {k: s[0] for k, s in shapes.items()}
+    if all(len(s) == 2 and s[0] == n_trials for s in shapes.values()):
+        transposed = False
+    elif path.suffix == ".h5" and all(len(s) == 2 and s[1] == n_trials for s in shapes.values()):
+        transposed = True  # written by MATLAB: (voxels, trials)
+    else:
+        raise ReaderError(f"{path}: expected {n_trials} trials ({list_path.name} lines) in every "
+                          f"ROI variable; found {sorted(set(lead.values()))} rows")
+    sizes = [shapes[k][0 if transposed else 1] for k in ROI_KEYS]
+
+    stems = np.array([stem(x) for x in names], dtype=object)
+    table = stimulus_table(root, options)
+    known = set(table.stimulus.tolist())
+    missing = [s for s in stems if f"bold5000/{s}" not in known]
+    if missing:
+        raise MissingFileError(f"{root / STIMULI}: missing image for '{missing[0]}' referenced "
+                               f"by {list_path} ({len(set(missing))} images missing)")
+    test = np.isin(stems, sorted(_test_stems(root)))
+    runs = _sessions(root, subject, names, list_path)
+    session, run = runs if runs is not None else (np.ones(n_trials, np.int64),) * 2
+    trials = pd.DataFrame({
+        STIMULUS: np.array([f"bold5000/{s}" for s in stems], dtype=object),
+        SPLIT: np.where(test, "test", "train").astype(object),
+        "session": session, "run": run, "repeat": repeat_index(stems)})
+
+    owner = np.repeat(np.arange(len(ROI_KEYS)), sizes)
+    by_name = {k: owner == i for i, k in enumerate(ROI_KEYS)}
+    a_names, a_masks = union_aliases(by_name, ALIASES)
+    minus = np.full(owner.size, -1, np.int64)
+    records = [_io.file_record(p, root) for p in (list_path, path)]
+    return RawSubject(
+        dataset=NAME, subject=subject, trials=trials,
+        norm_group=session if runs is not None else np.ones(n_trials, np.int64),
+        voxels={VOXEL_I: minus, VOXEL_J: minus, VOXEL_K: minus.copy(),
+                "roi_column": np.concatenate([np.arange(s) for s in sizes]).astype(np.int64)},
+        roi_names=list(ROI_KEYS) + a_names,
+        roi_mask=np.array([by_name[k] for k in ROI_KEYS] + a_masks, dtype=bool),
+        blocks=[Block(f"{path.name}", 0, n_trials, lambda: _load(path, transposed), (path,))],
+        attrs={"tr": options.tr, "roi_file_format": path.suffix.lstrip("."),
+               "roi_file_transposed": transposed, "sessions_known": runs is not None,
+               "source_files": records},
+        normalization={"method": "zscore", "group": "session" if runs is not None else "subject",
+                       "ddof": 0, "statistics_from": "train"},
+    )
