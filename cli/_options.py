@@ -13,8 +13,9 @@ class ManyValues(click.Option):
     Values are consumed up to the next token starting with ``-``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, split_commas: bool = True, **kwargs: Any) -> None:
         kwargs["multiple"] = True
+        self.split_commas = split_commas
         super().__init__(*args, **kwargs)
 
     def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
@@ -37,6 +38,8 @@ class ManyValues(click.Option):
         value = super().process_value(ctx, value)
         if not value:
             return None
+        if not self.split_commas:
+            return tuple(str(v) for v in value)
         return tuple(v for item in value for v in str(item).split(",") if v)
 
 

@@ -24,7 +24,7 @@ DATASET = click.Choice(["nsd", "bold5000", "god"])
 @click.option("--image-size", type=click.IntRange(8), help="Pixels per side.")
 @click.option("--grid", help="Voxel grid X,Y,Z (nsd: of subject 1; god: voxel box).")
 @click.option("--noise", type=float, help="Trial noise (signal has unit variance).")
-@click.option("--set", "extra", multiple=True, metavar="KEY=VALUE",
+@click.option("--set", "extra", cls=ManyValues, split_commas=False, metavar="KEY=VALUE",
               help="Any other size of the dataset's generator, e.g. test_images=5.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
 def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: int,
@@ -36,7 +36,7 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
     params = parse_settings(dataset, [f"subjects={','.join(subjects)}"] if subjects else [])
     if grid:
         params.update(parse_settings(dataset, [f"grid={grid}"]))
-    params.update(parse_settings(dataset, list(extra)))
+    params.update(parse_settings(dataset, list(extra or ())))
     summary = synthesize(dataset, out_dir, overwrite=overwrite, seed=seed,
                          **{**sizes, **params})
     click.echo(f"wrote synthetic {dataset} to {out_dir}: {summary['subjects']} subject(s), "

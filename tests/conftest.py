@@ -53,3 +53,33 @@ def tree_state(path: Path) -> dict[str, tuple[int, int]]:
         return {}
     return {p.relative_to(path).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def bold_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic BOLD5000 tree (CSI1: 3 sessions, CSI4: 2). Read-only for tests."""
+    out = tmp_path_factory.mktemp("raw") / "bold5000"
+    synthesize("bold5000", out, seed=5)
+    return out
+
+
+@pytest.fixture(scope="session")
+def god_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic GOD tree (Subject1, Subject2). Read-only for tests."""
+    out = tmp_path_factory.mktemp("raw") / "god"
+    synthesize("god", out, seed=7)
+    return out
+
+
+@pytest.fixture
+def bold_copy(bold_raw: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "bold5000"
+    shutil.copytree(bold_raw, path)
+    return path
+
+
+@pytest.fixture
+def god_copy(god_raw: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "god"
+    shutil.copytree(god_raw, path)
+    return path

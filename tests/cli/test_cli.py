@@ -90,3 +90,39 @@ def test_demo_runs(runner: CliRunner, tmp_path: Path) -> None:
         assert key in r.output
     rel = float(re.search(r"nsd/subj01 +\d+ trials.*repeat reliability ([\d.]+)", r.output)[1])
     assert rel > 0.2  # the planted signal survives ingest and normalization
+
+
+def test_bold5000_and_god_from_the_cli(runner: CliRunner, tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    r = runner.invoke(cli, ["synth", "bold5000", str(tmp_path / "b"), "--subjects", "2",
+                            "--sessions", "2", "--set", "test_images=4", "images=20,20,10"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["ingest", "bold5000", str(tmp_path / "b"), "--store", str(store),
+                            "--tr", "TR3", "--format", "h5", "--no-progress"])
+    assert r.exit_code == 0 and "bold5000/CSI2" in r.output, r.output
+    assert nfstore.open_store(store).attrs("bold5000/CSI2")["tr"] == "TR3"
+    r = runner.invoke(cli, ["synth", "god", str(tmp_path / "g"), "--subjects", "5",
+                            "--set", "legacy_names=true"])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "g" / "images").rename(tmp_path / "imgs")
+    r = runner.invoke(cli, ["ingest", "god", str(tmp_path / "g"), "--store", str(store),
+                            "--images", str(tmp_path / "imgs"), "--no-progress"])
+    assert r.exit_code == 0 and "god/sub-05" in r.output, r.output
+    r = runner.invoke(cli, ["info", str(store)])
+    assert "bold5000/CSI2" in r.output and "god/sub-05" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ingest", "nsd", "{tmp}", "--store", "{tmp}/s.zarr", "--tr", "TR3"],
+     "--tr: not an option of nsd"),
+    (["ingest", "god", "{tmp}", "--store", "{tmp}/s.zarr", "--format", "mat"],
+     "--format: not an option of god"),
+    (["synth", "god", "{tmp}/x", "--sessions", "3"], "--sessions: not a setting of the god"),
+    (["synth", "god", "{tmp}/x", "--set", "legacy_names=maybe"], "--set legacy_names: expected"),
+    (["synth", "nsd", "{tmp}/x", "--set", "foo=1"], "--set: expected KEY=VALUE with KEY one of"),
+])
+def test_dataset_option_errors(runner: CliRunner, tmp_path: Path, args: list[str],
+                               message: str) -> None:
+    r = runner.invoke(cli, [a.format(tmp=tmp_path) for a in args])
+    assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1, \
+        r.output

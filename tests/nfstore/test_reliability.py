@@ -201,3 +201,36 @@ def test_cli_error_has_no_traceback(raw_copy: Path, tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "nsd_expdesign.mat" in lines[0]
     assert not (tmp_path / "s.zarr").exists()
+
+
+KILL_FIRST_BLOCK = textwrap.dedent("""
+    import os, signal, sys
+    import nfstore
+
+    def on_block(key, label):
+        if key == sys.argv[4]:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    nfstore.ingest(sys.argv[3], sys.argv[1], sys.argv[2], on_block=on_block)
+""")
+
+
+@pytest.mark.parametrize("dataset, victim", [("bold5000", "bold5000/CSI4"),
+                                             ("god", "god/sub-02")])
+def test_kill_9_resumes_other_datasets(request: pytest.FixtureRequest, tmp_path: Path,
+                                       dataset: str, victim: str) -> None:
+    raw = request.getfixturevalue("bold_raw" if dataset == "bold5000" else "god_raw")
+    store = tmp_path / "k.zarr"
+    proc = subprocess.run([sys.executable, "-c", KILL_FIRST_BLOCK, str(raw), str(store), dataset,
+                           victim], cwd=Path(__file__).parents[2], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    st = nfstore.open_store(store)
+    assert validate_store(st) == [] and victim not in st.subjects() and victim in st.incomplete()
+    summary = nfstore.ingest(dataset, raw, store)
+    assert summary.resumed == [victim] and len(summary.skipped) == 1
+    ref = tmp_path / "ref.zarr"
+    nfstore.ingest(dataset, raw, ref)
+    a, b = nfstore.open_store(store), nfstore.open_store(ref)
+    assert a.subjects() == b.subjects()
+    for key in a.subjects():
+        np.testing.assert_array_equal(a.betas(key).values, b.betas(key).values)
