@@ -37,3 +37,27 @@ def nsd_bench_tree(sessions: int = 4, trials: int = 250, grid: tuple[int, int, i
                    trials_per_session=trials, runs_per_session=5, images_per_subject=500,
                    shared=50, image_size=32, grid=grid)
     return out
+
+
+def bold5000_bench_tree() -> Path:
+    """A synthetic BOLD5000 subject at about real size (CSI1: ~1700 ROI voxels, 5550 trials)."""
+    from nfstore.synth import synthesize
+
+    out = WORK / "bold5000_real_size"
+    if not (out / "nf_synth_truth.npz").is_file():
+        synthesize("bold5000", out, overwrite=True, subjects=(1,), sessions=15,
+                   runs_per_session=10, trials_per_run=37, images=(2000, 1916, 1000),
+                   test_images=113, image_size=16, voxels=(90, 250))
+    return out
+
+
+def god_bench_tree() -> Path:
+    """A synthetic GOD subject at about real size (1200 + 1750 + 1000 samples, ~4400 voxels)."""
+    from nfstore.synth import synthesize
+
+    out = WORK / "god_real_size"
+    if not (out / "nf_synth_truth.npz").is_file():
+        synthesize("god", out, overwrite=True, subjects=(1,), train_categories=150,
+                   images_per_category=8, test_images=50, train_runs=24, test_runs=35,
+                   imagery_runs=20, image_size=16, grid=(22, 26, 18))
+    return out

@@ -1,4 +1,5 @@
-"""Ingest time vs. the bare nibabel read of the same NIfTI files (goal: <= 1.5x).
+"""Ingest time vs. the bare read of the same files (NSD NIfTI by nibabel: goal <= 1.5x;
+BOLD5000 .mat by scipy.io and GOD BData by h5py: reported).
 
 Run: ``python benchmarks/bench_ingest.py`` (or ``make bench``). Prints the measured ratio.
 """
@@ -13,13 +14,57 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import WORK, nsd_bench_tree, timed  # noqa: E402
+from _common import WORK, bold5000_bench_tree, god_bench_tree, nsd_bench_tree, timed  # noqa: E402
 
 import nfstore  # noqa: E402
 from nfstore.readers.nsd import Options  # noqa: E402
 
 
+def _other(dataset: str, raw: Path, bare_read: object, what: str) -> None:
+    store = WORK / f"ingest_{dataset}.zarr"
+
+    def ingest() -> nfstore.IngestSummary:
+        shutil.rmtree(store, ignore_errors=True)
+        return nfstore.ingest(dataset, raw, store)
+
+    t_bare, nbytes = timed(bare_read)  # type: ignore[arg-type]
+    t_ingest, summary = timed(ingest)
+    key = summary.subjects[0]
+    print(f"{dataset}: {summary.trials} trials x {summary.voxels[key]} voxels, {what} "
+          f"{nbytes / 2**20:.0f} MiB")
+    print(f"  bare read         : {t_bare:6.2f} s")
+    print(f"  nf ingest         : {t_ingest:6.2f} s")
+    print(f"  ratio ingest/bare : {t_ingest / t_bare:.2f}x")
+
+
+def bold5000() -> None:
+    import scipy.io
+
+    raw = bold5000_bench_tree()
+    path = raw / "ROIs/CSI1/mat/CSI1_ROIs_TR34.mat"
+    _other("bold5000", raw, lambda: sum(v.nbytes for k, v in scipy.io.loadmat(path).items()
+                                        if not k.startswith("__")), "scipy.io.loadmat of")
+
+
+def god() -> None:
+    import h5py
+
+    raw = god_bench_tree()
+
+    def bare() -> int:
+        with h5py.File(raw / "Subject1.h5") as f:
+            return int(f["dataset"][()].nbytes + f["metadata/value"][()].nbytes)
+
+    _other("god", raw, bare, "h5py read of")
+
+
 def main() -> None:
+    nsd()
+    bold5000()
+    god()
+
+
+def nsd() -> None:
     raw = nsd_bench_tree()
     files = sorted(raw.glob("nsddata_betas/ppdata/subj01/func1pt8mm/*/betas_session*.nii.gz"))
     nbytes = sum(np.prod(nib.load(f).shape) * 2 for f in files)

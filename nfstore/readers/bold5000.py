@@ -15,6 +15,7 @@ hemisphere first); release-1 ROI files have no grid positions, so ``voxel_i/j/k`
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,12 +84,14 @@ def stimulus_table(root: Path, options: Options) -> StimulusTable:
     if not base.is_dir():
         raise MissingFileError(f"{base}: missing folder; expected the presented BOLD5000 images "
                                f"in COCO/, ImageNet/, Scene/")
-    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    rel = sorted(f"{STIMULI}/{folder.name}/{e.name}" for folder in os.scandir(base)
+                 if folder.is_dir() for e in os.scandir(folder.path)
+                 if e.name.lower().endswith(IMAGE_SUFFIXES))
     return StimulusTable(
         dataset=NAME,
-        stimulus=np.array([f"bold5000/{stem(p.name)}" for p in files], dtype=object),
-        file=np.array([str(p.relative_to(root)) for p in files], dtype=object),
-        index=np.full(len(files), -1, np.int64), root=root.resolve())
+        stimulus=np.array([f"bold5000/{stem(r.rsplit('/', 1)[1])}" for r in rel], dtype=object),
+        file=np.array(rel, dtype=object), index=np.full(len(rel), -1, np.int64),
+        root=root.resolve())
 
 
 def _roi_file(root: Path, subject: str, options: Options) -> Path:
