@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import click
-
 from nf._options import ManyValues, store_option, subjects_option
 
 DATASET = click.Choice(["nsd", "bold5000", "god"])

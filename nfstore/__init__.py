@@ -6,8 +6,15 @@
 """
 
 from nfstore._version import __version__
-from nfstore.errors import (MissingFileError, NFError, OptionError, QueryError, ReaderError,
-                            SchemaError, StoreError)
+from nfstore.errors import (
+                            MissingFileError,
+                            NFError,
+                            OptionError,
+                            QueryError,
+                            ReaderError,
+                            SchemaError,
+                            StoreError,
+)
 from nfstore.ingest import IngestSummary, ingest
 from nfstore.store import Store, open_store
 

@@ -26,8 +26,20 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from nfstore import _layout
-from nfstore._names import (BETAS, COMPLETE, INCOMPLETE, MEASURED, ROI, ROI_MASK, SOURCE,
-                            STATUS_ATTR, STIMULI_GROUP, TRIAL, VOXEL, subject_key)
+from nfstore._names import (
+    BETAS,
+    COMPLETE,
+    INCOMPLETE,
+    MEASURED,
+    ROI,
+    ROI_MASK,
+    SOURCE,
+    STATUS_ATTR,
+    STIMULI_GROUP,
+    TRIAL,
+    VOXEL,
+    subject_key,
+)
 from nfstore._version import __version__
 from nfstore.errors import MissingFileError, OptionError, ReaderError, StoreError
 from nfstore.normalize import zscore_groups

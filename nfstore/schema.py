@@ -14,8 +14,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from nfstore._names import (BETAS, DATASETS, REPEAT, ROI, ROI_MASK, RUN, SESSION, SPLIT, SPLITS,
-                            STIMULI_GROUP, STIMULUS, TRIAL, VOXEL)
+from nfstore._names import (
+    BETAS,
+    DATASETS,
+    REPEAT,
+    ROI,
+    ROI_MASK,
+    RUN,
+    SESSION,
+    SPLIT,
+    SPLITS,
+    STIMULI_GROUP,
+    STIMULUS,
+    TRIAL,
+    VOXEL,
+)
 from nfstore.errors import SchemaError
 
 if TYPE_CHECKING:

@@ -17,9 +17,23 @@ import xarray as xr
 import zarr
 
 from nfstore import _layout
-from nfstore._names import (BETAS, COMPLETE, DATASETS, ROI, ROI_MASK, SCHEMA_VERSION,
-                            SOURCE, SPLIT, SPLITS, STAGING_GROUP, STATUS_ATTR, STIMULI_GROUP,
-                            STIMULUS, TRIAL, VOXEL)
+from nfstore._names import (
+    BETAS,
+    COMPLETE,
+    DATASETS,
+    ROI,
+    ROI_MASK,
+    SCHEMA_VERSION,
+    SOURCE,
+    SPLIT,
+    SPLITS,
+    STAGING_GROUP,
+    STATUS_ATTR,
+    STIMULI_GROUP,
+    STIMULUS,
+    TRIAL,
+    VOXEL,
+)
 from nfstore.errors import QueryError, SchemaError
 from nfstore.stimuli import lazy_pixels
 

@@ -31,20 +31,21 @@ def nsd_store_ro(nsd_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return path
 
 
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
 @pytest.fixture
 def nsd_store(nsd_store_ro: Path, tmp_path: Path) -> Path:
     """A private copy of the store, free to modify."""
-    path = tmp_path / "nf.zarr"
-    shutil.copytree(nsd_store_ro, path)
-    return path
+    return _copy(nsd_store_ro, tmp_path / "nf.zarr")
 
 
 @pytest.fixture
 def raw_copy(nsd_raw: Path, tmp_path: Path) -> Path:
     """A private copy of the synthetic NSD tree, free to damage."""
-    path = tmp_path / "nsd"
-    shutil.copytree(nsd_raw, path)
-    return path
+    return _copy(nsd_raw, tmp_path / "nsd")
 
 
 def tree_state(path: Path) -> dict[str, tuple[int, int]]:
@@ -73,13 +74,25 @@ def god_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def bold_copy(bold_raw: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "bold5000"
-    shutil.copytree(bold_raw, path)
-    return path
+    """A private copy of the synthetic BOLD5000 tree, free to damage."""
+    return _copy(bold_raw, tmp_path / "bold5000")
 
 
 @pytest.fixture
 def god_copy(god_raw: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "god"
-    shutil.copytree(god_raw, path)
-    return path
+    """A private copy of the synthetic GOD tree, free to damage."""
+    return _copy(god_raw, tmp_path / "god")
+
+
+def assert_fails_cleanly(dataset: str, raw: Path, store: Path, message: str,
+                         **kwargs: object) -> None:
+    """Ingest must raise a one-line NFError containing ``message`` and leave ``store`` as it was."""
+    import nfstore
+
+    before = tree_state(store)
+    with pytest.raises(nfstore.NFError) as err:
+        nfstore.ingest(dataset, raw, store, **kwargs)  # type: ignore[arg-type]
+    text = str(err.value)
+    assert message in text and "\n" not in text, text
+    assert str(raw) in text, text  # names the file with its path
+    assert tree_state(store) == before

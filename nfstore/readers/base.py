@@ -14,6 +14,7 @@ themselves are read block by block (``Block.load``), so that ingest streams.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,26 @@ class StimulusTable:
     root: Path
 
 
+def parse_subject(spec: str | int, pattern: str, template: str, examples: str) -> str:
+    """Canonical subject name from a user's spelling.
+
+    Parameters
+    ----------
+    spec : str or int
+        What the user typed (``1``, ``"subj01"``, ...).
+    pattern : str
+        Regular expression (case-insensitive) whose group 1 is the subject number.
+    template : str
+        Format of the canonical name, given the number as ``n`` (``"subj{n:02d}"``).
+    examples : str
+        Accepted spellings, for the error message.
+    """
+    m = re.fullmatch(pattern, str(spec).strip(), flags=re.IGNORECASE)
+    if not m:
+        raise OptionError(f"--subjects: expected {examples}; got {spec!r}")
+    return template.format(n=int(m.group(1)))
+
+
 def parse_ranges(spec: str | None, option: str = "--sessions") -> list[int] | None:
     """Parse ``"1-3,7"`` into ``[1, 2, 3, 7]``; ``None`` stays ``None``."""
     if spec is None:
@@ -134,9 +155,11 @@ def parse_ranges(spec: str | None, option: str = "--sessions") -> list[int] | No
         try:
             a, b = int(lo), int(hi or lo)
         except ValueError:
-            raise OptionError(f"{option}: expected numbers or ranges like '1-37,40'; got {spec!r}") from None
+            raise OptionError(f"{option}: expected numbers or ranges like '1-37,40'; "
+                              f"got {spec!r}") from None
         if a < 1 or b < a:
-            raise OptionError(f"{option}: expected increasing 1-based ranges like '1-37'; got {spec!r}")
+            raise OptionError(f"{option}: expected increasing 1-based ranges like '1-37'; "
+                              f"got {spec!r}")
         out.extend(range(a, b + 1))
     return sorted(set(out))
 

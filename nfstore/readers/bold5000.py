@@ -27,7 +27,7 @@ from nfstore import _io
 from nfstore._names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.errors import MissingFileError, OptionError, ReaderError
 from nfstore.readers._rois import union_aliases
-from nfstore.readers.base import Block, RawSubject, StimulusTable, repeat_index
+from nfstore.readers.base import Block, RawSubject, StimulusTable, parse_subject, repeat_index
 
 NAME = "bold5000"
 ROI_KEYS = tuple(f"{h}{r}" for r in ("EarlyVis", "LOC", "OPA", "PPA", "RSC") for h in ("LH", "RH"))
@@ -58,10 +58,7 @@ class Options:
 
 def subject_name(spec: str | int) -> str:
     """``1``, ``"CSI1"`` -> ``"CSI1"``."""
-    m = re.fullmatch(r"(?:CSI)?0*([1-9])", str(spec).strip(), flags=re.IGNORECASE)
-    if not m:
-        raise OptionError(f"--subjects: expected BOLD5000 subjects like 1 or CSI1; got {spec!r}")
-    return f"CSI{m.group(1)}"
+    return parse_subject(spec, r"(?:CSI)?0*([1-9])", "CSI{n}", "BOLD5000 subjects like 1 or CSI1")
 
 
 def list_subjects(root: Path) -> list[str]:

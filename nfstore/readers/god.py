@@ -27,9 +27,16 @@ import pandas as pd
 
 from nfstore import _io
 from nfstore._names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
-from nfstore.errors import MissingFileError, OptionError, ReaderError
+from nfstore.errors import MissingFileError, ReaderError
 from nfstore.readers._rois import union_aliases
-from nfstore.readers.base import Block, RawSubject, StimulusTable, contiguous_blocks, repeat_index
+from nfstore.readers.base import (
+    Block,
+    RawSubject,
+    StimulusTable,
+    contiguous_blocks,
+    parse_subject,
+    repeat_index,
+)
 
 NAME = "god"
 SPLITS = {1: "train", 2: "test", 3: "imagery"}
@@ -53,10 +60,8 @@ class Options:
 
 def subject_name(spec: str | int) -> str:
     """``1``, ``"sub-01"``, ``"Subject1"`` -> ``"sub-01"``."""
-    m = re.fullmatch(r"(?:sub-|subject)?0*([1-9]\d*)", str(spec).strip(), flags=re.IGNORECASE)
-    if not m:
-        raise OptionError(f"--subjects: expected GOD subjects like 1 or sub-01; got {spec!r}")
-    return f"sub-{int(m.group(1)):02d}"
+    return parse_subject(spec, r"(?:sub-|subject)?0*([1-9]\d*)", "sub-{n:02d}",
+                         "GOD subjects like 1 or sub-01")
 
 
 def list_subjects(root: Path) -> list[str]:

@@ -2,7 +2,7 @@
 
 Files (relative to the NSD root), see ``shared/reference/dataset-formats.md`` section 1::
 
-    nsddata/experiments/nsd/nsd_expdesign.mat            masterordering, subjectim, sharedix (1-based)
+    nsddata/experiments/nsd/nsd_expdesign.mat            masterordering, subjectim, sharedix
     nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5         imgBrick (N, H, W, 3) uint8, 0-based rows
     nsddata/ppdata/subjNN/behav/responses.tsv            SESSION, RUN, TRIAL, 73KID (1-based)
     nsddata/ppdata/subjNN/func1pt8mm/roi/<atlas>.nii.gz  nsdgeneral (1/0/-1) and other atlases
@@ -28,7 +28,7 @@ from nfstore import _io
 from nfstore._names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.errors import MissingFileError, OptionError, ReaderError
 from nfstore.readers._rois import NSD_ATLAS_LABELS, alias_rois, atlas_rois, read_ctab
-from nfstore.readers.base import Block, RawSubject, StimulusTable
+from nfstore.readers.base import Block, RawSubject, StimulusTable, parse_subject
 
 NAME = "nsd"
 EXPDESIGN = Path("nsddata/experiments/nsd/nsd_expdesign.mat")
@@ -62,10 +62,8 @@ class Options:
 
 def subject_name(spec: str | int) -> str:
     """``1``, ``"1"``, ``"01"``, ``"subj01"`` -> ``"subj01"``."""
-    m = re.fullmatch(r"(?:subj)?0*([1-9]\d*)", str(spec).strip())
-    if not m:
-        raise OptionError(f"--subjects: expected NSD subjects like 1 or subj01; got {spec!r}")
-    return f"subj{int(m.group(1)):02d}"
+    return parse_subject(spec, r"(?:subj)?0*([1-9]\d*)", "subj{n:02d}",
+                         "NSD subjects like 1 or subj01")
 
 
 def list_subjects(root: Path) -> list[str]:
@@ -214,9 +212,9 @@ def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
     responses = _responses(sub_dir / "behav" / "responses.tsv")
     files = _beta_files(beta_dir, options.format)
     if not files:
-        raise MissingFileError(f"{beta_dir}: missing betas; expected betas_sessionSS"
-                               f"{'.nii.gz or .hdf5' if options.format == 'auto' else _SUFFIX[options.format]}"
-                               " files")
+        kinds = ".nii.gz or .hdf5" if options.format == "auto" else _SUFFIX[options.format]
+        raise MissingFileError(f"{beta_dir}: missing betas; expected betas_sessionSS{kinds} "
+                               "files")
     sessions = list(options.sessions) if options.sessions else sorted(files)
     absent = [s for s in sessions if s not in files]
     if absent:

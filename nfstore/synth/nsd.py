@@ -89,7 +89,7 @@ def _volumes(grid: tuple[int, int, int]) -> dict[str, np.ndarray]:
 
 def _design(cfg: NSDSynthConfig, n_images: int, rng: np.random.Generator
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """masterordering (n_trials,), subjectim (8, images_per_subject), sharedix (shared,), 1-based."""
+    """1-based masterordering (n_trials,), subjectim (8, images_per_subject), sharedix."""
     n_trials = cfg.sessions * cfg.trials_per_session
     n_list = cfg.images_per_subject
     shared = np.sort(rng.choice(n_images, cfg.shared, replace=False))

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from nf.main import _register, cli
 
 import nfstore
-from nf.main import _register, cli
 
 
 @pytest.fixture(scope="module")

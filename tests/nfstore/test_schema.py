@@ -67,7 +67,8 @@ def test_validate_reports_missing_chunks_and_bad_values(nsd_store: Path) -> None
     chunk.unlink()
     store = nfstore.open_store(nsd_store)  # metadata still valid
     problems = validate_store(store)
-    assert len(problems) == 1 and "betas: expected" in problems[0] and "chunks; found" in problems[0]
+    assert len(problems) == 1
+    assert "betas: expected" in problems[0] and "chunks; found" in problems[0]
 
 
 def test_validate_reports_unknown_stimuli(nsd_store: Path) -> None:

@@ -59,7 +59,8 @@ def test_roi_volumes_use_nsd_codes(nsd_raw: Path) -> None:
 
 def test_responses_and_stim_info_agree_with_design(nsd_raw: Path) -> None:
     mat = scipy.io.loadmat(nsd_raw / EXPDESIGN)
-    ids = mat["subjectim"][1, mat["masterordering"].ravel().astype(int) - 1].astype(int)  # subject 2, 1-based 73k ids
+    # subject 2's 1-based 73k ids, trial by trial
+    ids = mat["subjectim"][1, mat["masterordering"].ravel().astype(int) - 1].astype(int)
     resp = pd.read_csv(nsd_raw / "nsddata/ppdata/subj02/behav/responses.tsv", sep="\t")
     assert list(resp.columns[:5]) == ["SUBJECT", "SESSION", "RUN", "TRIAL", "73KID"]
     np.testing.assert_array_equal(resp["73KID"].to_numpy(), ids)
