@@ -11,15 +11,15 @@ HASH := $(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.core-$(HASH): $(BIN)/python
-	$(PIP) -e .
+$(VENV)/.ml-$(HASH): $(BIN)/python
+	$(PIP) -e ".[ml]"
 	touch $@
 
-$(VENV)/.test-$(HASH): $(VENV)/.core-$(HASH)
-	$(PIP) -e ".[test]"
+$(VENV)/.test-$(HASH): $(VENV)/.ml-$(HASH)
+	$(PIP) -e ".[ml,test]"
 	touch $@
 
-demo: $(VENV)/.core-$(HASH)
+demo: $(VENV)/.ml-$(HASH)
 	$(BIN)/nf demo --workdir nf-demo
 
 test: $(VENV)/.test-$(HASH)

@@ -29,7 +29,7 @@ def repeat_reliability(x: np.ndarray, stimuli: np.ndarray, repeats: np.ndarray) 
 
 
 def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print) -> dict[str, float]:
-    """Run the pipeline (so far: the store) on synthetic NSD, BOLD5000 and GOD trees."""
+    """Run the pipeline (so far: store and embeddings) on synthetic NSD, BOLD5000 and GOD."""
     import nfstore
     from nfstore.export import write_query
     from nfstore.synth import synthesize
@@ -37,17 +37,24 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print) 
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     store_path = workdir / "nf.zarr"
+    steps = 5
     for n, dataset in enumerate(("nsd", "bold5000", "god"), start=1):
         raw = workdir / "raw" / dataset
         s = synthesize(dataset, raw, overwrite=True, seed=seed)
         summary = nfstore.ingest(dataset, raw, store_path, overwrite=True, progress=True)
-        echo(f"[{n}/4] synth {dataset}: {s['trials']} trials, {s['images']} images; "
+        echo(f"[{n}/{steps}] synth {dataset}: {s['trials']} trials, {s['images']} images; "
              f"{summary.line()}")
     store = nfstore.open_store(store_path)
     x = store.betas("nsd/subj01", roi="V1", split="test", average_repeats=True)
     out = write_query(x, workdir / "subj01_V1_test.nc")
-    echo(f"[4/4] query nsd/subj01 V1 test (repeat-averaged): {x.shape[0]} stimuli x "
+    echo(f"[4/{steps}] query nsd/subj01 V1 test (repeat-averaged): {x.shape[0]} stimuli x "
          f"{x.shape[1]} voxels -> {out}")
+    from nfstore.embeddings import embed_store
+    from nfstore.tiny import write_tiny_encoder
+
+    weights = write_tiny_encoder(workdir / "encoder")["hf"]
+    emb = embed_store(store_path, "ip-adapter-sdxl", weights, progress=True)
+    echo(f"[5/{steps}] {emb.line()} (tiny random ViT encoder written to {weights})")
     reliability = {}
     for key, row in store.info().items():
         train = store.betas(key, split="train")

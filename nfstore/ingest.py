@@ -317,10 +317,18 @@ def _write_template(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int,
 
 
 def _commit_stimuli(store: Path, table: StimulusTable, raws: list[RawSubject]) -> None:
-    """Replace the stimulus table of ``table.dataset`` (staged, then renamed).
+    """The reader's table plus every stimulus the subjects reference without an image (GOD
+    imagery names a category: empty ``file``)."""
+    referenced = [i for raw in raws for i in pd.unique(raw.trials["stimulus"])]
+    commit_stimulus_table(store, table, referenced)
 
-    Rows: the reader's table, rows of the previous table it does not list, and every stimulus
-    the subjects reference without an image (GOD imagery names a category: empty ``file``).
+
+def commit_stimulus_table(store: Path, table: StimulusTable,
+                          referenced: Sequence[str] = ()) -> None:
+    """Replace ``/stimuli/<table.dataset>`` (staged, then renamed).
+
+    Rows: ``table``, the rows of the previous table it does not list, and the ``referenced``
+    ids found in neither (no pixels: empty ``file``).
     """
     key = f"{STIMULI_GROUP}/{table.dataset}"
     ids = list(table.stimulus)
@@ -333,10 +341,9 @@ def _commit_stimuli(store: Path, table: StimulusTable, raws: list[RawSubject]) -
                            old["index"].values.tolist()):
             if i not in seen:
                 ids.append(i), files.append(f), index.append(n), seen.add(i)
-    for raw in raws:
-        for i in pd.unique(raw.trials["stimulus"]):
-            if i not in seen:
-                ids.append(i), files.append(""), index.append(-1), seen.add(i)
+    for i in referenced:
+        if i not in seen:
+            ids.append(i), files.append(""), index.append(-1), seen.add(i)
     staged = _layout.staging_path(store, key)
     _discard(staged)
     staged.parent.mkdir(parents=True, exist_ok=True)

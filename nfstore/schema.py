@@ -47,13 +47,17 @@ def _arrays(group: zarr.Group) -> dict[str, dict[str, Any]]:
 def manifest(store: Store) -> dict[str, Any]:
     """JSON-like description of the store's groups and arrays (metadata reads only)."""
     root = store._root
-    out: dict[str, Any] = {"attributes": dict(root.attrs), "stimuli": {}, "subjects": {}}
+    out: dict[str, Any] = {"attributes": dict(root.attrs), "stimuli": {}, "subjects": {},
+                           "embeddings": {}}
     for name in store._children(STIMULI_GROUP):
         g = root[f"{STIMULI_GROUP}/{name}"]
         out["stimuli"][name] = {"attributes": dict(g.attrs), "arrays": _arrays(g)}
     for key in store.subjects():
         g = root[key]
         out["subjects"][key] = {"attributes": dict(g.attrs), "arrays": _arrays(g)}
+    for name in store.embedding_models():
+        g = root[f"embeddings/{name}"]
+        out["embeddings"][name] = {"attributes": dict(g.attrs), "arrays": _arrays(g)}
     return out
 
 
@@ -67,6 +71,12 @@ def _schema_problems(man: dict[str, Any], location: str) -> list[str]:
     for err in sorted(validator.iter_errors(man), key=lambda e: list(map(str, e.absolute_path))):
         where = "/".join(str(p) for p in err.absolute_path)
         problems.append(f"{location}: {where or '(root)'}: {err.message}")
+    for name, emb in man["embeddings"].items():
+        count = emb["attributes"].get("count", 0)
+        rows = {n: a["shape"][0] for n, a in emb["arrays"].items() if a.get("shape")}
+        if any(r < count for r in rows.values()):
+            problems.append(f"{location}/embeddings/{name}: expected at least count={count} rows; "
+                            f"found {rows}")
     for key, sub in man["subjects"].items():
         arrays = sub.get("arrays", {})
         for dim in (TRIAL, VOXEL, ROI):

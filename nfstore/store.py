@@ -203,6 +203,48 @@ class Store:
         return xr.DataArray(pixels, dims=(STIMULUS, "y", "x", "rgb"),
                             coords={STIMULUS: ids}, name="pixels")
 
+    def embedding_models(self) -> list[str]:
+        """Names of the cached embedding models (``nf embed``)."""
+        return self._children("embeddings")
+
+    def embeddings(self, model: str, stimuli: Any = None) -> xr.DataArray:
+        """Cached embeddings aligned to ``stimuli`` (any order, repeats allowed), lazily.
+
+        Parameters
+        ----------
+        model : str
+            ``ip-adapter-sdxl``, ``ip-adapter-sdxl-vit-h`` or ``<model>-tokens``.
+        stimuli : sequence of str or DataArray, optional
+            e.g. ``x.stimulus`` of a betas query; default: every cached stimulus.
+
+        Returns
+        -------
+        DataArray (stimulus, feature) -- (stimulus, token, feature) for tokens -- dask-backed
+        """
+        import dask.array as da
+
+        if model not in self.embedding_models():
+            raise QueryError(f"--model: no {model!r} embeddings in {self.location}; cached: "
+                             f"{self.embedding_models()} (run `nf embed`)")
+        g = self._root[f"embeddings/{model}"]
+        count = int(g.attrs["count"])
+        ids = np.array(g["stimulus"][:count].tolist(), dtype=object)
+        arr = da.from_zarr(g["embedding"])[:count]
+        if stimuli is None:
+            rows, want = np.arange(count), ids
+        else:
+            want = np.asarray(getattr(stimuli, "values", stimuli), dtype=object).ravel()
+            import pandas as pd
+
+            rows = pd.Index(ids).get_indexer(want)
+            if (rows < 0).any():
+                missing = want[rows < 0]
+                raise QueryError(f"stimuli: {len(set(missing.tolist()))} have no {model} "
+                                 f"embedding (e.g. {missing[:3].tolist()}); run `nf embed`")
+        dims = (STIMULUS, "token", "feature") if arr.ndim == 3 else (STIMULUS, "feature")
+        return xr.DataArray(arr[rows], dims=dims, coords={STIMULUS: want}, name=model,
+                            attrs={k: v for k, v in g.attrs.items() if k != "count"})
+
     def _table(self, dataset: str) -> Any:
         import pandas as pd
 

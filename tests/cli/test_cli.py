@@ -126,3 +126,25 @@ def test_dataset_option_errors(runner: CliRunner, tmp_path: Path, args: list[str
     r = runner.invoke(cli, [a.format(tmp=tmp_path) for a in args])
     assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1, \
         r.output
+
+
+def test_embed_from_the_cli(runner: CliRunner, nsd_store: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from nfstore.tiny import write_tiny_encoder
+
+    weights = write_tiny_encoder(tmp_path / "enc")["open_clip"]
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(3):
+        Image.new("RGB", (30, 20), (i * 60, 10, 200)).save(pool / f"im{i}.png")
+    r = runner.invoke(cli, ["embed", str(nsd_store), "--weights", str(weights), "--pool",
+                            str(pool), "--pool-name", "novel", "--workers", "0",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "registered 3 images" in r.output and "embedded 3 images" in r.output
+    store = nfstore.open_store(nsd_store)
+    assert store.embeddings("ip-adapter-sdxl").sizes["stimulus"] == 3
+    r = runner.invoke(cli, ["embed", str(nsd_store), "--weights", str(tmp_path / "nowhere")])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert "--weights" in r.output and "expected a Hugging Face image encoder folder" in r.output

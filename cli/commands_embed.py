@@ -1,0 +1,53 @@
+"""``nf embed``: cache IP-Adapter image embeddings of the store's stimuli."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("embed")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--model", default="ip-adapter-sdxl", show_default=True,
+              type=click.Choice(["ip-adapter-sdxl", "ip-adapter-sdxl-vit-h"]))
+@click.option("--weights", required=True, type=click.Path(),
+              help="Image encoder: HF CLIPVisionModelWithProjection folder, open_clip folder or "
+                   "weights file, or the root of a local h94/IP-Adapter copy.")
+@click.option("--stimuli", default="all", show_default=True,
+              help="all, nsd, bold5000, god, pool (every pool) or a pool name.")
+@click.option("--pool", "pool_dir", type=click.Path(file_okay=False),
+              help="Register this folder of novel images first (with --pool-name).")
+@click.option("--pool-name", default="pool", show_default=True,
+              help="Stimulus id prefix of --pool images: NAME/<relative path stem>.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] (fp16 on CUDA).")
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True,
+              help="DataLoader processes decoding images.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Stored precision.")
+@click.option("--tokens", is_flag=True,
+              help="Cache penultimate hidden states (IP-Adapter plus) as <model>-tokens.")
+@click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on.")
+@click.option("--overwrite", is_flag=True, help="Replace a cache made with other weights.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def embed(store: str, model: str, weights: str, stimuli: str, pool_dir: str | None,
+          pool_name: str, batch_size: int, device: str, workers: int, dtype: str, tokens: bool,
+          skip_bad: bool, overwrite: bool, progress: bool) -> None:
+    """Embed every stimulus image of STORE not cached yet (resumable)."""
+    from pathlib import Path
+
+    from nfstore.embeddings import embed_store, register_pool
+
+    if pool_dir is not None:
+        n = register_pool(Path(store), pool_dir, pool_name)
+        click.echo(f"registered {n} images of {pool_dir} as {pool_name}/...")
+        if stimuli == "all":
+            stimuli = pool_name
+    summary = embed_store(store, model, weights, stimuli=stimuli, batch_size=batch_size,
+                          device=device, dtype=dtype, tokens=tokens, workers=workers,
+                          skip_bad=skip_bad, overwrite=overwrite, progress=progress)
+    for line in summary.skipped:
+        click.echo(f"skipped {line}", err=True)
+    click.echo(summary.line())
+
+
+COMMANDS = [embed]

@@ -1,0 +1,249 @@
+"""``nf embed``: image embeddings cached in the store, one row per stimulus, resumable.
+
+Layout: ``/embeddings/<model>`` with ``stimulus`` (row,) and ``embedding`` (row, feature) -- or
+(row, token, feature) for token embeddings -- plus attributes naming the weights (checksum),
+preprocessing, dtype and ``count``, the number of committed rows. Rows are appended batch by
+batch and ``count`` is raised after both arrays are written (zarr writes metadata atomically), so
+a killed run leaves a valid cache and the next run embeds only what is missing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from nfstore import _layout, encoders
+from nfstore._names import DATASETS, STIMULI_GROUP
+from nfstore._version import __version__
+from nfstore.errors import OptionError, ReaderError, StoreError
+
+EMBEDDINGS_GROUP = "embeddings"
+ROW_CHUNK = 256
+POOL_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class EmbedSummary:
+    model: str
+    embedded: int = 0
+    cached: int = 0
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.embedded / self.seconds if self.seconds else 0.0
+        return (f"embedded {self.embedded} images with {self.model} in {self.seconds:.1f} s "
+                f"({rate:.1f} images/s); {self.cached} already cached"
+                + (f"; skipped {len(self.skipped)} unreadable" if self.skipped else ""))
+
+
+def register_pool(store: Path, folder: str | Path, name: str) -> int:
+    """Add a folder of novel images as stimuli ``<name>/<relative path stem>``; returns count."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in DATASETS or name in (
+            STIMULI_GROUP, EMBEDDINGS_GROUP):
+        raise OptionError(f"--pool-name: expected a name of letters, digits, '_' or '-' that is "
+                          f"not a dataset name ({', '.join(DATASETS)}); got {name!r}")
+    base = Path(folder)
+    if not base.is_dir():
+        raise OptionError(f"--pool: {base} is not a folder")
+    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in POOL_SUFFIXES)
+    if not files:
+        raise OptionError(f"--pool: expected images ({', '.join(POOL_SUFFIXES)}) under {base}; "
+                          f"found none")
+    rel = [p.relative_to(base).as_posix() for p in files]
+    ids = [f"{name}/{r.rsplit('.', 1)[0]}" for r in rel]
+    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if dup:
+        raise OptionError(f"--pool: several files share the stimulus id {dup[0]!r} (same path, "
+                          f"different extension)")
+    from nfstore.ingest import commit_stimulus_table
+    from nfstore.readers.base import StimulusTable
+
+    commit_stimulus_table(store, StimulusTable(name, np.array(ids, dtype=object),
+                                               np.array(rel, dtype=object),
+                                               np.full(len(ids), -1, np.int64), base.resolve()))
+    return len(ids)
+
+
+class _Images:
+    """torch Dataset of (row, pixels or None, error) read in DataLoader workers."""
+
+    def __init__(self, items: list[tuple[str, str, int]]) -> None:
+        self.items = items  # (path, key in brick or "", row)
+        self._proc: Any = None
+        self._h5: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
+        from PIL import Image
+
+        path, key, row = self.items[i]
+        if self._proc is None:
+            self._proc = encoders.processor()
+        try:
+            if row >= 0:
+                import h5py
+
+                if path not in self._h5:
+                    self._h5[path] = h5py.File(path, "r")
+                img = Image.fromarray(self._h5[path][key][row])
+            else:
+                with Image.open(path) as im:
+                    img = im.convert("RGB")
+            return i, encoders.preprocess(img, self._proc), ""
+        except Exception as err:  # reported per file by the caller
+            return i, None, f"{path}{f' row {row}' if row >= 0 else ''}: {type(err).__name__}: " \
+                            f"{' '.join(str(err).split())[:200]}"
+
+
+def _collate(batch: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int, Any, str]]:
+    return batch
+
+
+def _cache_group(store: Path, name: str, meta: dict[str, Any], shape: tuple[int, ...],
+                 overwrite: bool) -> zarr.Group:
+    """Open (or create) ``/embeddings/<name>``; different weights need ``overwrite``."""
+    path = store / EMBEDDINGS_GROUP / name
+    if path.is_dir():
+        g = zarr.open_group(str(path), mode="r+")
+        old = dict(g.attrs)
+        clash = [k for k in ("weights_sha256", "dtype", "feature_shape")
+                 if old.get(k) != meta[k]]
+        if clash and not overwrite:
+            raise StoreError(f"{store}/{EMBEDDINGS_GROUP}/{name}: cached with other "
+                             f"{', '.join(clash)} ({old.get('weights', {}).get('path')}); pass "
+                             f"--overwrite to replace the cache")
+        if not clash:
+            count = int(old.get("count", 0))
+            g["stimulus"].resize((count,))
+            g["embedding"].resize((count, *shape))
+            return g
+        shutil.rmtree(path)
+    _layout.ensure_group(store, EMBEDDINGS_GROUP)
+    g = zarr.open_group(str(store), mode="r+").create_group(f"{EMBEDDINGS_GROUP}/{name}")
+    g.create_array("stimulus", shape=(0,), chunks=(ROW_CHUNK * 16,), dtype=str,
+                   dimension_names=("stimulus",))
+    dims = ("stimulus", "token", "feature") if len(shape) == 2 else ("stimulus", "feature")
+    g.create_array("embedding", shape=(0, *shape), chunks=(ROW_CHUNK, *shape),
+                   dtype=meta["dtype"], dimension_names=dims)
+    g.attrs.update({**meta, "count": 0})
+    return g
+
+
+def _todo(store: Any, datasets: list[str], done: set[str]) -> list[tuple[str, str, str, int]]:
+    """(stimulus, absolute file, brick key, row) of every stimulus with pixels not yet cached."""
+    out = []
+    for ds in datasets:
+        tab = store.stimuli(ds)
+        root = Path(store._root[f"{STIMULI_GROUP}/{ds}"].attrs["raw_root"])
+        for sid, f, idx in zip(tab["stimulus"].values.tolist(), tab["file"].values.tolist(),
+                               tab["index"].values.tolist()):
+            if f and sid not in done:
+                out.append((sid, str(root / f), "imgBrick" if idx >= 0 else "", int(idx)))
+    return out
+
+
+def embed_store(location: str | Path, model: str, weights: str | Path, *,
+                stimuli: str = "all", batch_size: int = 32, device: str = "cpu",
+                dtype: str = "float32", tokens: bool = False, workers: int = 2,
+                skip_bad: bool = False, overwrite: bool = False, progress: bool = False,
+                on_batch: Callable[[int], None] | None = None) -> EmbedSummary:
+    """Embed every stimulus image of the store that the cache does not hold yet.
+
+    Parameters
+    ----------
+    location : path of a local store
+    model : {"ip-adapter-sdxl", "ip-adapter-sdxl-vit-h"}
+    weights : path of the encoder (see :func:`nfstore.encoders.locate_weights`)
+    stimuli : "all", a dataset name, "pool" (every pool) or a pool name
+    dtype : {"float32", "float16"}
+        Stored precision (the model also runs in float16 on CUDA).
+    tokens : bool
+        Cache the penultimate hidden states (tokens x hidden, IP-Adapter plus) under
+        ``<model>-tokens`` instead of the global embedding.
+    workers : int
+        DataLoader worker processes decoding images.
+    on_batch : callable, optional
+        Called with the number of committed rows after each batch.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    import nfstore
+
+    t0 = time.perf_counter()
+    spec = encoders.get_model(model)
+    if dtype not in ("float32", "float16"):
+        raise OptionError(f"--dtype: expected float32 or float16; got {dtype!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError(f"--device: {device} requested but CUDA is not available")
+    path = _layout.local_store_path(location)
+    store = nfstore.open_store(path)
+    tables = store._children(STIMULI_GROUP)
+    pools = [t for t in tables if t not in DATASETS]
+    chosen = {"all": tables, "pool": pools}.get(stimuli, [stimuli])
+    unknown = [c for c in chosen if c not in tables]
+    if unknown:
+        raise OptionError(f"--stimuli: {unknown[0]!r} has no stimulus table in {path}; "
+                          f"available: all, pool, {', '.join(tables)}")
+    where = encoders.locate_weights(weights, spec)
+    encoder = encoders.load_encoder(where, spec, device=device,
+                                    dtype="float16" if device.startswith("cuda") else "float32",
+                                    tokens=tokens)
+    probe = encoder(torch.zeros(1, 3, 224, 224, device=device, dtype=next(
+        encoder.model.parameters()).dtype), tokens=tokens)
+    shape = tuple(int(s) for s in probe.shape[1:])
+    name = f"{model}-tokens" if tokens else model
+    meta = {"model": model, "weights": {"layout": where.layout, "path": str(where.path.resolve()),
+                                        "files": [f.name for f in where.files]},
+            "weights_sha256": encoders.checksum(where.files), "dtype": dtype,
+            "feature_shape": list(shape), "preprocessing": encoders.PREPROCESSING,
+            "output": "hidden_states[-2]" if tokens else "image_embeds (unnormalized)",
+            "nf_version": __version__}
+    group = _cache_group(path, name, meta, shape, overwrite)
+    count = int(group.attrs["count"])
+    done = set(group["stimulus"][:count].tolist()) if count else set()
+    todo = _todo(store, chosen, done)
+    summary = EmbedSummary(name, cached=len(done))
+    loader = torch.utils.data.DataLoader(_Images([(f, k, r) for _, f, k, r in todo]),
+                                         batch_size=batch_size, num_workers=workers,
+                                         collate_fn=_collate)
+    bar = tqdm(total=len(todo), unit="img", desc=f"embed {name}", disable=not progress)
+    try:
+        for batch in loader:
+            bad = [(i, e) for i, x, e in batch if x is None]
+            if bad and not skip_bad:
+                raise ReaderError(f"{bad[0][1]} (pass --skip-bad to go on without it)")
+            summary.skipped += [e for _, e in bad]
+            good = [(i, x) for i, x, _ in batch if x is not None]
+            if good:
+                x = torch.from_numpy(np.stack([g[1] for g in good])).to(
+                    device, next(encoder.model.parameters()).dtype)
+                emb = encoder(x, tokens=tokens).float().cpu().numpy().astype(dtype)
+                n = len(good)
+                group["embedding"].resize((count + n, *shape))
+                group["embedding"][count:count + n] = emb
+                group["stimulus"].resize((count + n,))
+                group["stimulus"][count:count + n] = np.array([todo[i][0] for i, _ in good],
+                                                              dtype=object)
+                count += n
+                group.attrs["count"] = count  # commit point
+                summary.embedded += n
+            bar.update(len(batch))
+            bar.set_postfix_str(f"{summary.embedded / (time.perf_counter() - t0):.1f} img/s")
+            if on_batch is not None:
+                on_batch(count)
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
