@@ -40,7 +40,8 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "ip-adapter-sdxl": ModelSpec("ip-adapter-sdxl", "ViT-bigG-14", 1280, "sdxl_models/image_encoder"),
+    "ip-adapter-sdxl": ModelSpec("ip-adapter-sdxl", "ViT-bigG-14", 1280,
+                                 "sdxl_models/image_encoder"),
     "ip-adapter-sdxl-vit-h": ModelSpec("ip-adapter-sdxl-vit-h", "ViT-H-14", 1024,
                                        "models/image_encoder"),
 }
