@@ -223,3 +223,13 @@ def test_option_errors(store: Path, tiny, kwargs: dict, message: str) -> None:
 def test_pool_name_may_not_be_a_dataset(store: Path, tmp_path: Path) -> None:
     with pytest.raises(nfstore.OptionError, match="--pool-name: expected a name"):
         register_pool(store, tmp_path, "nsd")
+
+
+def test_vit_h_model_takes_1024_d_encoders(store: Path, tiny, tmp_path: Path) -> None:
+    vit_h = write_tiny_encoder(tmp_path / "vith", embed_dim=1024)["hf"]
+    s = embed_store(store, "ip-adapter-sdxl-vit-h", vit_h, workers=0, stimuli="nsd")
+    e = nfstore.open_store(store).embeddings("ip-adapter-sdxl-vit-h")
+    assert s.embedded == e.sizes["stimulus"] and e.sizes["feature"] == 1024
+    with pytest.raises(nfstore.ReaderError, match="gives 1280-d embeddings; "
+                                                  "ip-adapter-sdxl-vit-h expects 1024"):
+        embed_store(store, "ip-adapter-sdxl-vit-h", tiny["hf"], workers=0, overwrite=True)
