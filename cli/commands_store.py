@@ -91,6 +91,11 @@ def info(store: str) -> None:
     for r in rows:
         click.echo("  ".join(str(c).rjust(w) if i else str(c).ljust(w)
                              for i, (c, w) in enumerate(zip(r, widths))))
+    for key, row in table.items():
+        for name, n in row["synthetic"].items():
+            click.echo(f"{key}: synthetic set '{name}', {n} trials")
+    for name in st.embedding_models():
+        click.echo(f"embeddings {name}: {st.embeddings(name).sizes['stimulus']} stimuli")
     for key, state in st.incomplete().items():
         click.echo(f"{key}: incomplete ingest ({state}); rerun `nf ingest` to finish it")
     if not table:

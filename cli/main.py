@@ -25,9 +25,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from nf import commands_demo, commands_embed, commands_store
+    from nf import commands_augment, commands_demo, commands_embed, commands_store
 
-    for module in (commands_store, commands_embed, commands_demo):
+    for module in (commands_store, commands_embed, commands_augment, commands_demo):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -54,7 +54,12 @@ def manifest(store: Store) -> dict[str, Any]:
         out["stimuli"][name] = {"attributes": dict(g.attrs), "arrays": _arrays(g)}
     for key in store.subjects():
         g = root[key]
-        out["subjects"][key] = {"attributes": dict(g.attrs), "arrays": _arrays(g)}
+        out["subjects"][key] = {"attributes": dict(g.attrs), "arrays": _arrays(g),
+                                "synthetic": {}}
+        for name in store.synthetic_sets(key):
+            sg = root[f"{key}/synthetic/{name}"]
+            out["subjects"][key]["synthetic"][name] = {"attributes": dict(sg.attrs),
+                                                       "arrays": _arrays(sg)}
     for name in store.embedding_models():
         g = root[f"embeddings/{name}"]
         out["embeddings"][name] = {"attributes": dict(g.attrs), "arrays": _arrays(g)}
@@ -85,6 +90,12 @@ def _schema_problems(man: dict[str, Any], location: str) -> list[str]:
             if len(set(lengths.values())) > 1:
                 problems.append(f"{location}/{key}: expected one length along '{dim}'; found "
                                 f"{lengths}")
+        n_vox = arrays.get("betas", {}).get("shape", [0, 0])[-1]
+        for name, syn in sub.get("synthetic", {}).items():
+            shape = syn.get("arrays", {}).get("betas", {}).get("shape", [0, 0])
+            if shape[-1] != n_vox:
+                problems.append(f"{location}/{key}/synthetic/{name}/betas: expected {n_vox} "
+                                f"voxels (the subject's); found {shape[-1]}")
     return problems
 
 

@@ -140,34 +140,66 @@ class Store:
             Average the trials that share a stimulus (within the selection): one row per
             stimulus, with coordinate ``n_repeats``.
         synthetic : bool or list of str
-            Include synthetic trial sets (not available yet in this store version).
+            Add synthetic trial sets (``nf augment``): ``True`` for all, or their names.
+            The trial coordinate ``source`` tells them apart (``measured`` or the set name).
 
         Returns
         -------
         betas : DataArray of shape (n_trials, n_voxels), dask-backed
         """
         ds = self.dataset(subject)
-        if synthetic:
-            raise QueryError("synthetic: this store has no synthetic trial sets yet "
-                             "(see `nf augment`)")
         x = ds[BETAS]
+        voxels = None
         if roi is not None:
             names = [roi] if isinstance(roi, str) else list(roi)
             unknown = [r for r in names if r not in set(ds[ROI].values.tolist())]
             if unknown:
                 raise QueryError(f"--roi: {unknown} not available for {subject}; available: "
                                  f"{self.rois(subject)}")
-            mask = ds[ROI_MASK].sel({ROI: names}).values.any(axis=0)
-            x = x.isel({VOXEL: np.flatnonzero(mask)})
+            voxels = np.flatnonzero(ds[ROI_MASK].sel({ROI: names}).values.any(axis=0))
+            x = x.isel({VOXEL: voxels})
+        if split is not None and split not in SPLITS:
+            raise QueryError(f"--split: expected one of {list(SPLITS)}; got {split!r}")
+        parts = [x] + [self._synthetic(subject, name, voxels)
+                       for name in self._synthetic_names(subject, synthetic)]
+        if len(parts) > 1:
+            keep = [c for c in parts[0].coords if all(c in p.coords for p in parts)]
+            parts = [p.drop_vars([c for c in p.coords if c not in keep]) for p in parts]
+            x = xr.concat(parts, dim=TRIAL, coords="minimal", compat="override",
+                          join="override")
         if split is not None:
-            if split not in SPLITS:
-                raise QueryError(f"--split: expected one of {list(SPLITS)}; got {split!r}")
-            x = x.isel({TRIAL: np.flatnonzero(ds[SPLIT].values == split)})
+            x = x.isel({TRIAL: np.flatnonzero(x[SPLIT].values == split)})
         if average_repeats:
             x = average_repeats_of(x)
         x.attrs = {"subject": subject, "roi": roi if roi is None or isinstance(roi, str)
                    else list(roi), "split": split, "average_repeats": average_repeats}
         return x.rename(BETAS)
+
+    def synthetic_sets(self, subject: str) -> list[str]:
+        """Names of the subject's synthetic trial sets."""
+        self._require(subject)
+        return self._children(f"{subject}/synthetic")
+
+    def _synthetic_names(self, subject: str, synthetic: bool | Sequence[str]) -> list[str]:
+        if synthetic is False or synthetic is None:
+            return []
+        have = self.synthetic_sets(subject)
+        names = have if synthetic is True else (
+            [synthetic] if isinstance(synthetic, str) else list(synthetic))
+        unknown = [n for n in names if n not in have]
+        if unknown:
+            raise QueryError(f"synthetic: {unknown} not found for {subject}; available: {have}")
+        return names
+
+    def _synthetic(self, subject: str, name: str, voxels: np.ndarray | None) -> xr.DataArray:
+        ds = xr.open_zarr(self.location, group=f"{subject}/synthetic/{name}",
+                          consolidated=False, chunks={}, zarr_format=3)
+        ds = ds.assign_coords({c: _plain_strings(ds[c].load()) for c in ds.coords})
+        x = ds[BETAS]
+        measured = self.dataset(subject)
+        x = x.assign_coords({c: (VOXEL, measured[c].values) for c in measured.coords
+                             if measured[c].dims == (VOXEL,)})
+        return x if voxels is None else x.isel({VOXEL: voxels})
 
     # ----------------------------------------------------------------- stimuli
     def stimuli(self, dataset: str) -> xr.Dataset:
@@ -265,7 +297,9 @@ class Store:
                         "stimuli": int(np.unique(ds[STIMULUS].values).size),
                         "voxels": int(ds.sizes[VOXEL]), "rois": int(ds.sizes[ROI]),
                         "sessions": int(np.unique(ds["session"].values).size),
-                        "dtype": str(ds[BETAS].dtype)}
+                        "dtype": str(ds[BETAS].dtype),
+                        "synthetic": {n: int(self._root[f"{key}/synthetic/{n}/{BETAS}"].shape[0])
+                                      for n in self.synthetic_sets(key)}}
         return out
 
 

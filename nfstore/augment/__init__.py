@@ -1,0 +1,167 @@
+"""Ridge synthesis of augmented trials (``nf augment``); see :mod:`.synthesis`."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from nfstore import _layout
+from nfstore._names import BETAS, SPLIT, STIMULUS, TRIAL, VOXEL
+from nfstore._version import __version__
+from nfstore.augment.synthesis import AugmentConfig, fit_model, noise_model, synthesize
+from nfstore.errors import OptionError, QueryError, StoreError
+
+SYNTHETIC = "synthetic"
+
+__all__ = ["AugmentConfig", "AugmentSummary", "augment"]
+
+
+@dataclass
+class AugmentSummary:
+    subject: str
+    name: str
+    n_train: int
+    n_synthetic: int
+    n_voxels: int
+    cv_corr: np.ndarray
+    alphas: np.ndarray
+    seconds: float = 0.0
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        q = np.percentile(self.cv_corr, [5, 25, 50, 75, 95])
+        values, counts = np.unique(self.alphas, return_counts=True)
+        top = ", ".join(f"{v:g} ({c})" for v, c in zip(values, counts))
+        return [
+            f"per-voxel CV correlation (train trials, {self.n_voxels} voxels): mean "
+            f"{self.cv_corr.mean():.3f}; 5/25/50/75/95%: " + " / ".join(f"{v:.3f}" for v in q)
+            + f"; > 0.1: {100 * (self.cv_corr > 0.1).mean():.0f}% of voxels",
+            f"alphas chosen (voxels): {top}",
+            f"synthesized {self.n_synthetic} trials for {self.subject} as '{self.name}' from "
+            f"{self.n_train} train trials in {self.seconds:.1f} s "
+            f"({self.n_synthetic / max(self.seconds, 1e-9):.0f} trials/s)",
+        ]
+
+
+def _check(cfg: AugmentConfig, name: str) -> None:
+    if (cfg.n is None) == (cfg.fraction is None):
+        raise OptionError("--n / --fraction: give exactly one of them")
+    if cfg.n is not None and cfg.n < 1:
+        raise OptionError(f"--n: expected a positive number of trials; got {cfg.n}")
+    if cfg.fraction is not None and not 0 < cfg.fraction:
+        raise OptionError(f"--fraction: expected a positive fraction; got {cfg.fraction}")
+    if cfg.noise_scale < 0:
+        raise OptionError(f"--noise-scale: expected >= 0; got {cfg.noise_scale}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise OptionError(f"--name: expected letters, digits, '_', '.' or '-'; got {name!r}")
+    if cfg.seed < 0:
+        raise OptionError(f"--seed: expected a non-negative integer; got {cfg.seed}")
+    if cfg.rank < 1 or cfg.voxel_chunk < 1:
+        raise OptionError("--rank and --voxel-chunk: expected positive integers")
+
+
+def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite: bool = False,
+            dtype: str = "float32", progress: bool = False) -> AugmentSummary:
+    """Fit the subject's encoding model on its train trials and write synthetic trials.
+
+    The result lands in ``/<dataset>/<subject>/synthetic/<name>`` (written aside, then renamed
+    into place); ``store.betas(subject, synthetic=True)`` returns it with the measured trials.
+    """
+    import nfstore
+
+    t0 = time.perf_counter()
+    name = cfg.name or f"{cfg.pool}-{cfg.noise}"
+    _check(cfg, name)
+    path = _layout.local_store_path(location)
+    store = nfstore.open_store(path)
+    ds = store.dataset(subject)
+    train = np.flatnonzero(ds[SPLIT].values == "train")
+    if train.size <= cfg.cv:
+        raise StoreError(f"{subject}: {train.size} train trials; need more than --cv {cfg.cv}")
+    stimuli = ds[STIMULUS].values[train]
+    try:
+        X = store.embeddings(cfg.embedding, stimuli=stimuli).values
+    except QueryError as err:
+        raise QueryError(f"{subject}: train stimuli need {cfg.embedding} embeddings ({err}); "
+                         f"run `nf embed {path} --model {cfg.embedding} --weights ...`") from None
+    pool_all = store.embeddings(cfg.embedding) if cfg.embedding in store.embedding_models() \
+        else None
+    pool_ids = [] if pool_all is None else [s for s in pool_all.stimulus.values.tolist()
+                                            if s.startswith(f"{cfg.pool}/")]
+    if not pool_ids:
+        raise QueryError(f"--pool: no {cfg.embedding} embeddings of pool {cfg.pool!r}; register "
+                         f"and embed it with `nf embed {path} --pool DIR --pool-name {cfg.pool}`")
+    n = cfg.n if cfg.n is not None else int(round(cfg.fraction * train.size))  # type: ignore
+    if n > len(pool_ids):
+        raise OptionError(f"--n/--fraction: {n} synthetic trials asked; pool {cfg.pool!r} has "
+                          f"{len(pool_ids)} embedded images")
+    rng = np.random.default_rng(cfg.seed)
+    chosen = np.array(pool_ids, dtype=object)[np.sort(rng.choice(len(pool_ids), n,
+                                                                 replace=False))]
+    X_pool = store.embeddings(cfg.embedding, stimuli=chosen).values
+
+    dest = path / subject / SYNTHETIC / name
+    if dest.exists() and not overwrite:
+        raise StoreError(f"{path}: {subject} already has a synthetic set '{name}'; pass "
+                         f"--overwrite to replace it or --name to add another")
+    betas = str(path / subject / BETAS)
+    model, lowrank, timing = fit_model(betas, train, X, int(ds.sizes[VOXEL]), cfg, progress)
+    noise = noise_model(model, lowrank, cfg.noise, n, cfg.rank, cfg.seed)
+
+    staged = _layout.staging_path(path, f"{subject}.{SYNTHETIC}.{name}")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_group(staged, chosen, model, dtype, name, int(ds.sizes[VOXEL]))
+        t1 = time.perf_counter()
+        synthesize(str(staged / BETAS), X_pool, model, noise, cfg, dtype, progress)
+        timing["synthesis_seconds"] = time.perf_counter() - t1
+        emb_attrs = store.embeddings(cfg.embedding).attrs
+        zarr.open_group(str(staged), mode="r+").attrs.update({
+            "name": name, "subject": subject, "source": "ridge synthesis (nf augment)",
+            "nf_version": __version__, "config": dataclasses.asdict(cfg),
+            "embedding": cfg.embedding, "embedding_weights_sha256": emb_attrs["weights_sha256"],
+            "alphas": list(map(float, np.atleast_1d(cfg.alpha if cfg.alpha is not None
+                                                    else cfg.alphas))),
+            "alpha_selection": "fixed" if cfg.alpha is not None else
+            f"per voxel, {cfg.cv}-fold CV (negative MSE, himalaya rule)",
+            "cv_corr_summary": {k: float(v) for k, v in zip(
+                ("p5", "p25", "median", "p75", "p95"),
+                np.percentile(model.cv_corr, [5, 25, 50, 75, 95]))} | {
+                "mean": float(model.cv_corr.mean())},
+            "noise": cfg.noise, "noise_scale": cfg.noise_scale, "seed": cfg.seed,
+            "n_train_trials": int(train.size), "measured_fingerprint":
+                store.attrs(subject).get("ingest_fingerprint"), "dtype": dtype})
+        _layout.ensure_group(path, f"{subject}/{SYNTHETIC}")
+        _layout.commit(path, staged, f"{subject}/{SYNTHETIC}/{name}")
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    summary = AugmentSummary(subject, name, int(train.size), n, int(ds.sizes[VOXEL]),
+                             model.cv_corr, model.alpha, time.perf_counter() - t0, timing)
+    return summary
+
+
+def _write_group(staged: Path, chosen: np.ndarray, model: Any, dtype: str, name: str,
+                 n_voxels: int) -> None:
+    n = chosen.size
+    coords = {STIMULUS: (TRIAL, chosen.astype(object)),
+              SPLIT: (TRIAL, np.full(n, "train", dtype=object)),
+              "session": (TRIAL, np.zeros(n, np.int64)), "run": (TRIAL, np.zeros(n, np.int64)),
+              "repeat": (TRIAL, np.zeros(n, np.int64)),
+              "source": (TRIAL, np.full(n, name, dtype=object))}
+    ds = xr.Dataset({"alpha": (VOXEL, model.alpha.astype(np.float64)),
+                     "cv_corr": (VOXEL, model.cv_corr.astype(np.float32))}, coords=coords)
+    ds.to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
+    zarr.create_array(str(staged), name=BETAS, shape=(n, n_voxels),
+                      chunks=(min(n, 4096), min(256, n_voxels)), dtype=dtype,
+                      fill_value=np.nan, dimension_names=(TRIAL, VOXEL))

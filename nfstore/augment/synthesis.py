@@ -1,0 +1,226 @@
+"""``nf augment``: ridge encoding model per subject -> synthetic trials for novel images.
+
+Pass 1 (one Dask task per voxel chunk): read the chunk's train betas, score every alpha by
+K-fold CV, pick each voxel's alpha, refit on all train trials, and keep the CV residual
+statistics. Pass 2 (one task per chunk): predict the pool images, add noise, write the rows.
+No task holds more than a few (n_trials x chunk) blocks; the noise of a chunk comes from its own
+seeded generator, so results do not depend on the scheduler or the number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from nfstore.augment import noise as nz
+from nfstore.augment import solvers
+
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(1, 6, 8))
+SKETCH_OVERSAMPLE = 10
+# random streams: chunk noise [seed, first voxel]; shared ones use keys past any voxel index
+LATENT_STREAM = 2**32 - 1
+SKETCH_STREAM = 2**32 - 2
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Options of one augmentation run (see ``nf augment --help``)."""
+
+    pool: str
+    n: int | None = None
+    fraction: float | None = None
+    noise: str = "gaussian"
+    noise_scale: float = 1.0
+    alpha: float | None = None
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    cv: int = 5
+    rank: int = 16
+    name: str | None = None
+    seed: int = 0
+    embedding: str = "ip-adapter-sdxl"
+    voxel_chunk: int = 1024
+    workers: int | None = None
+    scheduler: str | None = None
+
+
+@dataclass
+class ChunkFit:
+    cols: slice
+    alpha: np.ndarray
+    cv_score: np.ndarray
+    cv_corr: np.ndarray
+    W: np.ndarray
+    b: np.ndarray
+    resid_var: np.ndarray
+    resid_msq: np.ndarray
+    sketch: np.ndarray | None = None
+
+
+@dataclass
+class Model:
+    """The fitted encoding model of one subject (all voxels)."""
+
+    alpha: np.ndarray
+    cv_corr: np.ndarray
+    W: np.ndarray
+    b: np.ndarray
+    resid_var: np.ndarray
+    resid_msq: np.ndarray
+    chunks: list[slice] = field(default_factory=list)
+
+
+def _blas_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
+def _read(betas: str, rows: np.ndarray, cols: slice) -> np.ndarray:
+    arr = zarr.open_array(betas, mode="r")
+    return np.asarray(arr.get_orthogonal_selection((rows, cols)), dtype=np.float32)
+
+
+def fit_chunk(betas: str, rows: np.ndarray, cols: slice, X: np.ndarray, fb: solvers.FoldBases,
+              full: solvers.Basis, alphas: np.ndarray, omega_seed: int | None, sketch_k: int,
+              threads: int) -> ChunkFit:
+    """Pass 1 for voxels ``cols``: CV alpha per voxel, refit, residual statistics."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        Y = _read(betas, rows, cols)
+        proj = solvers.fold_projections(X, Y, fb)
+        if alphas.size > 1:
+            best, score = solvers.select_alphas(solvers.cv_scores(Y, fb, proj, alphas), alphas)
+        else:
+            best = np.zeros(Y.shape[1], int)
+            score = solvers.cv_scores(Y, fb, proj, alphas).mean(0)[0]
+        alpha = alphas[best]
+        oof = solvers.oof_predictions(fb, proj, alpha, Y.shape[0])
+        W, b = solvers.refit(X, Y, full, alpha)
+        R = Y - oof
+        yc, pc = Y - Y.mean(0), oof - oof.mean(0)
+        denom = np.sqrt((yc ** 2).sum(0) * (pc ** 2).sum(0))
+        corr = np.divide((yc * pc).sum(0), denom, out=np.zeros(Y.shape[1]), where=denom > 0)
+        sketch = None
+        if omega_seed is not None:  # randomized range sketch of the residuals (lowrank noise)
+            omega = np.random.default_rng([omega_seed, SKETCH_STREAM, cols.start]).standard_normal(
+                (R.shape[1], sketch_k)).astype(np.float32)
+            sketch = R @ omega
+        return ChunkFit(cols, alpha, score, corr.astype(np.float32), W, b, R.var(0),
+                        (R ** 2).mean(0), sketch)
+
+
+def project_chunk(betas: str, rows: np.ndarray, cols: slice, X: np.ndarray,
+                  fb: solvers.FoldBases, alpha: np.ndarray, q: np.ndarray, threads: int
+                  ) -> np.ndarray:
+    """``Q.T @ R`` for voxels ``cols`` (R recomputed: CV residuals of the chosen alphas)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        Y = _read(betas, rows, cols)
+        proj = solvers.fold_projections(X, Y, fb)
+        R = Y - solvers.oof_predictions(fb, proj, alpha[cols], Y.shape[0])
+        return q.T @ R
+
+
+def synth_chunk(out: str, cols: slice, X_pool: np.ndarray, W: np.ndarray, b: np.ndarray,
+                model: nz.NoiseModel, scale: float, seed: int, dtype: str, threads: int) -> int:
+    """Pass 2 for voxels ``cols``: predictions for the pool images plus noise, written."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        y = X_pool @ W[:, cols] + b[cols]
+        if scale:
+            rng = np.random.default_rng([seed, cols.start])
+            y += scale * nz.draw(model, cols, X_pool.shape[0], rng)
+        zarr.open_array(out, mode="r+")[:, cols] = y.astype(dtype)
+    return cols.stop - cols.start
+
+
+def compute(tasks: list[Any], cfg: AugmentConfig, label: str, progress: bool) -> list[Any]:
+    """Run Dask tasks on the local threaded scheduler or the cluster at ``cfg.scheduler``."""
+    import dask
+
+    if cfg.scheduler:
+        from distributed import Client
+
+        with Client(cfg.scheduler) as client:
+            return list(client.gather(client.compute(tasks)))
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        print(label)
+        with ProgressBar(dt=0.5):
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=cfg.workers))
+    return list(dask.compute(*tasks, scheduler="threads", num_workers=cfg.workers))
+
+
+def fit_model(betas: str, rows: np.ndarray, X: np.ndarray, n_voxels: int, cfg: AugmentConfig,
+              progress: bool = False) -> tuple[Model, nz.NoiseModel | None, dict[str, Any]]:
+    """Pass 1 over all voxel chunks; returns the model and what the noise model needs."""
+    import dask
+
+    alphas = solvers.check_alphas([cfg.alpha] if cfg.alpha is not None else cfg.alphas)
+    X = np.asarray(X, dtype=np.float32)
+    fb = solvers.fold_bases(X, solvers.kfold(X.shape[0], cfg.cv))
+    full = solvers.basis(X)
+    chunks = [slice(a, min(a + cfg.voxel_chunk, n_voxels))
+              for a in range(0, n_voxels, cfg.voxel_chunk)]
+    workers = cfg.workers or (os.cpu_count() or 1)
+    threads = _blas_threads(workers)
+    lowrank = cfg.noise == "lowrank"
+    k = cfg.rank + SKETCH_OVERSAMPLE
+    fit = dask.delayed(fit_chunk, pure=False)
+    t0 = time.perf_counter()
+    parts = compute([fit(betas, rows, c, X, fb, full, alphas, cfg.seed if lowrank else None, k,
+                         threads) for c in chunks], cfg, "fitting ridge per voxel chunk",
+                    progress)
+    model = Model(alpha=np.concatenate([p.alpha for p in parts]),
+                  cv_corr=np.concatenate([p.cv_corr for p in parts]),
+                  W=np.concatenate([p.W for p in parts], axis=1),
+                  b=np.concatenate([p.b for p in parts]),
+                  resid_var=np.concatenate([p.resid_var for p in parts]).astype(np.float32),
+                  resid_msq=np.concatenate([p.resid_msq for p in parts]), chunks=chunks)
+    timing = {"fit_seconds": time.perf_counter() - t0}
+    if not lowrank:
+        return model, None, timing
+    q = nz.range_basis(sum(p.sketch for p in parts))  # type: ignore[misc]
+    proj = dask.delayed(project_chunk, pure=False)
+    blocks = compute([proj(betas, rows, c, X, fb, model.alpha, q, threads) for c in chunks],
+                     cfg, "residual principal components", progress)
+    comps, rest = nz.lowrank_components(q, blocks, model.resid_var, cfg.rank, X.shape[0])
+    timing["lowrank_seconds"] = time.perf_counter() - t0 - timing["fit_seconds"]
+    return model, nz.NoiseModel("lowrank", rest, comps), timing
+
+
+def noise_model(model: Model, lowrank: nz.NoiseModel | None, kind: str, n: int, rank: int,
+                seed: int) -> nz.NoiseModel:
+    """The noise model of ``kind`` from the fitted model's residual statistics."""
+    if kind not in nz.NOISE_MODELS:
+        from nfstore.errors import OptionError
+
+        raise OptionError(f"--noise: expected one of {list(nz.NOISE_MODELS)}; got {kind!r}")
+    if kind == "gaussian":
+        return nz.NoiseModel("gaussian", np.sqrt(model.resid_var).astype(np.float32))
+    if kind == "paper-histogram":
+        density, edges = np.histogram(model.resid_msq, bins=5, density=True)
+        return nz.NoiseModel("paper-histogram", np.zeros(0, np.float32), hist=(density, edges))
+    assert lowrank is not None
+    latent = np.random.default_rng([seed, LATENT_STREAM]).standard_normal((n, rank))
+    latent = latent.astype(np.float32)
+    return nz.NoiseModel("lowrank", lowrank.std, lowrank.components, latent)
+
+
+def synthesize(out: str, X_pool: np.ndarray, model: Model, noise: nz.NoiseModel,
+               cfg: AugmentConfig, dtype: str, progress: bool = False) -> None:
+    """Pass 2: write ``X_pool @ W + b + scale * noise`` into the (n, n_voxels) array ``out``."""
+    import dask
+
+    task = dask.delayed(synth_chunk, pure=False)
+    threads = _blas_threads(cfg.workers or (os.cpu_count() or 1))
+    X_pool = np.asarray(X_pool, dtype=np.float32)
+    compute([task(out, c, X_pool, model.W, model.b, noise, cfg.noise_scale, cfg.seed, dtype,
+                  threads) for c in model.chunks], cfg, "synthesizing trials", progress)
