@@ -121,7 +121,7 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
     shutil.rmtree(staged, ignore_errors=True)
     staged.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _write_group(staged, chosen, model, dtype, name, int(ds.sizes[VOXEL]))
+        _write_group(staged, chosen, model, dtype, name, int(ds.sizes[VOXEL]), cfg.voxel_chunk)
         t1 = time.perf_counter()
         synthesize(str(staged / BETAS), X_pool, model, noise, cfg, dtype, progress)
         timing["synthesis_seconds"] = time.perf_counter() - t1
@@ -152,7 +152,9 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
 
 
 def _write_group(staged: Path, chosen: np.ndarray, model: Any, dtype: str, name: str,
-                 n_voxels: int) -> None:
+                 n_voxels: int, voxel_chunk: int) -> None:
+    """Coordinates and per-voxel model arrays; betas allocated with the tasks' voxel chunks, so
+    that no two tasks ever write into the same zarr chunk."""
     n = chosen.size
     coords = {STIMULUS: (TRIAL, chosen.astype(object)),
               SPLIT: (TRIAL, np.full(n, "train", dtype=object)),
@@ -163,5 +165,5 @@ def _write_group(staged: Path, chosen: np.ndarray, model: Any, dtype: str, name:
                      "cv_corr": (VOXEL, model.cv_corr.astype(np.float32))}, coords=coords)
     ds.to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
     zarr.create_array(str(staged), name=BETAS, shape=(n, n_voxels),
-                      chunks=(min(n, 4096), min(256, n_voxels)), dtype=dtype,
+                      chunks=(n, min(voxel_chunk, n_voxels)), dtype=dtype,
                       fill_value=np.nan, dimension_names=(TRIAL, VOXEL))

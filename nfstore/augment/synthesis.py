@@ -4,7 +4,8 @@ Pass 1 (one Dask task per voxel chunk): read the chunk's train betas, score ever
 K-fold CV, pick each voxel's alpha, refit on all train trials, and keep the CV residual
 statistics. Pass 2 (one task per chunk): predict the pool images, add noise, write the rows.
 No task holds more than a few (n_trials x chunk) blocks; the noise of a chunk comes from its own
-seeded generator, so results do not depend on the scheduler or the number of workers.
+seeded generator, so the same seed gives the same trials whatever the scheduler (the number of
+workers changes BLAS threading, hence float rounding, by ~1e-6 at most).
 """
 
 from __future__ import annotations
