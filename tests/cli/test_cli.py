@@ -148,3 +148,38 @@ def test_embed_from_the_cli(runner: CliRunner, nsd_store: Path, tmp_path: Path) 
     r = runner.invoke(cli, ["embed", str(nsd_store), "--weights", str(tmp_path / "nowhere")])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
     assert "--weights" in r.output and "expected a Hugging Face image encoder folder" in r.output
+
+
+def test_augment_from_the_cli(runner: CliRunner, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from nfstore.tiny import write_tiny_encoder
+
+    raw, store = tmp_path / "raw", tmp_path / "s.zarr"
+    assert runner.invoke(cli, ["synth", "god", str(raw), "--subjects", "1"]).exit_code == 0
+    assert runner.invoke(cli, ["ingest", "god", str(raw), "--store", str(store),
+                               "--no-progress"]).exit_code == 0
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        Image.fromarray((rng.random((24, 24, 3)) * 255).astype(np.uint8)).save(pool / f"{i}.png")
+    weights = write_tiny_encoder(tmp_path / "enc")["hf"]
+    r = runner.invoke(cli, ["embed", str(store), "--weights", str(weights), "--workers", "0",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["embed", str(store), "--weights", str(weights), "--pool", str(pool),
+                            "--pool-name", "imnet", "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    png = tmp_path / "diag.png"
+    r = runner.invoke(cli, ["augment", str(store), "god/sub-01", "--pool", "imnet", "--n", "20",
+                            "--alphas", "10", "100", "1000", "--cv", "3", "--noise", "lowrank",
+                            "--rank", "2", "--plot", str(png), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "per-voxel CV correlation" in r.output and "synthesized 20 trials" in r.output
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    r = runner.invoke(cli, ["info", str(store)])
+    assert "god/sub-01: synthetic set 'imnet-lowrank', 20 trials" in r.output
+    r = runner.invoke(cli, ["augment", str(store), "god/sub-01", "--pool", "imnet", "--n", "5",
+                            "--alpha", "3", "--alphas", "1", "2"])
+    assert r.exit_code == 1 and "--alpha / --alphas: give one of them" in r.output
