@@ -68,21 +68,33 @@ def kfold(n_samples: int, n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 @dataclass(frozen=True)
 class FoldBases:
-    """Per-fold eigenbases and projected validation designs, shared by all voxel chunks."""
+    """Per-fold eigenbases and projected validation designs, shared by all voxel chunks.
+
+    Attributes
+    ----------
+    A : list of arrays (n_val, n_features)
+        ``(X_val - mean_train) @ V``: the validation rows in the fold's eigenbasis.
+    G : list of arrays (n_features, n_features)
+        ``A.T @ A``.
+    a : list of arrays (n_features,)
+        Column sums of ``A``.
+    """
 
     folds: list[tuple[np.ndarray, np.ndarray]]
     bases: list[Basis]
-    A: list[np.ndarray]  # (n_val, n_features): (X_val - mean_train) @ V
+    A: list[np.ndarray]
+    G: list[np.ndarray]
+    a: list[np.ndarray]
 
 
 def fold_bases(X: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> FoldBases:
     bases = [basis(X[train]) for train, _ in folds]
     A = [(X[val] - b.mean) @ b.V for (_, val), b in zip(folds, bases)]
-    return FoldBases(folds, bases, A)
+    return FoldBases(folds, bases, A, [x.T @ x for x in A], [x.sum(0) for x in A])
 
 
-def fold_projections(X: np.ndarray, Y: np.ndarray, fb: FoldBases
-                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+def fold_projections(X: np.ndarray, Y: np.ndarray, fb: FoldBases,
+                     XtY: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per fold, ``C = V.T @ Xc_train.T @ Yc_train`` (n_features, n_voxels) and the training
     means of Y (n_voxels,): everything the fold's predictions need, for every alpha.
 
@@ -90,8 +102,10 @@ def fold_projections(X: np.ndarray, Y: np.ndarray, fb: FoldBases
     ----------
     X : array of shape (n_samples, n_features)
     Y : array of shape (n_samples, n_voxels)
+    XtY : array of shape (n_features, n_voxels), optional
+        ``X.T @ Y`` if already computed.
     """
-    XtY = X.T @ Y
+    XtY = X.T @ Y if XtY is None else XtY
     out = []
     for (train, val), b in zip(fb.folds, fb.bases):
         y_mean = Y[train].mean(0, dtype=np.float64).astype(Y.dtype)
@@ -101,28 +115,66 @@ def fold_projections(X: np.ndarray, Y: np.ndarray, fb: FoldBases
     return out
 
 
+@dataclass
+class CVStats:
+    """Per fold and alpha, sums over the fold's validation rows (float64, shape
+    (n_folds, n_alphas, n_voxels)): squared error, predictions, predictions x targets and
+    squared predictions -- enough for scores, residual moments and CV correlations."""
+
+    sse: np.ndarray
+    sum_p: np.ndarray
+    sum_py: np.ndarray
+    sum_pp: np.ndarray
+    n_val: np.ndarray  # (n_folds,)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Negative mean squared error, (n_folds, n_alphas, n_voxels)."""
+        return -self.sse / self.n_val[:, None, None]
+
+    def at(self, best: np.ndarray) -> dict[str, np.ndarray]:
+        """Sums over all rows (all folds) at each voxel's chosen alpha index, (n_voxels,)."""
+        cols = np.arange(best.size)
+        return {k: getattr(self, k)[:, best, cols].sum(0)
+                for k in ("sse", "sum_p", "sum_py", "sum_pp")}
+
+
 def cv_scores(Y: np.ndarray, fb: FoldBases, proj: list[tuple[np.ndarray, np.ndarray]],
-              alphas: np.ndarray) -> np.ndarray:
-    """Negative mean squared error of every alpha on every fold's validation rows.
+              alphas: np.ndarray) -> CVStats:
+    """Validation statistics of every alpha on every fold, without forming predictions.
+
+    With ``Yt = Y_val - mean_train``, ``g = 1 / (s2 + alpha)`` and ``P = A diag(g) C`` the
+    centred predictions, ``|Yt - P|^2 = |Yt|^2 - 2 sum_j g_j D_j C_j + sum_j g_j C_j (G g C)_j``
+    with ``D = A.T @ Yt``: per alpha a (d x d) @ (d x n_voxels) product instead of
+    (n_val x d) @ (d x n_voxels).
 
     Parameters
     ----------
     Y : array of shape (n_samples, n_voxels)
     fb, proj : from :func:`fold_bases` and :func:`fold_projections`
     alphas : array of shape (n_alphas,)
-
-    Returns
-    -------
-    scores : float64 array of shape (n_folds, n_alphas, n_voxels)
     """
-    scores = np.empty((len(fb.folds), alphas.size, Y.shape[1]))
-    for f, ((_, val), b, A, (C, y_mean)) in enumerate(zip(fb.folds, fb.bases, fb.A, proj)):
-        g = 1.0 / (b.s2[None, :] + alphas[:, None].astype(Y.dtype))  # (n_alphas, n_features)
-        stacked = (A[None, :, :] * g[:, None, :]).reshape(-1, A.shape[1])
-        P = (stacked @ C).reshape(alphas.size, val.size, -1) + y_mean
-        P -= Y[val][None]
-        scores[f] = -np.einsum("avn,avn->an", P, P, dtype=np.float64) / val.size
-    return scores
+    shape = (len(fb.folds), alphas.size, Y.shape[1])
+    out = CVStats(*(np.empty(shape) for _ in range(4)),
+                  n_val=np.array([val.size for _, val in fb.folds], dtype=np.float64))
+    for f, ((_, val), b, A, G, a, (C, mu)) in enumerate(zip(fb.folds, fb.bases, fb.A, fb.G,
+                                                           fb.a, proj)):
+        Yt = Y[val] - mu
+        D = A.T @ Yt  # (n_features, n_voxels)
+        yy = np.einsum("nv,nv->v", Yt, Yt, dtype=np.float64)
+        sum_yt = Yt.sum(0, dtype=np.float64)
+        mu64 = mu.astype(np.float64)
+        for k, alpha in enumerate(alphas):
+            gC = C / (b.s2[:, None] + np.asarray(alpha, dtype=C.dtype))
+            cross = np.einsum("jv,jv->v", gC, D, dtype=np.float64)  # sum P * Yt
+            quad = np.einsum("jv,jv->v", gC, G @ gC, dtype=np.float64)  # sum P^2
+            sp = a.astype(np.float64) @ gC.astype(np.float64)  # sum P
+            out.sse[f, k] = yy - 2 * cross + quad
+            # back to uncentred predictions p = P + mu and targets y = Yt + mu
+            out.sum_p[f, k] = sp + val.size * mu64
+            out.sum_py[f, k] = cross + mu64 * sp + mu64 * sum_yt + val.size * mu64 ** 2
+            out.sum_pp[f, k] = quad + 2 * mu64 * sp + val.size * mu64 ** 2
+    return out
 
 
 def oof_predictions(fb: FoldBases, proj: list[tuple[np.ndarray, np.ndarray]],
@@ -158,8 +210,8 @@ def select_alphas(scores: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, n
     return best, scores.mean(0)[best, np.arange(scores.shape[2])]
 
 
-def refit(X: np.ndarray, Y: np.ndarray, full: Basis, alpha: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray]:
+def refit(X: np.ndarray, Y: np.ndarray, full: Basis, alpha: np.ndarray,
+          XtY: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Ridge weights and intercept on all rows with one alpha per voxel.
 
     Parameters
@@ -168,6 +220,8 @@ def refit(X: np.ndarray, Y: np.ndarray, full: Basis, alpha: np.ndarray
     Y : array of shape (n_samples, n_voxels)
     full : eigenbasis of X (:func:`basis`)
     alpha : array of shape (n_voxels,) (or a scalar)
+    XtY : array of shape (n_features, n_voxels), optional
+        ``X.T @ Y`` if already computed.
 
     Returns
     -------
@@ -176,7 +230,10 @@ def refit(X: np.ndarray, Y: np.ndarray, full: Basis, alpha: np.ndarray
         So that predictions are ``X @ W + b``.
     """
     y_mean = Y.mean(0, dtype=np.float64).astype(Y.dtype)
-    Z = (X - full.mean).T @ (Y - y_mean)
+    if XtY is None:
+        Z = (X - full.mean).T @ (Y - y_mean)
+    else:  # centred cross-product from the uncentred one
+        Z = XtY - X.shape[0] * np.outer(full.mean, y_mean).astype(Y.dtype)
     C = full.V.T @ Z
     alpha = np.broadcast_to(np.asarray(alpha, dtype=Y.dtype), (Y.shape[1],))
     C /= full.s2[:, None] + alpha[None, :]

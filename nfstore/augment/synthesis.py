@@ -47,6 +47,7 @@ class AugmentConfig:
     voxel_chunk: int = 1024
     workers: int | None = None
     scheduler: str | None = None
+    blas_threads: int | None = None  # per task; default: CPU cores / workers
 
 
 @dataclass
@@ -75,8 +76,10 @@ class Model:
     chunks: list[slice] = field(default_factory=list)
 
 
-def _blas_threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+def _blas_threads(cfg: AugmentConfig) -> int:
+    if cfg.blas_threads:
+        return cfg.blas_threads
+    return max(1, (os.cpu_count() or 1) // max(cfg.workers or (os.cpu_count() or 1), 1))
 
 
 def _read(betas: str, rows: np.ndarray, cols: slice) -> np.ndarray:
@@ -92,26 +95,35 @@ def fit_chunk(betas: str, rows: np.ndarray, cols: slice, X: np.ndarray, fb: solv
 
     with threadpool_limits(limits=threads):
         Y = _read(betas, rows, cols)
-        proj = solvers.fold_projections(X, Y, fb)
+        XtY = X.T @ Y
+        proj = solvers.fold_projections(X, Y, fb, XtY)
+        stats = solvers.cv_scores(Y, fb, proj, alphas)
         if alphas.size > 1:
-            best, score = solvers.select_alphas(solvers.cv_scores(Y, fb, proj, alphas), alphas)
+            best, score = solvers.select_alphas(stats.scores, alphas)
         else:
             best = np.zeros(Y.shape[1], int)
-            score = solvers.cv_scores(Y, fb, proj, alphas).mean(0)[0]
+            score = stats.scores.mean(0)[0]
         alpha = alphas[best]
-        oof = solvers.oof_predictions(fb, proj, alpha, Y.shape[0])
-        W, b = solvers.refit(X, Y, full, alpha)
-        R = Y - oof
-        yc, pc = Y - Y.mean(0), oof - oof.mean(0)
-        denom = np.sqrt((yc ** 2).sum(0) * (pc ** 2).sum(0))
-        corr = np.divide((yc * pc).sum(0), denom, out=np.zeros(Y.shape[1]), where=denom > 0)
+        W, b = solvers.refit(X, Y, full, alpha, XtY)
+        m = stats.at(best)
+        n = Y.shape[0]
+        sum_y = Y.sum(0, dtype=np.float64)
+        sum_yy = np.einsum("nv,nv->v", Y, Y, dtype=np.float64)
+        cov = m["sum_py"] - m["sum_p"] * sum_y / n
+        var_p = m["sum_pp"] - m["sum_p"] ** 2 / n
+        var_y = sum_yy - sum_y ** 2 / n
+        denom = np.sqrt(np.clip(var_p * var_y, 0, None))
+        corr = np.divide(cov, denom, out=np.zeros(Y.shape[1]), where=denom > 0)
+        msq = m["sse"] / n  # mean squared CV residual
+        resid_mean = (sum_y - m["sum_p"]) / n
+        var = np.clip(msq - resid_mean ** 2, 0, None)
         sketch = None
         if omega_seed is not None:  # randomized range sketch of the residuals (lowrank noise)
+            R = Y - solvers.oof_predictions(fb, proj, alpha, n)
             omega = np.random.default_rng([omega_seed, SKETCH_STREAM, cols.start]).standard_normal(
                 (R.shape[1], sketch_k)).astype(np.float32)
             sketch = R @ omega
-        return ChunkFit(cols, alpha, score, corr.astype(np.float32), W, b, R.var(0),
-                        (R ** 2).mean(0), sketch)
+        return ChunkFit(cols, alpha, score, corr.astype(np.float32), W, b, var, msq, sketch)
 
 
 def project_chunk(betas: str, rows: np.ndarray, cols: slice, X: np.ndarray,
@@ -170,8 +182,7 @@ def fit_model(betas: str, rows: np.ndarray, X: np.ndarray, n_voxels: int, cfg: A
     full = solvers.basis(X)
     chunks = [slice(a, min(a + cfg.voxel_chunk, n_voxels))
               for a in range(0, n_voxels, cfg.voxel_chunk)]
-    workers = cfg.workers or (os.cpu_count() or 1)
-    threads = _blas_threads(workers)
+    threads = _blas_threads(cfg)
     lowrank = cfg.noise == "lowrank"
     k = cfg.rank + SKETCH_OVERSAMPLE
     fit = dask.delayed(fit_chunk, pure=False)
@@ -221,7 +232,7 @@ def synthesize(out: str, X_pool: np.ndarray, model: Model, noise: nz.NoiseModel,
     import dask
 
     task = dask.delayed(synth_chunk, pure=False)
-    threads = _blas_threads(cfg.workers or (os.cpu_count() or 1))
+    threads = _blas_threads(cfg)
     X_pool = np.asarray(X_pool, dtype=np.float32)
     compute([task(out, c, X_pool, model.W, model.b, noise, cfg.noise_scale, cfg.seed, dtype,
                   threads) for c in model.chunks], cfg, "synthesizing trials", progress)

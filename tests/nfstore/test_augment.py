@@ -67,7 +67,8 @@ def test_solvers_match_sklearn_and_himalaya_in_float64() -> None:
     alphas = np.array(ALPHAS)
     fb = S.fold_bases(X, S.kfold(240, 5))
     proj = S.fold_projections(X, Y, fb)
-    best, _ = S.select_alphas(S.cv_scores(Y, fb, proj, alphas), alphas)
+    stats = S.cv_scores(Y, fb, proj, alphas)
+    best, _ = S.select_alphas(stats.scores, alphas)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         h = RidgeCV(alphas=alphas, cv=KFold(5), fit_intercept=True).fit(X, Y)
@@ -75,6 +76,17 @@ def test_solvers_match_sklearn_and_himalaya_in_float64() -> None:
     assert len(set(best.tolist())) > 1  # the grid matters on this data
     oof = S.oof_predictions(fb, proj, np.full(60, 7.0), 240)
     np.testing.assert_allclose(oof, cross_val_predict(Ridge(7.0), X, Y, cv=KFold(5)), atol=1e-10)
+    # the moment expansion equals sums over explicit out-of-fold predictions
+    k = 3
+    P = S.oof_predictions(fb, proj, np.full(60, alphas[k]), 240)
+    m = stats.at(np.full(60, k))
+    np.testing.assert_allclose(m["sse"], ((Y - P) ** 2).sum(0), rtol=1e-9)
+    np.testing.assert_allclose(m["sum_p"], P.sum(0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(m["sum_py"], (P * Y).sum(0), rtol=1e-9)
+    np.testing.assert_allclose(m["sum_pp"], (P * P).sum(0), rtol=1e-9)
+    W2, b2 = S.refit(X, Y, S.basis(X), 7.0, X.T @ Y)
+    np.testing.assert_allclose(W2, W, atol=1e-12)
+    np.testing.assert_allclose(b2, b, atol=1e-12)
 
 
 def test_fixed_alpha_zero_noise_equals_sklearn(aug_store: Path) -> None:
