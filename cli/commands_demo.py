@@ -12,7 +12,7 @@ import click
               default=Path("nf-demo"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(workdir: Path, seed: int) -> None:
-    """Synthesize NSD, BOLD5000 and GOD, ingest them into one store, query, summarize."""
+    """Synthesize NSD, BOLD5000 and GOD; ingest, query, embed, augment; print a summary."""
     from nf.demo import run_demo
 
     run_demo(workdir, seed=seed, echo=click.echo)

@@ -28,8 +28,24 @@ def repeat_reliability(x: np.ndarray, stimuli: np.ndarray, repeats: np.ndarray) 
     return float((a * b).mean(0).mean())
 
 
+def _novel_images(folder: Path, n: int, seed: int) -> Path:
+    """A pool of novel images drawn like the synthetic stimuli (for augmentation)."""
+    from nfstore.synth import _signal
+    from nfstore.synth._images import write_images
+
+    if folder.is_dir():
+        import shutil
+
+        shutil.rmtree(folder)
+    rng = np.random.default_rng([seed, 7])
+    pixels = _signal.render_images(_signal.latents(n, rng), 64, rng)
+    write_images([folder / f"novel_{i:04d}.png" for i in range(n)], pixels)
+    return folder
+
+
 def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print) -> dict[str, float]:
-    """Run the pipeline (so far: store and embeddings) on synthetic NSD, BOLD5000 and GOD."""
+    """Run the pipeline (so far: store, embeddings, augmentation) on synthetic NSD, BOLD5000
+    and GOD."""
     import nfstore
     from nfstore.export import write_query
     from nfstore.synth import synthesize
@@ -37,7 +53,7 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print) 
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     store_path = workdir / "nf.zarr"
-    steps = 5
+    steps = 6
     for n, dataset in enumerate(("nsd", "bold5000", "god"), start=1):
         raw = workdir / "raw" / dataset
         s = synthesize(dataset, raw, overwrite=True, seed=seed)
@@ -55,6 +71,16 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print) 
     weights = write_tiny_encoder(workdir / "encoder")["hf"]
     emb = embed_store(store_path, "ip-adapter-sdxl", weights, progress=True)
     echo(f"[5/{steps}] {emb.line()} (tiny random ViT encoder written to {weights})")
+    pool = _novel_images(workdir / "raw" / "pool", 200, seed)
+    from nfstore.augment import AugmentConfig, augment
+    from nfstore.embeddings import register_pool
+
+    register_pool(store_path, pool, "novel")
+    embed_store(store_path, "ip-adapter-sdxl", weights, stimuli="novel")
+    aug = augment(store_path, "nsd/subj01", AugmentConfig(pool="novel", fraction=1.0,
+                                                          noise="lowrank", rank=8, seed=seed),
+                  overwrite=True)
+    echo(f"[6/{steps}] augment: " + "\n      ".join(aug.lines()))
     reliability = {}
     for key, row in store.info().items():
         train = store.betas(key, split="train")
@@ -62,7 +88,8 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print) 
         reliability[key] = rel
         echo(f"      {key:14s} {row['trials']:4d} trials ({row['train']} train / {row['test']} "
              f"test / {row['imagery']} imagery), {row['voxels']:5d} voxels, {row['rois']:2d} ROIs"
-             + (f", repeat reliability {rel:.2f}" if rel == rel else ""))
+             + (f", repeat reliability {rel:.2f}" if rel == rel else "")
+             + "".join(f", +{n} synthetic ({name})" for name, n in row["synthetic"].items()))
     echo("      (repeat reliability: correlation between repeats of the same train image; "
          "0 without the planted signal)")
     dt = time.perf_counter() - t0
