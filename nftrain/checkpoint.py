@@ -1,0 +1,103 @@
+"""Checkpoints: ``model.safetensors`` + ``config.json`` (and, for resuming, the optimizer and RNG
+state as ``state.safetensors`` + ``state.json``). Loading never unpickles anything.
+
+A checkpoint folder is written aside and renamed into place, so a kill never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from nfstore.errors import MissingFileError, ReaderError
+from nftrain.model import Decoder, ModelSpec
+
+FILES = ("model.safetensors", "config.json")
+
+
+def save(folder: Path, model: Decoder, meta: dict[str, Any], extra: dict[str, Any] | None = None,
+         optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Write a checkpoint folder atomically; ``extra`` tensors/params (e.g. log temperature)."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for k, v in (extra or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().reshape(-1).contiguous()
+    save_file(tensors, str(tmp / "model.safetensors"))
+    spec = model.spec
+    meta = {**meta, "model": {"subjects": list(spec.subjects), "n_voxels": list(spec.n_voxels),
+                              "adapter_dim": spec.adapter_dim, "width": spec.width,
+                              "depth": spec.depth, "dropout": spec.dropout,
+                              "embed_dim": spec.embed_dim}}
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str))
+    if optimizer is not None:
+        state, scalars = _optimizer_state(optimizer)
+        state["rng.torch"] = torch.get_rng_state()
+        save_file(state, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**meta.get("progress", {}),
+                                                    "optimizer": scalars}, indent=2))
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.rename(folder, old)
+    os.rename(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{pid}.{name}"] = value.detach().cpu().contiguous().reshape(
+                    value.shape)
+            else:
+                scalars["state"].setdefault(str(pid), {})[name] = value
+    return tensors, scalars
+
+
+def restore_optimizer(folder: Path, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load optimizer and RNG state saved by :func:`save`; returns ``state.json``."""
+    meta = json.loads((folder / "state.json").read_text())
+    tensors = load_file(str(folder / "state.safetensors"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for pid, st in meta["optimizer"]["state"].items():
+        state.setdefault(int(pid), {}).update(st)
+    opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta
+
+
+def load(folder: str | Path, device: str = "cpu") -> tuple[Decoder, dict[str, Any],
+                                                           dict[str, torch.Tensor]]:
+    """Model, ``config.json`` and extra tensors of a checkpoint folder."""
+    folder = Path(folder)
+    missing = [f for f in FILES if not (folder / f).is_file()]
+    if missing:
+        raise MissingFileError(f"--checkpoint {folder}: expected {', '.join(FILES)}; missing "
+                               f"{', '.join(missing)}")
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+        m = meta["model"]
+        spec = ModelSpec(tuple(m["subjects"]), tuple(m["n_voxels"]), m["adapter_dim"],
+                         m["width"], m["depth"], m["dropout"], m["embed_dim"])
+        tensors = load_file(str(folder / "model.safetensors"))
+        model = Decoder(spec)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except (KeyError, ValueError, RuntimeError, OSError) as err:
+        raise ReaderError(f"--checkpoint {folder}: not a NeuroFusion checkpoint "
+                          f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+    extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return model.to(device), meta, extra

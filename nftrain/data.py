@@ -1,0 +1,234 @@
+"""Training data, read only from the store: chunk-aligned blocks into a bounded shuffle buffer.
+
+Each subject contributes blocks of rows that lie in one trial chunk of its betas (an NSD
+session, ...). An epoch visits the blocks in a seeded random order, reads each once (ROI voxels
+only), and draws batches at random from a buffer whose size is bounded by ``cache_mb``; the
+buffer holds blocks of several subjects, so batches mix subjects. Only train trials are listed
+(test and imagery rows are never returned); validation trials are those of a held-out set of
+train *stimuli*, chosen across all subjects, so no stimulus is both trained and validated on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+from nfstore._names import BETAS, ROI, ROI_MASK, SPLIT, STIMULUS
+from nfstore.errors import OptionError, QueryError
+from nftrain.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Source:
+    """Rows of one betas array (measured, or a synthetic set) used for one subject."""
+
+    path: str
+    rows: np.ndarray      # (n,) row indices, sorted
+    targets: np.ndarray   # (n,) indices into the embedding table
+    chunk: int            # trial chunk length of the array
+
+
+@dataclass(frozen=True)
+class SubjectData:
+    key: str
+    index: int
+    voxels: np.ndarray | None   # ROI voxel indices (None: all)
+    n_voxels: int
+    train: tuple[Source, ...]
+    val: tuple[Source, ...]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One mini-batch. ``groups[s] = (positions, x)``: the samples of adapter ``s``.
+
+    Attributes
+    ----------
+    groups : dict of int to (int array (n_s,), float32 array (n_s, n_voxels_s))
+    targets : int array (batch,), rows of the embedding table (also the stimulus identity)
+    """
+
+    groups: dict[int, tuple[np.ndarray, np.ndarray]]
+    targets: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.targets.size)
+
+
+@dataclass
+class Dataset:
+    """Subjects, their train/val sources, and the target embedding table (stimulus x D)."""
+
+    subjects: list[SubjectData]
+    stimuli: np.ndarray        # (n_stimuli,) ids of the table rows
+    embeddings: np.ndarray     # (n_stimuli, D) float32
+    fingerprint: dict[str, str]
+
+
+def _voxels(store, key: str, roi: str | None) -> np.ndarray | None:  # noqa: ANN001
+    if roi is None:
+        return None
+    ds = store.dataset(key)
+    if roi not in ds[ROI].values.tolist():
+        raise QueryError(f"roi: {roi!r} not available for {key}; available: {store.rois(key)}")
+    return np.flatnonzero(ds[ROI_MASK].sel({ROI: roi}).values)
+
+
+def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
+    """Resolve subjects, ROIs, splits and targets from the store (coordinates only)."""
+    have = store.subjects()
+    missing = [s for s in cfg.subjects if s not in have]
+    if missing:
+        raise QueryError(f"subjects: {missing} not in {store.location}; available: {have}")
+    rng = np.random.default_rng([cfg.seed, 1])
+    per_subject = []
+    train_stimuli: set[str] = set()
+    for key in cfg.subjects:
+        ds = store.dataset(key)
+        rows = np.flatnonzero(ds[SPLIT].values == "train")
+        per_subject.append((key, rows, ds[STIMULUS].values[rows]))
+        train_stimuli.update(ds[STIMULUS].values[rows].tolist())
+    pool = np.array(sorted(train_stimuli), dtype=object)
+    val_set = set(rng.choice(pool, max(1, int(round(cfg.val_fraction * pool.size))),
+                             replace=False).tolist())
+    names = {s: (store.synthetic_sets(s) if cfg.synthetic == ("*",) else list(cfg.synthetic))
+             for s in cfg.subjects}
+    wanted = set(pool.tolist())
+    syn_rows = {}
+    for key, sets in names.items():
+        for name in sets:
+            if name not in store.synthetic_sets(key):
+                raise QueryError(f"synthetic: {key} has no set {name!r}; available: "
+                                 f"{store.synthetic_sets(key)}")
+            g = zarr.open_group(store.location, path=f"{key}/synthetic/{name}", mode="r")
+            ids = np.array(g[STIMULUS][:].tolist(), dtype=object)
+            syn_rows[(key, name)] = ids
+            wanted.update(ids.tolist())
+    stimuli = np.array(sorted(wanted), dtype=object)
+    table = {s: i for i, s in enumerate(stimuli)}
+    embeddings = np.asarray(store.embeddings(cfg.embedding, stimuli=stimuli).values,
+                            dtype=np.float32)
+
+    subjects = []
+    for index, (key, rows, stims) in enumerate(per_subject):
+        arr = store._root[f"{key}/{BETAS}"]
+        path = f"{store.location}/{key}/{BETAS}"
+        is_val = np.array([s in val_set for s in stims])
+        if cfg.train_fraction < 1:  # keep a share of the training stimuli (val untouched)
+            own = np.unique(stims[~is_val])
+            keep = set(np.random.default_rng([cfg.seed, 4, index]).choice(
+                own, max(1, int(round(cfg.train_fraction * own.size))), replace=False).tolist())
+            drop = ~is_val & ~np.isin(stims, list(keep))
+            rows, stims, is_val = rows[~drop], stims[~drop], is_val[~drop]
+        tgt = np.array([table[s] for s in stims], dtype=np.int64)
+        train = [Source(path, rows[~is_val], tgt[~is_val], arr.chunks[0])]
+        n_syn_max = int(cfg.synthetic_share / (1 - cfg.synthetic_share) * (~is_val).sum())
+        for name in names[key]:
+            ids = syn_rows[(key, name)]
+            keep = np.sort(np.random.default_rng([cfg.seed, 2, index]).permutation(
+                ids.size)[:n_syn_max])
+            n_syn_max -= keep.size
+            sarr = store._root[f"{key}/synthetic/{name}/{BETAS}"]
+            train.append(Source(f"{store.location}/{key}/synthetic/{name}/{BETAS}", keep,
+                                np.array([table[s] for s in ids[keep]], np.int64),
+                                sarr.chunks[0]))
+        val = (Source(path, rows[is_val], tgt[is_val], arr.chunks[0]),)
+        voxels = _voxels(store, key, cfg.roi_for(key))
+        n_vox = int(arr.shape[1]) if voxels is None else int(voxels.size)
+        if n_vox == 0:
+            raise OptionError(f"roi: {cfg.roi_for(key)!r} selects no voxels of {key}")
+        subjects.append(SubjectData(key, index, voxels, n_vox, tuple(train), val))
+    fingerprint = {k: str(store.attrs(k).get("ingest_fingerprint")) for k in cfg.subjects}
+    fingerprint["embeddings"] = str(store.embeddings(cfg.embedding).attrs.get("weights_sha256"))
+    return Dataset(subjects, stimuli, embeddings, fingerprint)
+
+
+def _blocks(position: int, sources: tuple[Source, ...]) -> list[tuple[int, int, int]]:
+    """(subject position, source index, chunk number) of every non-empty chunk."""
+    out = []
+    for s, src in enumerate(sources):
+        for c in np.unique(src.rows // src.chunk):
+            out.append((position, s, int(c)))
+    return out
+
+
+def with_adapters(data: Dataset, adapters: list[int]) -> Dataset:
+    """The dataset with each subject's batches keyed by the given adapter index."""
+    from dataclasses import replace
+
+    return replace(data, subjects=[replace(s, index=a) for s, a in zip(data.subjects,
+                                                                         adapters)])
+
+
+def read_block(subject: SubjectData, src: Source, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Betas (n, n_voxels) float32 and targets (n,) of the source's rows in one chunk."""
+    sel = (src.rows >= chunk * src.chunk) & (src.rows < (chunk + 1) * src.chunk)
+    rows = src.rows[sel]
+    arr = zarr.open_array(src.path, mode="r")
+    cols = slice(None) if subject.voxels is None else subject.voxels
+    x = np.asarray(arr.get_orthogonal_selection((rows, cols)), dtype=np.float32)
+    return x, src.targets[sel]
+
+
+def batches(data: Dataset, cfg: TrainConfig, epoch: int, split: str = "train",
+            skip: int = 0) -> Iterator[Batch]:
+    """The epoch's mini-batches, in an order fixed by (seed, epoch).
+
+    Parameters
+    ----------
+    split : {"train", "val"}
+        Validation batches are read in a fixed order and not shuffled.
+    skip : int
+        Batches to skip (resuming mid-epoch); they are drawn but not yielded.
+    """
+    rng = np.random.default_rng([cfg.seed, 3, epoch])
+    subjects = data.subjects
+    blocks = [b for p, s in enumerate(subjects)
+              for b in _blocks(p, s.train if split == "train" else s.val)]
+    if split == "train":
+        blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+    budget = cfg.cache_mb * 2**20
+    buf_x: list[np.ndarray] = []   # one row per sample
+    buf_s: list[int] = []
+    buf_t: list[int] = []
+    size = 0
+    n = 0
+
+    def draw(k: int) -> Batch:
+        nonlocal size
+        pick = rng.choice(len(buf_x), k, replace=False) if split == "train" else np.arange(k)
+        pick_set = set(pick.tolist())
+        groups: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for pos, i in enumerate(pick):
+            groups.setdefault(buf_s[i], []).append((pos, buf_x[i]))
+        targets = np.array([buf_t[i] for i in pick], np.int64)
+        size -= sum(buf_x[i].nbytes for i in pick)
+        keep = [i for i in range(len(buf_x)) if i not in pick_set]
+        buf_x[:] = [buf_x[i] for i in keep]
+        buf_s[:] = [buf_s[i] for i in keep]
+        buf_t[:] = [buf_t[i] for i in keep]
+        return Batch({s: (np.array([p for p, _ in g]), np.stack([x for _, x in g]))
+                      for s, g in groups.items()}, targets)
+
+    for sub_i, src_i, chunk in blocks:
+        sub = subjects[sub_i]
+        src = (sub.train if split == "train" else sub.val)[src_i]
+        x, t = read_block(sub, src, chunk)
+        buf_x.extend(x)
+        buf_s.extend([sub.index] * len(x))
+        buf_t.extend(t.tolist())
+        size += x.nbytes
+        while size > budget and len(buf_x) >= cfg.batch_size:
+            b = draw(cfg.batch_size)
+            n += 1
+            if n > skip:
+                yield b
+    while len(buf_x) >= (cfg.batch_size if split == "train" else 1):
+        b = draw(min(cfg.batch_size, len(buf_x)))
+        n += 1
+        if n > skip:
+            yield b

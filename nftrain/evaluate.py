@@ -1,0 +1,121 @@
+"""``nf evaluate``: retrieval between decoded fMRI and image embeddings, per subject/dataset.
+
+For each subject, the candidates are that subject's unique stimuli of the split, with betas
+averaged over repeats. brain -> image: is the right image among the k most similar embeddings of
+a decoded vector; image -> brain: is the right decoded vector among the k most similar to an
+image embedding. Cosine: mean similarity of each decoded vector with its own image embedding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import nfstore
+from nfstore.errors import OptionError, StoreError
+from nftrain import checkpoint
+
+METRICS = ("top1_brain_to_image", "top5_brain_to_image", "top1_image_to_brain",
+           "top5_image_to_brain", "cosine")
+
+
+def retrieval(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Retrieval metrics for matched rows.
+
+    Parameters
+    ----------
+    pred, target : arrays of shape (n, D); row i of each belongs to stimulus i
+    """
+    p = pred / np.linalg.norm(pred, axis=1, keepdims=True)
+    t = target / np.linalg.norm(target, axis=1, keepdims=True)
+    sim = p @ t.T
+    diag = np.diag(sim)
+    rank_b2i = (sim > diag[:, None]).sum(1)  # images scoring above the right one
+    rank_i2b = (sim > diag[None, :]).sum(0)
+    return {"top1_brain_to_image": float((rank_b2i < 1).mean()),
+            "top5_brain_to_image": float((rank_b2i < 5).mean()),
+            "top1_image_to_brain": float((rank_i2b < 1).mean()),
+            "top5_image_to_brain": float((rank_i2b < 5).mean()),
+            "cosine": float(diag.mean()), "n_candidates": int(len(diag))}
+
+
+def evaluate(location: str | Path, ckpt: str | Path, split: str = "test",
+             subjects: list[str] | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Metrics per subject, per dataset (mean over its subjects) and overall."""
+    if split not in ("train", "test", "imagery"):
+        raise OptionError(f"--split: expected train, test or imagery; got {split!r}")
+    model, meta, _ = checkpoint.load(ckpt, device)
+    model.eval()
+    store = nfstore.open_store(location)
+    keys = list(subjects) if subjects else [k for k in model.spec.subjects
+                                            if k in store.subjects()]
+    unknown = [k for k in keys if k not in model.spec.subjects]
+    if unknown:
+        raise OptionError(f"--subjects: {unknown} have no adapter in {ckpt}; it has "
+                          f"{list(model.spec.subjects)}")
+    out: dict[str, Any] = {"split": split, "checkpoint": str(ckpt), "subjects": {},
+                           "datasets": {}, "overall": {}}
+    for key in keys:
+        i = model.spec.subjects.index(key)
+        x = store.betas(key, roi=meta.get("rois", {}).get(key), split=split,
+                        average_repeats=True)
+        if x.sizes["trial"] < 2:
+            continue
+        if x.sizes["voxel"] != model.spec.n_voxels[i]:
+            raise StoreError(f"{key}: the store has {x.sizes['voxel']} voxels for the "
+                             f"checkpoint's ROI; the checkpoint was trained on "
+                             f"{model.spec.n_voxels[i]}")
+        target = store.embeddings(meta["embedding"], stimuli=x.stimulus).values
+        with torch.no_grad():
+            pred = model.embed_subject(i, torch.from_numpy(np.asarray(x.values, np.float32)
+                                                            ).to(device)).float().cpu().numpy()
+        out["subjects"][key] = retrieval(pred, np.asarray(target, np.float32))
+    for name, group in _groups(out["subjects"]).items():
+        out["datasets"][name] = _mean(group)
+    out["overall"] = _mean(list(out["subjects"].values()))
+    return out
+
+
+def _groups(subjects: dict[str, dict[str, float]]) -> dict[str, list[dict[str, float]]]:
+    groups: dict[str, list[dict[str, float]]] = {}
+    for key, m in subjects.items():
+        groups.setdefault(key.split("/")[0], []).append(m)
+    return groups
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    if not rows:
+        return {}
+    out = {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
+    out["n_candidates"] = float(np.mean([r["n_candidates"] for r in rows]))
+    out["n_subjects"] = len(rows)
+    out["chance_top1"] = float(np.mean([1 / r["n_candidates"] for r in rows]))
+    return out
+
+
+def table(metrics: dict[str, Any]) -> str:
+    """The metrics as a fixed-width text table."""
+    head = ("", "top1 b->i", "top5 b->i", "top1 i->b", "top5 i->b", "cosine", "n", "chance")
+    rows = [head]
+    for section in ("subjects", "datasets"):
+        for key, m in metrics[section].items():
+            rows.append((key, *(f"{m[k]:.3f}" for k in METRICS),
+                         f"{m['n_candidates']:.0f}", f"{1 / m['n_candidates']:.3f}"
+                         if section == "subjects" else f"{m['chance_top1']:.3f}"))
+    m = metrics["overall"]
+    if m:
+        rows.append(("overall", *(f"{m[k]:.3f}" for k in METRICS), f"{m['n_candidates']:.0f}",
+                     f"{m['chance_top1']:.3f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
+                               for j, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def write(metrics: dict[str, Any], out: str | Path) -> Path:
+    path = Path(out)
+    path.write_text(json.dumps(metrics, indent=2))
+    return path

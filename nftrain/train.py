@@ -1,0 +1,254 @@
+"""``nf train`` / ``nf finetune``: the training loop, top to bottom.
+
+config -> store data -> model -> AdamW + schedule -> epochs of (train batches, validation) ->
+best checkpoint on validation loss, early stopping, ``last/`` for resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import nfstore
+from nfstore._version import __version__
+from nfstore.errors import OptionError, StoreError
+from nftrain import checkpoint
+from nftrain.config import TrainConfig
+from nftrain.data import Batch, Dataset, batches, load_dataset, with_adapters
+from nftrain.losses import info_nce
+from nftrain.model import Decoder, ModelSpec
+
+
+@dataclass
+class TrainSummary:
+    output_dir: Path
+    epochs_run: int = 0
+    best_epoch: int = -1
+    best_val_loss: float = float("inf")
+    samples: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def line(self) -> str:
+        rate = self.samples / self.seconds if self.seconds else 0.0
+        return (f"trained {self.epochs_run} epochs ({self.samples} samples, {rate:.0f} samples/s,"
+                f" {self.seconds:.1f} s); best validation loss {self.best_val_loss:.4f} at epoch "
+                f"{self.best_epoch + 1}; checkpoint {self.output_dir / 'best'}")
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError(f"device: {cfg.device} asked for but CUDA is not available")
+    return torch.device(cfg.device)
+
+
+def to_device(batch: Batch, device: torch.device) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    return {s: (torch.from_numpy(p).to(device), torch.from_numpy(x).to(device))
+            for s, (p, x) in batch.groups.items()}
+
+
+def _augment(groups: dict[int, tuple[torch.Tensor, torch.Tensor]], targets: torch.Tensor,
+             stim: torch.Tensor, cfg: TrainConfig) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Input noise, and mixup within a subject (mixed samples get mixed targets and a stimulus
+    identity of their own, so they have no positives but themselves)."""
+    out = {}
+    for s, (pos, x) in groups.items():
+        if cfg.input_noise:
+            x = x + cfg.input_noise * torch.randn_like(x)
+        if cfg.mixup and len(pos) > 1:
+            mix = torch.rand(len(pos), device=x.device) < cfg.mixup
+            if mix.any():
+                perm = torch.randperm(len(pos), device=x.device)
+                lam = torch.distributions.Beta(1.0, 1.0).sample((len(pos),)).to(x.device)
+                lam = torch.where(mix, lam, torch.ones_like(lam))
+                x = lam[:, None] * x + (1 - lam[:, None]) * x[perm]
+                targets = targets.clone()
+                targets[pos] = lam[:, None] * targets[pos] + (1 - lam[:, None]) * targets[
+                    pos[perm]]
+                stim = stim.clone()
+                stim[pos[mix]] = -1 - pos[mix]
+        out[s] = (pos, x)
+    return out, targets, stim
+
+
+def _steps_per_epoch(data: Dataset, cfg: TrainConfig) -> int:
+    n = sum(src.rows.size for s in data.subjects for src in s.train)
+    return max(1, n // cfg.batch_size)
+
+
+def schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return factor
+
+
+@torch.no_grad()
+def validate(model: Decoder, data: Dataset, cfg: TrainConfig, E: torch.Tensor,
+             temperature: torch.Tensor | float, device: torch.device) -> dict[str, float]:
+    """Mean InfoNCE over validation batches (fixed order) and batch-wise top-1 accuracy."""
+    model.eval()
+    losses, hits, n = [], 0, 0
+    for batch in batches(data, cfg, 0, split="val"):
+        groups = to_device(batch, device)
+        stim = torch.from_numpy(batch.targets).to(device)
+        pred = model(groups, batch.size)
+        losses.append(float(info_nce(pred, E[stim], stim, temperature)) * batch.size)
+        sim = torch.nn.functional.normalize(pred.float(), dim=-1) @ torch.nn.functional.normalize(
+            E[stim], dim=-1).T
+        hits += int((stim[sim.argmax(1)] == stim).sum())
+        n += batch.size
+    model.train()
+    if n == 0:
+        return {"val_loss": float("nan"), "val_top1": float("nan")}
+    return {"val_loss": sum(losses) / n, "val_top1": hits / n}
+
+
+def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
+          init: str | Path | None = None, progress: bool = False,
+          on_step: Callable[[int], None] | None = None) -> TrainSummary:
+    """Train a decoder (or, with ``init``, fine-tune new subjects' adapters of a checkpoint).
+
+    Parameters
+    ----------
+    location : store
+    cfg : TrainConfig
+    resume : continue from ``output_dir/last`` (same config), to the same result as an
+        uninterrupted run with the same seed
+    init : checkpoint folder to fine-tune: its backbone and head stay frozen, adapters are
+        added for ``cfg.subjects`` it does not have, and only those train
+    on_step : called with the global step after each optimizer step
+    """
+    t0 = time.perf_counter()
+    device = _device(cfg)
+    out = Path(cfg.output_dir)
+    torch.manual_seed(cfg.seed)
+    store = nfstore.open_store(location)
+    data = load_dataset(store, cfg)
+    E = torch.from_numpy(data.embeddings).to(device)
+    n_voxels = [s.n_voxels for s in data.subjects]
+    base_meta: dict[str, Any] = {}
+    if init is not None:
+        model, base_meta, extra = checkpoint.load(init)
+        if model.spec.embed_dim != E.shape[1]:
+            raise OptionError(f"--checkpoint {init}: its head gives {model.spec.embed_dim}-d "
+                              f"outputs; {cfg.embedding} embeddings are {E.shape[1]}-d")
+        old = [k for k in cfg.subjects if k in model.spec.subjects]
+        if old:
+            raise OptionError(f"--subjects: {old} already have adapters in {init}")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        new = model.add_subjects(list(cfg.subjects), n_voxels)
+        for i in new:
+            model.adapters[i].requires_grad_(True)
+        data = with_adapters(data, new)
+        log_t = extra.get("log_temperature")
+    else:
+        model = Decoder(ModelSpec(tuple(cfg.subjects), tuple(n_voxels), cfg.adapter_dim,
+                                  cfg.width, cfg.depth, cfg.dropout, int(E.shape[1])))
+        log_t = None
+    model.to(device)
+    log_temperature = torch.nn.Parameter(
+        (log_t.reshape(()) if log_t is not None else torch.tensor(math.log(cfg.temperature))
+         ).to(device), requires_grad=cfg.learn_temperature and init is None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += [log_temperature] if log_temperature.requires_grad else []
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    per_epoch = _steps_per_epoch(data, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(cfg, cfg.epochs * per_epoch))
+    progress_state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0,
+                      "best_val_loss": float("inf"), "best_epoch": -1, "bad_epochs": 0,
+                      "samples": 0}
+    summary = TrainSummary(out)
+    if resume:
+        last = out / "last"
+        if not (last / "state.json").is_file():
+            raise StoreError(f"--resume: no resumable checkpoint in {last}")
+        saved = json.loads((last / "config.json").read_text())
+        if saved["train_config"] != cfg.to_dict():
+            raise OptionError(f"--resume: the config differs from the one in {last}")
+        m, _, extra = checkpoint.load(last, str(device))
+        model.load_state_dict(m.state_dict())
+        if "log_temperature" in extra:
+            log_temperature.data.copy_(extra["log_temperature"].reshape(()))
+        progress_state.update(checkpoint.restore_optimizer(last, opt))
+        sched.last_epoch = progress_state["global_step"]
+        summary.history = saved.get("history", [])
+    elif (out / "last").exists():
+        raise StoreError(f"{out}: a run is already there; pass --resume to continue it or "
+                         f"choose another output_dir")
+
+    def meta(**extra: Any) -> dict[str, Any]:
+        return {"train_config": cfg.to_dict(), "store": str(store.location),
+                "store_fingerprint": data.fingerprint, "nf_version": __version__,
+                "n_voxels": dict(zip(model.spec.subjects, model.spec.n_voxels)),
+                "rois": {k: cfg.roi_for(k) for k in cfg.subjects} | base_meta.get("rois", {}),
+                "embedding": cfg.embedding, "history": summary.history,
+                "finetuned_from": str(init) if init else None, **extra}
+
+    def save(name: str, with_state: bool) -> None:
+        checkpoint.save(out / name, model, meta(progress=dict(progress_state)),
+                        {"log_temperature": log_temperature}, opt if with_state else None)
+
+    amp = cfg.amp and device.type == "cuda"
+    from tqdm.auto import tqdm
+
+    model.train()
+    for epoch in range(progress_state["epoch"], cfg.epochs):
+        bar = tqdm(total=per_epoch, initial=progress_state["step_in_epoch"], unit="batch",
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        for batch in batches(data, cfg, epoch, skip=progress_state["step_in_epoch"]):
+            groups = to_device(batch, device)
+            stim = torch.from_numpy(batch.targets).to(device)
+            groups, targets, stim = _augment(groups, E[stim], stim, cfg)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                pred = model(groups, batch.size)
+            loss = info_nce(pred, targets, stim, log_temperature.exp())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            progress_state["step_in_epoch"] += 1
+            progress_state["global_step"] += 1
+            progress_state["samples"] += batch.size
+            bar.update(1)
+            bar.set_postfix_str(f"loss {float(loss.detach()):.3f}")
+            if cfg.checkpoint_every and progress_state["global_step"] % cfg.checkpoint_every == 0:
+                save("last", True)
+            if on_step is not None:
+                on_step(progress_state["global_step"])
+        bar.close()
+        val = validate(model, data, cfg, E, log_temperature.exp(), device)
+        summary.history.append({"epoch": epoch + 1, **val})
+        progress_state.update(epoch=epoch + 1, step_in_epoch=0)
+        if val["val_loss"] < progress_state["best_val_loss"]:
+            progress_state.update(best_val_loss=val["val_loss"], best_epoch=epoch, bad_epochs=0)
+            save("best", False)
+        else:
+            progress_state["bad_epochs"] += 1
+        save("last", True)
+        if progress:
+            print(f"epoch {epoch + 1}: val_loss {val['val_loss']:.4f}, val_top1 "
+                  f"{val['val_top1']:.3f}")
+        if cfg.patience and progress_state["bad_epochs"] >= cfg.patience:
+            break
+    summary.epochs_run = progress_state["epoch"]
+    summary.best_epoch = progress_state["best_epoch"]
+    summary.best_val_loss = progress_state["best_val_loss"]
+    summary.samples = progress_state["samples"]
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+__all__ = ["train", "TrainSummary", "validate"]
