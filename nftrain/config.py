@@ -148,13 +148,19 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:  # 
             values = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as err:
             raise OptionError(f"--config {p}: not valid TOML ({err})") from None
-    for item in overrides:
+    values.update(parse_overrides(overrides))
+    return build(values)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["epochs=5", 'subjects=["nsd/subj01"]']`` -> values (JSON where it parses, else text)."""
+    values: dict[str, Any] = {}
+    for item in items:
         key, sep, text = item.partition("=")
         if not sep:
             raise OptionError(f"--set: expected key=value; got {item!r}")
-        key = key.strip()
         try:
-            values[key] = json.loads(text)
+            values[key.strip()] = json.loads(text)
         except ValueError:
-            values[key] = text
-    return build(values)
+            values[key.strip()] = text
+    return values

@@ -227,7 +227,7 @@ def batches(data: Dataset, cfg: TrainConfig, epoch: int, split: str = "train",
             n += 1
             if n > skip:
                 yield b
-    while len(buf_x) >= (cfg.batch_size if split == "train" else 1):
+    while len(buf_x) >= 2 or (split == "val" and buf_x):  # last, smaller batch included
         b = draw(min(cfg.batch_size, len(buf_x)))
         n += 1
         if n > skip:

@@ -80,7 +80,7 @@ def _augment(groups: dict[int, tuple[torch.Tensor, torch.Tensor]], targets: torc
 
 def _steps_per_epoch(data: Dataset, cfg: TrainConfig) -> int:
     n = sum(src.rows.size for s in data.subjects for src in s.train)
-    return max(1, n // cfg.batch_size)
+    return max(1, math.ceil(n / cfg.batch_size))
 
 
 def schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:

@@ -1,0 +1,30 @@
+"""``nf finetune``: the config of a fine-tuning run derived from the checkpoint's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nfstore.errors import MissingFileError
+from nftrain.config import TrainConfig, build, load, parse_overrides
+
+
+def finetune_config(ckpt: str | Path, subjects: list[str], fraction: float,
+                    config_file: str | None = None,
+                    overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The checkpoint's training config (or ``config_file``) with the new ``subjects``, the
+    data ``fraction``, no synthetic sets and ``output_dir`` beside the checkpoint; then the
+    ``key=value`` overrides."""
+    path = Path(ckpt) / "config.json"
+    if not path.is_file():
+        raise MissingFileError(f"--checkpoint {ckpt}: expected config.json there")
+    if config_file is not None:
+        base = load(config_file).to_dict()
+    else:
+        base = json.loads(path.read_text())["train_config"]
+        base["synthetic"] = []
+        tag = "-".join(s.replace("/", "_") for s in subjects)
+        base["output_dir"] = str(Path(ckpt).parent / f"finetune-{tag}")
+    base.update(subjects=subjects, train_fraction=fraction)
+    base.update(parse_overrides(overrides))
+    return build(base)

@@ -1,0 +1,133 @@
+"""Training: test split never used, exact resume after kill -9, fine-tuning, evaluation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import load_file
+
+import nfstore
+from nftrain import checkpoint
+from nftrain.evaluate import evaluate, retrieval
+from nftrain.train import train
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_test_split_is_never_used(train_store: Path, small_cfg) -> None:
+    store = nfstore.open_store(train_store)
+    for key in store.subjects():
+        ds = store.dataset(key)
+        rows = np.flatnonzero(ds.split.values != "train")  # test and imagery
+        arr = zarr.open_array(str(train_store / key / "betas"), mode="r+")
+        arr[rows, :] = np.full((rows.size, arr.shape[1]), np.nan, np.float32)
+    summary = train(train_store, small_cfg(epochs=2, synthetic=["*"]))
+    assert np.isfinite(summary.best_val_loss)
+    model, meta, _ = checkpoint.load(summary.output_dir / "best")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert meta["train_config"]["subjects"] == ["nsd/subj01", "nsd/subj02", "god/sub-01"]
+    assert meta["n_voxels"]["god/sub-01"] == store.dataset("god/sub-01").sizes["voxel"]
+    assert set(meta["store_fingerprint"]) >= {"nsd/subj01", "embeddings"}
+
+
+KILL = textwrap.dedent("""
+    import os, signal, sys, json
+    from nftrain.config import build
+    from nftrain.train import train
+
+    cfg = build(json.loads(sys.argv[2]))
+    def on_step(step):
+        if step == int(sys.argv[3]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    train(sys.argv[1], cfg, on_step=on_step)
+""")
+
+
+def test_kill_9_mid_epoch_then_resume_gives_the_same_model(train_store: Path, small_cfg,
+                                                           tmp_path: Path) -> None:
+    kw = dict(epochs=3, checkpoint_every=2, input_noise=0.1, mixup=0.3, dropout=0.2)
+    ref = train(train_store, small_cfg(**kw, output_dir=str(tmp_path / "ref")))
+    cfg = small_cfg(**kw, output_dir=str(tmp_path / "killed"))
+    steps_per_epoch = ref.samples // 3 // 16 + 1
+    kill_at = steps_per_epoch + 3  # mid second epoch, one step after a saved checkpoint
+    proc = subprocess.run([sys.executable, "-c", KILL, str(train_store),
+                           json.dumps(cfg.to_dict()), str(kill_at)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    state = json.loads((tmp_path / "killed/last/state.json").read_text())
+    assert state["epoch"] == 1 and state["step_in_epoch"] > 0
+    with pytest.raises(nfstore.StoreError, match="pass --resume"):
+        train(train_store, cfg)
+    resumed = train(train_store, cfg, resume=True)
+    a = load_file(str(tmp_path / "ref/last/model.safetensors"))
+    b = load_file(str(tmp_path / "killed/last/model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert [h["val_loss"] for h in resumed.history] == pytest.approx(
+        [h["val_loss"] for h in ref.history], rel=1e-5)
+
+
+def test_finetune_trains_only_new_adapters(train_store: Path, small_cfg, tmp_path: Path) -> None:
+    from nftrain.finetune import finetune_config
+
+    base = train(train_store, small_cfg(subjects=["nsd/subj01", "nsd/subj02"], epochs=2))
+    ckpt = base.output_dir / "best"
+    cfg = finetune_config(ckpt, ["god/sub-01"], 0.25, overrides=["epochs=3", "lr=0.01"])
+    assert cfg.train_fraction == 0.25 and cfg.output_dir.endswith("finetune-god_sub-01")
+    tuned = train(train_store, cfg, init=ckpt)
+    assert tuned.samples > 0
+    before = load_file(str(ckpt / "model.safetensors"))
+    after = load_file(str(Path(cfg.output_dir) / "best/model.safetensors"))
+    for k, v in before.items():
+        torch.testing.assert_close(after[k], v, rtol=0, atol=0)  # frozen, bit for bit
+    new = [k for k in after if k not in before]
+    assert sorted(new) == ["model.adapters.2.bias", "model.adapters.2.weight"]
+    model, meta, _ = checkpoint.load(Path(cfg.output_dir) / "best")
+    assert model.spec.subjects == ("nsd/subj01", "nsd/subj02", "god/sub-01")
+    m = evaluate(train_store, Path(cfg.output_dir) / "best", subjects=["god/sub-01"])
+    assert list(m["subjects"]) == ["god/sub-01"]
+
+
+def test_retrieval_against_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((30, 8))
+    p = t + rng.standard_normal((30, 8)) * 1.5
+    m = retrieval(p, t)
+    cos = np.array([[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in t] for a in p])
+    top1 = np.mean([np.argmax(cos[i]) == i for i in range(30)])
+    top5 = np.mean([i in np.argsort(-cos[i])[:5] for i in range(30)])
+    i2b = np.mean([np.argmax(cos[:, j]) == j for j in range(30)])
+    assert m["top1_brain_to_image"] == pytest.approx(top1)
+    assert m["top5_brain_to_image"] == pytest.approx(top5)
+    assert m["top1_image_to_brain"] == pytest.approx(i2b)
+    assert m["cosine"] == pytest.approx(np.diag(cos).mean())
+    assert m["n_candidates"] == 30 and 0 < top1 < 1
+
+
+def test_evaluate_layout_and_learning(train_store: Path, small_cfg) -> None:
+    summary = train(train_store, small_cfg(epochs=8, subjects=["nsd/subj01", "god/sub-01"]))
+    m = evaluate(train_store, summary.output_dir / "best", split="test")
+    assert set(m) == {"split", "checkpoint", "subjects", "datasets", "overall"}
+    sub = m["subjects"]["nsd/subj01"]
+    assert set(sub) == {"top1_brain_to_image", "top5_brain_to_image", "top1_image_to_brain",
+                        "top5_image_to_brain", "cosine", "n_candidates"}
+    assert sub["n_candidates"] == 10  # the subject's unique test stimuli (repeat-averaged)
+    assert m["datasets"]["nsd"]["n_subjects"] == 1
+    assert m["overall"]["top5_brain_to_image"] > m["overall"]["chance_top1"] * 5 * 0.9
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(nfstore.MissingFileError, match="expected model.safetensors, config.json"):
+        checkpoint.load(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 64)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(nfstore.ReaderError, match="not a NeuroFusion checkpoint"):
+        checkpoint.load(tmp_path)
