@@ -137,6 +137,13 @@ def build(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
 
 
+def example(name: str) -> Path:
+    """Path of a shipped example config: ``paper`` or ``demo-cpu``."""
+    from importlib import resources
+
+    return Path(str(resources.files("nftrain").joinpath(f"configs/{name}.toml")))
+
+
 def load(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:  # type: ignore
     """Read a TOML config (``None``: defaults) and apply ``key=value`` overrides."""
     values: dict[str, Any] = {}

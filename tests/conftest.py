@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nfstore.synth import synthesize
@@ -96,3 +97,30 @@ def assert_fails_cleanly(dataset: str, raw: Path, store: Path, message: str,
     assert message in text and "\n" not in text, text
     assert str(raw) in text, text  # names the file with its path
     assert tree_state(store) == before
+
+
+@pytest.fixture(scope="session")
+def train_store_ro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 NSD + 1 GOD subjects, embedded with a tiny encoder, a pool and one synthetic set."""
+    import nfstore
+    from nfstore.augment import AugmentConfig, augment
+    from nfstore.embeddings import embed_store, register_pool
+    from nfstore.synth import _signal
+    from nfstore.synth._images import write_images
+    from nfstore.tiny import write_tiny_encoder
+
+    base = tmp_path_factory.mktemp("trainstore")
+    store = base / "nf.zarr"
+    synthesize("nsd", base / "nsd", subjects=(1, 2), sessions=2, trials_per_session=60,
+               images_per_subject=80, shared=10, image_size=32, grid=(12, 14, 12), seed=1)
+    synthesize("god", base / "god", subjects=(1,), seed=2)
+    nfstore.ingest("nsd", base / "nsd", store)
+    nfstore.ingest("god", base / "god", store)
+    rng = np.random.default_rng(0)
+    write_images([base / "pool" / f"{i}.png" for i in range(60)],
+                 _signal.render_images(_signal.latents(60, rng), 32, rng))
+    register_pool(store, base / "pool", "novel")
+    embed_store(store, "ip-adapter-sdxl", write_tiny_encoder(base / "enc")["hf"], workers=0,
+                batch_size=128)
+    augment(store, "nsd/subj01", AugmentConfig(pool="novel", n=40, alpha=100.0, name="syn"))
+    return store

@@ -90,6 +90,12 @@ def test_demo_runs(runner: CliRunner, tmp_path: Path) -> None:
         assert key in r.output
     rel = float(re.search(r"nsd/subj01 +\d+ trials.*repeat reliability ([\d.]+)", r.output)[1])
     assert rel > 0.2  # the planted signal survives ingest and normalization
+    overall = re.search(r"overall +([\d.]+) +([\d.]+) +([\d.]+)", r.output)
+    assert overall and float(overall[2]) > 0.5  # top-5 brain->image, chance is about 0.4
+    import json
+
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert metrics["overall"]["top1_brain_to_image"] > 1.5 * metrics["overall"]["chance_top1"]
 
 
 def test_bold5000_and_god_from_the_cli(runner: CliRunner, tmp_path: Path) -> None:
@@ -183,3 +189,34 @@ def test_augment_from_the_cli(runner: CliRunner, tmp_path: Path) -> None:
     r = runner.invoke(cli, ["augment", str(store), "god/sub-01", "--pool", "imnet", "--n", "5",
                             "--alpha", "3", "--alphas", "1", "2"])
     assert r.exit_code == 1 and "--alpha / --alphas: give one of them" in r.output
+
+
+def test_train_finetune_evaluate_from_the_cli(runner: CliRunner, tmp_path: Path,
+                                               train_store_ro: Path) -> None:
+    import json
+
+    run = tmp_path / "run"
+    r = runner.invoke(cli, ["train", str(train_store_ro), "--set", f"output_dir={run}",
+                            'subjects=["nsd/subj01","nsd/subj02"]', "epochs=2", "batch_size=16",
+                            "adapter_dim=32", "width=32", "--no-progress"])
+    assert r.exit_code == 0 and "trained 2 epochs" in r.output, r.output
+    cfg = json.loads((run / "best" / "config.json").read_text())["train_config"]
+    assert cfg["epochs"] == 2 and cfg["subjects"] == ["nsd/subj01", "nsd/subj02"]
+    r = runner.invoke(cli, ["finetune", str(train_store_ro), "--checkpoint", str(run / "best"),
+                            "--subjects", "god/sub-01", "--fraction", "0.25", "--set",
+                            "epochs=1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    tuned = run / "finetune-god_sub-01" / "best"
+    out = tmp_path / "metrics.json"
+    r = runner.invoke(cli, ["evaluate", str(train_store_ro), "--checkpoint", str(tuned),
+                            "--out", str(out)])
+    assert r.exit_code == 0 and "god/sub-01" in r.output and "overall" in r.output, r.output
+    assert set(json.loads(out.read_text())["subjects"]) == {"nsd/subj01", "nsd/subj02",
+                                                           "god/sub-01"}
+    r = runner.invoke(cli, ["train", str(train_store_ro), "--set", "subjects=[\"nsd/subj09\"]",
+                            f"output_dir={tmp_path / 'x'}"])
+    assert r.exit_code == 1 and "subjects: ['nsd/subj09'] not in" in r.output
+    r = runner.invoke(cli, ["train", str(train_store_ro), "--set", "lr_max=3"])
+    assert r.exit_code == 1 and "unknown config keys ['lr_max']; valid keys:" in r.output
+    r = runner.invoke(cli, ["evaluate", str(train_store_ro), "--checkpoint", str(tmp_path)])
+    assert r.exit_code == 1 and "expected model.safetensors, config.json" in r.output

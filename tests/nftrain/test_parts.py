@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nfstore
-from nftrain.config import build, load
+from nftrain.config import build, example, load
 from nftrain.data import batches, load_dataset
 from nftrain.losses import info_nce
 from nftrain.model import Decoder, ModelSpec
@@ -18,11 +18,11 @@ ROOT = Path(__file__).parents[2]
 
 
 def test_example_configs_load() -> None:
-    paper = load(ROOT / "configs/paper.toml")
+    paper = load(example("paper"))
     assert (paper.adapter_dim, paper.lr, paper.weight_decay, paper.batch_size) == (
         1024, 1e-4, 1e-3, 256)
     assert (paper.temperature, paper.input_noise) == (0.1, 0.15)
-    assert load(ROOT / "configs/demo-cpu.toml", ["epochs=3"]).epochs == 3
+    assert load(example("demo-cpu"), ["epochs=3"]).epochs == 3
 
 
 @pytest.mark.parametrize("values, message", [
