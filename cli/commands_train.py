@@ -19,11 +19,16 @@ from nf._options import ManyValues
 def train(store: str, config_file: str | None, overrides: tuple[str, ...] | None, resume: bool,
           progress: bool) -> None:
     """Train a cross-subject decoder on STORE."""
+    import os
+
     from nftrain.config import load
     from nftrain.train import train as run
 
     cfg = load(config_file, list(overrides or ()))
-    click.echo(run(store, cfg, resume=resume, progress=progress).line())
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, one line from rank 0
+    summary = run(store, cfg, resume=resume, progress=progress and rank0)
+    if rank0:
+        click.echo(summary.line())
 
 
 @click.command("finetune")

@@ -78,9 +78,27 @@ def _augment(groups: dict[int, tuple[torch.Tensor, torch.Tensor]], targets: torc
     return out, targets, stim
 
 
-def _steps_per_epoch(data: Dataset, cfg: TrainConfig) -> int:
+def _batches_per_epoch(data: Dataset, cfg: TrainConfig) -> int:
+    """Exactly the number of batches :func:`batches` yields (full ones, then a last one of >= 2)."""
     n = sum(src.rows.size for s in data.subjects for src in s.train)
-    return max(1, math.ceil(n / cfg.batch_size))
+    return n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0)
+
+
+def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) under torchrun; (0, 1, device) otherwise."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world, device
 
 
 def schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
@@ -131,7 +149,7 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
     on_step : called with the global step after each optimizer step
     """
     t0 = time.perf_counter()
-    device = _device(cfg)
+    rank, world, device = _distributed(_device(cfg))
     out = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     store = nfstore.open_store(location)
@@ -165,7 +183,7 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
     params = [p for p in model.parameters() if p.requires_grad]
     params += [log_temperature] if log_temperature.requires_grad else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = _steps_per_epoch(data, cfg)
+    per_epoch = max(1, _batches_per_epoch(data, cfg) // world)  # steps of this rank
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(cfg, cfg.epochs * per_epoch))
     progress_state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0,
                       "best_val_loss": float("inf"), "best_epoch": -1, "bad_epochs": 0,
@@ -198,8 +216,17 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
                 "finetuned_from": str(init) if init else None, **extra}
 
     def save(name: str, with_state: bool) -> None:
-        checkpoint.save(out / name, model, meta(progress=dict(progress_state)),
-                        {"log_temperature": log_temperature}, opt if with_state else None)
+        if rank == 0:
+            checkpoint.save(out / name, model, meta(progress=dict(progress_state)),
+                            {"log_temperature": log_temperature}, opt if with_state else None)
+        if world > 1:
+            torch.distributed.barrier()
+
+    net: torch.nn.Module = model
+    if world > 1:  # gradients averaged across ranks; a batch need not touch every adapter
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
 
     amp = cfg.amp and device.type == "cuda"
     from tqdm.auto import tqdm
@@ -208,12 +235,17 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
     for epoch in range(progress_state["epoch"], cfg.epochs):
         bar = tqdm(total=per_epoch, initial=progress_state["step_in_epoch"], unit="batch",
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
-        for batch in batches(data, cfg, epoch, skip=progress_state["step_in_epoch"]):
+        done = progress_state["step_in_epoch"]
+        for i, batch in enumerate(batches(data, cfg, epoch, skip=done * world)):
+            if i % world != rank:
+                continue
+            if progress_state["step_in_epoch"] >= per_epoch:
+                break  # every rank takes the same number of steps
             groups = to_device(batch, device)
             stim = torch.from_numpy(batch.targets).to(device)
             groups, targets, stim = _augment(groups, E[stim], stim, cfg)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                pred = model(groups, batch.size)
+                pred = net(groups, batch.size)
             loss = info_nce(pred, targets, stim, log_temperature.exp())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -229,7 +261,11 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
             if on_step is not None:
                 on_step(progress_state["global_step"])
         bar.close()
-        val = validate(model, data, cfg, E, log_temperature.exp(), device)
+        val = validate(model, data, cfg, E, log_temperature.exp(), device) if rank == 0 else {}
+        if world > 1:  # rank 0 decides; everyone follows
+            box = [val]
+            torch.distributed.broadcast_object_list(box, src=0)
+            val = box[0]
         summary.history.append({"epoch": epoch + 1, **val})
         progress_state.update(epoch=epoch + 1, step_in_epoch=0)
         if val["val_loss"] < progress_state["best_val_loss"]:
@@ -238,7 +274,7 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
         else:
             progress_state["bad_epochs"] += 1
         save("last", True)
-        if progress:
+        if progress and rank == 0:
             print(f"epoch {epoch + 1}: val_loss {val['val_loss']:.4f}, val_top1 "
                   f"{val['val_top1']:.3f}")
         if cfg.patience and progress_state["bad_epochs"] >= cfg.patience:

@@ -23,19 +23,24 @@ def latents(n_images: int, rng: np.random.Generator, k: int = N_LATENT) -> np.nd
     return rng.standard_normal((n_images, k))
 
 
-def render_images(z: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def render_images(z: np.ndarray, size: int, rng: np.random.Generator,
+                  world: int = 0) -> np.ndarray:
     """Images from latents: uint8 array of shape (n_images, size, size, 3).
 
     The pixel pattern is ``128 + sum_k z_k * basis_k`` with smooth colour basis patterns
-    (random low-frequency sinusoids) plus a small per-image pixel noise.
+    (low-frequency sinusoids) plus a small per-image pixel noise from ``rng``. The basis
+    depends only on ``world`` (not on the dataset): every synthetic dataset and image pool
+    renders the same latent the same way, as natural images share one visual world, so
+    cross-dataset training and augmentation can transfer.
     """
     n, k = z.shape
     yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
     basis = np.empty((k, size, size, 3))
+    brng = np.random.default_rng([world, k])
     for b in range(k):
-        fy, fx = rng.uniform(0.5, 3.0, 2)
-        phase = rng.uniform(0, 2 * np.pi, 3)
-        colour = rng.standard_normal(3)
+        fy, fx = brng.uniform(0.5, 3.0, 2)
+        phase = brng.uniform(0, 2 * np.pi, 3)
+        colour = brng.standard_normal(3)
         wave = np.sin(2 * np.pi * (fy * yy + fx * xx)[..., None] + phase)
         basis[b] = wave * colour
     basis *= 40.0 / np.sqrt(k)

@@ -131,3 +131,25 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(nfstore.ReaderError, match="not a NeuroFusion checkpoint"):
         checkpoint.load(tmp_path)
+
+
+def test_torchrun_two_processes(train_store_ro: Path, small_cfg, tmp_path: Path) -> None:
+    """Multi-process training (DDP, gloo on CPU): equal steps per rank, one checkpoint."""
+    import shutil
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    cfg = small_cfg(epochs=2, output_dir=str(tmp_path / "ddp"))
+    args = [f"{k}={json.dumps(v)}" for k, v in cfg.to_dict().items()]
+    proc = subprocess.run([torchrun, "--nproc_per_node=2", "-m", "nf", "train",
+                           str(train_store_ro), "--no-progress", "--set", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("trained 2 epochs") == 1  # printed by rank 0 only
+    from nftrain.data import load_dataset
+    from nftrain.train import _batches_per_epoch
+
+    data = load_dataset(nfstore.open_store(train_store_ro), cfg)
+    state = json.loads((tmp_path / "ddp/last/state.json").read_text())
+    assert state["global_step"] == 2 * (_batches_per_epoch(data, cfg) // 2)
+    model, _, _ = checkpoint.load(tmp_path / "ddp/best")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
