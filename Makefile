@@ -28,6 +28,9 @@ test: $(VENV)/.test-$(HASH)
 bench: $(VENV)/.test-$(HASH)
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_query.py
+	$(BIN)/python benchmarks/bench_augment.py
+	$(BIN)/python benchmarks/bench_train_throughput.py
+	$(BIN)/python benchmarks/bench_train_quality.py
 
 clean:
 	rm -rf $(VENV) nf-demo

@@ -77,12 +77,12 @@ def main() -> None:
                "cross-dataset, no augmentation": run(store, "all_noaug", known)}
     single = {d: run(store, f"single_{d}", subs, synthetic=["*"])
               for d, subs in by_ds.items()}
-    print("test top-1 brain->image (chance)       nsd            bold5000       god")
+    print("test top-1 brain->image (chance)         nsd            bold5000       god")
     for label, m in results.items():
-        print(f"  {label:36s}" + "".join(
+        print(f"  {label:38s}" + "".join(
             f"{m['datasets'][d]['top1_brain_to_image']:.3f} ({m['datasets'][d]['chance_top1']:.3f})"
             "  " for d in ("nsd", "bold5000", "god")))
-    print(f"  {'one dataset at a time + augmentation':36s}" + "".join(
+    print(f"  {'one dataset at a time + augmentation':38s}" + "".join(
         f"{single[d]['datasets'][d]['top1_brain_to_image']:.3f} "
         f"({single[d]['datasets'][d]['chance_top1']:.3f})  " for d in ("nsd", "bold5000", "god")))
 
