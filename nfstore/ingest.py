@@ -46,7 +46,7 @@ from nfstore.normalize import zscore_groups
 from nfstore.readers import get_reader
 from nfstore.readers.base import Block, RawSubject, StimulusTable
 
-VOXEL_CHUNK = 256
+VOXEL_CHUNK = 512
 DTYPES = ("float32", "float16")
 
 

@@ -21,7 +21,7 @@ from nfstore._version import __version__
 from nfstore.errors import OptionError, StoreError
 from nftrain import checkpoint
 from nftrain.config import TrainConfig
-from nftrain.data import Batch, Dataset, batches, load_dataset, with_adapters
+from nftrain.data import Batch, Dataset, batches, load_dataset, prefetch, with_adapters
 from nftrain.losses import info_nce
 from nftrain.model import Decoder, ModelSpec
 
@@ -236,7 +236,7 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
         bar = tqdm(total=per_epoch, initial=progress_state["step_in_epoch"], unit="batch",
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         done = progress_state["step_in_epoch"]
-        for i, batch in enumerate(batches(data, cfg, epoch, skip=done * world)):
+        for i, batch in enumerate(prefetch(batches(data, cfg, epoch, skip=done * world))):
             if i % world != rank:
                 continue
             if progress_state["step_in_epoch"] >= per_epoch:
