@@ -153,3 +153,14 @@ def test_torchrun_two_processes(train_store_ro: Path, small_cfg, tmp_path: Path)
     assert state["global_step"] == 2 * (_batches_per_epoch(data, cfg) // 2)
     model, _, _ = checkpoint.load(tmp_path / "ddp/best")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_learnable_temperature_and_early_stopping(train_store: Path, small_cfg) -> None:
+    s = train(train_store, small_cfg(epochs=2, learn_temperature=True, temperature=0.2,
+                                     lr=0.01))
+    _, _, extra = checkpoint.load(s.output_dir / "last")
+    t = float(extra["log_temperature"].exp())
+    assert t != pytest.approx(0.2, abs=1e-4)  # it was trained
+    frozen = train(train_store, small_cfg(epochs=6, lr=1e-12, patience=2, input_noise=0.0,
+                                          dropout=0.0, output_dir=str(s.output_dir) + "-es"))
+    assert frozen.epochs_run == 3 and frozen.best_epoch == 0  # no improvement after epoch 1
