@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nfstore.errors import MissingFileError, ReaderError
+from nfstore.errors import MissingFileError, NFError, ReaderError
 
 CHECKSUM_LIMIT = 16 * 2**20  # files up to this size get a sha256; larger ones size + mtime
 
@@ -32,7 +32,7 @@ def reading(path: Path, kind: str) -> Iterator[None]:
     """Turn any low-level error raised while reading ``path`` into a one-line ReaderError."""
     try:
         yield
-    except ReaderError:
+    except NFError:  # already a user-facing message (ReaderError, OptionError, ...)
         raise
     except FileNotFoundError as err:
         raise MissingFileError(f"{path}: missing file; expected {kind}") from err

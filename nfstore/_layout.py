@@ -81,22 +81,29 @@ def staging_path(store: Path, key: str) -> Path:
     return store / STAGING_GROUP / key
 
 
+def swap_into_place(new: Path, target: Path, old: Path) -> None:
+    """Put ``new`` (file or folder) at ``target``: the previous ``target`` is renamed to ``old``
+    first and deleted only once ``new`` is in place, so readers see the old or the new version,
+    never half of one."""
+    if target.exists():
+        old.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(target, old)
+    os.rename(new, target)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists():
+        old.unlink()
+
+
 def commit(store: Path, staged: Path, key: str) -> None:
     """Move ``staged`` to ``store/key``, replacing any previous version atomically.
 
     The previous version is first renamed into ``_trash`` and deleted only after the new one is
     in place; :func:`recover` restores it if the process died between the two renames.
     """
-    target = store / key
     ensure_group(store, os.path.dirname(key))
-    trash = None
-    if target.exists():
-        trash = store / TRASH_GROUP / f"{key}@{os.getpid()}-{time.time_ns()}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(target, trash)
-    os.rename(staged, target)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    swap_into_place(staged, store / key,
+                    store / TRASH_GROUP / f"{key}@{os.getpid()}-{time.time_ns()}")
 
 
 def recover(store: Path) -> None:

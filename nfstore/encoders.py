@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nfstore import _io
 from nfstore.errors import MissingFileError, OptionError, ReaderError
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ def load_encoder(where: WeightsLocation, spec: ModelSpec, device: str = "cpu",
         raise OptionError("--tokens: token embeddings need the Hugging Face layout "
                           "(CLIPVisionModelWithProjection folder)")
     torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
-    with _guard(where):
+    with _io.reading(where.path, "image encoder weights (--weights)"):
         if where.layout == "hf":
             from transformers import CLIPVisionModelWithProjection
 
@@ -175,23 +176,6 @@ def load_encoder(where: WeightsLocation, spec: ModelSpec, device: str = "cpu",
                           f"{spec.name} expects {spec.dim} ({spec.open_clip_arch})")
     model.eval().to(device)
     return Encoder(model, where.layout, dim)
-
-
-class _guard:
-    """Loading errors (corrupt or mismatched weights) as one-line ReaderErrors."""
-
-    def __init__(self, where: WeightsLocation) -> None:
-        self.where = where
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
-        if err is None or isinstance(err, (OptionError, ReaderError, KeyboardInterrupt)):
-            return False
-        detail = " ".join(str(err).split())[:300]
-        raise ReaderError(f"--weights {self.where.path}: cannot load the encoder "
-                          f"({type(err).__name__}: {detail})") from err
 
 
 def processor() -> Any:

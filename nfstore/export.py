@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from nfstore._layout import swap_into_place
 from nfstore.errors import OptionError
 
 SUFFIXES = (".npy", ".nc", ".zarr")
@@ -48,9 +49,7 @@ def write_query(x: xr.DataArray, out: str | Path) -> Path:
             with warnings.catch_warnings():  # consolidated metadata: a zarr-python extension
                 warnings.filterwarnings("ignore", message="Consolidated metadata")
                 ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.rename(tmp, out)
+        swap_into_place(tmp, out, out.with_name(f".{out.stem}.old-{os.getpid()}{out.suffix}"))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()

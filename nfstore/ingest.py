@@ -8,7 +8,6 @@ a previous version only at that moment (see :mod:`nfstore._layout`).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -26,6 +25,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from nfstore import _layout
+from nfstore._fields import from_values
 from nfstore._names import (
     BETAS,
     COMPLETE,
@@ -358,12 +358,4 @@ def commit_stimulus_table(store: Path, table: StimulusTable,
 
 def options_from(dataset: str, **values: Any) -> Any:
     """Build the reader's ``Options`` from keyword values (``None`` values keep defaults)."""
-    cls = get_reader(dataset).Options
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k, v in values.items() if v is not None and k not in known)
-    if unknown:
-        names = [f"--{k.replace('_', '-')}" for k in unknown]
-        valid = [f"--{k.replace('_', '-')}" for k in sorted(known)]
-        raise OptionError(f"{', '.join(names)}: not an option of {dataset}; its options: "
-                          f"{', '.join(valid)}")
-    return cls(**{k: v for k, v in values.items() if v is not None})
+    return from_values(get_reader(dataset).Options, values, f"an option of {dataset}")

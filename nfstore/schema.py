@@ -16,7 +16,6 @@ import zarr
 
 from nfstore._names import (
     BETAS,
-    DATASETS,
     REPEAT,
     ROI,
     ROI_MASK,
@@ -163,4 +162,4 @@ def _missing_chunks(store: Store, key: str) -> list[str]:
     return []
 
 
-__all__ = ["manifest", "check_store", "validate_store", "DATASETS"]
+__all__ = ["manifest", "check_store", "validate_store"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +109,8 @@ class Store:
 
     def dataset(self, subject: str) -> xr.Dataset:
         """The whole subject group as a lazy :class:`xarray.Dataset` (betas + coordinates)."""
-        self._require(subject)
-        if subject not in self._open:
+        if subject not in self._open:  # checked and opened once per Store
+            self._require(subject)
             ds = xr.open_zarr(self.location, group=subject, consolidated=False, chunks={},
                               zarr_format=3)
             # small coordinates in memory: selections never touch beta chunks
@@ -207,8 +206,9 @@ class Store:
         if dataset not in self._children(STIMULI_GROUP):
             raise QueryError(f"stimuli: {dataset!r} has no stimulus table in {self.location}; "
                              f"available: {self._children(STIMULI_GROUP)}")
-        return xr.open_zarr(self.location, group=f"{STIMULI_GROUP}/{dataset}",
-                            consolidated=False, zarr_format=3).load()
+        ds = xr.open_zarr(self.location, group=f"{STIMULI_GROUP}/{dataset}",
+                          consolidated=False, zarr_format=3).load()
+        return ds.assign_coords({c: _plain_strings(ds[c]) for c in ds.coords})
 
     def images(self, stimuli: Any, size: tuple[int, int] | None = None) -> xr.DataArray:
         """Pixels of the given stimuli, lazily: DataArray (stimulus, y, x, rgb) uint8.
@@ -223,13 +223,14 @@ class Store:
         datasets = {str(s).split("/", 1)[0] for s in ids}
         if len(datasets) != 1:
             raise QueryError(f"images: expected stimuli of one dataset; got {sorted(datasets)}")
+        import pandas as pd
+
         name = datasets.pop()
-        table = self._table(name)
-        pos = table.get_indexer(ids)
+        tab = self.stimuli(name)
+        pos = pd.Index(tab[STIMULUS].values).get_indexer(ids)
         if (pos < 0).any():
             missing = ids[pos < 0][:3].tolist()
             raise QueryError(f"images: stimuli {missing} are not in the stimulus table")
-        tab = self.stimuli(name)
         raw_root = Path(self._root[f"{STIMULI_GROUP}/{name}"].attrs["raw_root"])
         pixels = lazy_pixels(tab["file"].values[pos], tab["index"].values[pos], raw_root, size)
         return xr.DataArray(pixels, dims=(STIMULUS, "y", "x", "rgb"),
@@ -276,15 +277,6 @@ class Store:
         dims = (STIMULUS, "token", "feature") if arr.ndim == 3 else (STIMULUS, "feature")
         return xr.DataArray(arr[rows], dims=dims, coords={STIMULUS: want}, name=model,
                             attrs={k: v for k, v in g.attrs.items() if k != "count"})
-
-    def _table(self, dataset: str) -> Any:
-        import pandas as pd
-
-        return self._tables.setdefault(dataset, pd.Index(self.stimuli(dataset)[STIMULUS].values))
-
-    @cached_property
-    def _tables(self) -> dict[str, Any]:
-        return {}
 
     # ----------------------------------------------------------------- summary
     def info(self) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from nfstore._layout import swap_into_place
 from nfstore.errors import MissingFileError, ReaderError
 from nftrain.model import Decoder, ModelSpec
 
@@ -43,11 +44,7 @@ def save(folder: Path, model: Decoder, meta: dict[str, Any], extra: dict[str, An
         save_file(state, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps({**meta.get("progress", {}),
                                                     "optimizer": scalars}, indent=2))
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.rename(folder, old)
-    os.rename(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_into_place(tmp, folder, folder.with_name(f".{folder.name}.old-{os.getpid()}"))
     return folder
 
 

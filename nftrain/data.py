@@ -110,8 +110,8 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
             wanted.update(ids.tolist())
     stimuli = np.array(sorted(wanted), dtype=object)
     table = {s: i for i, s in enumerate(stimuli)}
-    embeddings = np.asarray(store.embeddings(cfg.embedding, stimuli=stimuli).values,
-                            dtype=np.float32)
+    emb = store.embeddings(cfg.embedding, stimuli=stimuli)
+    embeddings = np.asarray(emb.values, dtype=np.float32)
 
     subjects = []
     for index, (key, rows, stims) in enumerate(per_subject):
@@ -143,7 +143,7 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
             raise OptionError(f"roi: {cfg.roi_for(key)!r} selects no voxels of {key}")
         subjects.append(SubjectData(key, index, voxels, n_vox, tuple(train), val))
     fingerprint = {k: str(store.attrs(k).get("ingest_fingerprint")) for k in cfg.subjects}
-    fingerprint["embeddings"] = str(store.embeddings(cfg.embedding).attrs.get("weights_sha256"))
+    fingerprint["embeddings"] = str(emb.attrs.get("weights_sha256"))
     return Dataset(subjects, stimuli, embeddings, fingerprint)
 
 

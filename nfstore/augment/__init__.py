@@ -93,10 +93,8 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
     except QueryError as err:
         raise QueryError(f"{subject}: train stimuli need {cfg.embedding} embeddings ({err}); "
                          f"run `nf embed {path} --model {cfg.embedding} --weights ...`") from None
-    pool_all = store.embeddings(cfg.embedding) if cfg.embedding in store.embedding_models() \
-        else None
-    pool_ids = [] if pool_all is None else [s for s in pool_all.stimulus.values.tolist()
-                                            if s.startswith(f"{cfg.pool}/")]
+    cache = store.embeddings(cfg.embedding)  # exists: X was read from it
+    pool_ids = [s for s in cache[STIMULUS].values.tolist() if s.startswith(f"{cfg.pool}/")]
     if not pool_ids:
         raise QueryError(f"--pool: no {cfg.embedding} embeddings of pool {cfg.pool!r}; register "
                          f"and embed it with `nf embed {path} --pool DIR --pool-name {cfg.pool}`")
@@ -107,7 +105,7 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
     rng = np.random.default_rng(cfg.seed)
     chosen = np.array(pool_ids, dtype=object)[np.sort(rng.choice(len(pool_ids), n,
                                                                  replace=False))]
-    X_pool = store.embeddings(cfg.embedding, stimuli=chosen).values
+    X_pool = cache.sel({STIMULUS: chosen}).values
 
     dest = path / subject / SYNTHETIC / name
     if dest.exists() and not overwrite:
@@ -125,7 +123,7 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
         t1 = time.perf_counter()
         synthesize(str(staged / BETAS), X_pool, model, noise, cfg, dtype, progress)
         timing["synthesis_seconds"] = time.perf_counter() - t1
-        emb_attrs = store.embeddings(cfg.embedding).attrs
+        emb_attrs = cache.attrs
         zarr.open_group(str(staged), mode="r+").attrs.update({
             "name": name, "subject": subject, "source": "ridge synthesis (nf augment)",
             "nf_version": __version__, "config": dataclasses.asdict(cfg),

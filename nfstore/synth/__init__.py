@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from nfstore._fields import from_values
+from nfstore._layout import swap_into_place
 from nfstore.errors import OptionError, StoreError
 
 GENERATORS = {
@@ -74,13 +75,7 @@ def synthesize(dataset: str, out: str | Path, overwrite: bool = False, **params:
     import importlib
 
     cls = config_class(dataset)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k, v in params.items() if v is not None and k not in known)
-    if unknown:
-        names = ", ".join(f"--{k.replace('_', '-')}" for k in unknown)
-        raise OptionError(f"{names}: not a setting of the {dataset} generator; its settings: "
-                          f"{', '.join(sorted(known))}")
-    cfg = cls(**{k: v for k, v in params.items() if v is not None})
+    cfg = from_values(cls, params, f"a setting of the {dataset} generator", flags=False)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise StoreError(f"{out}: folder exists and is not empty; pass --overwrite to replace it")
@@ -93,7 +88,5 @@ def synthesize(dataset: str, out: str | Path, overwrite: bool = False, **params:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.rename(tmp, out)
+    swap_into_place(tmp, out, out.with_name(f".{out.name}.old-{os.getpid()}"))
     return summary

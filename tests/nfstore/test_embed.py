@@ -184,7 +184,7 @@ def _wrong_width(tmp: Path, tiny) -> tuple[Path, str]:
 def _corrupt(tmp: Path, tiny) -> tuple[Path, str]:
     shutil.copytree(tiny["hf"], tmp / "w")
     (tmp / "w" / "model.safetensors").write_bytes(b"\0" * 100)
-    return tmp / "w", "cannot load the encoder"
+    return tmp / "w", "cannot read as image encoder weights (--weights)"
 
 
 @pytest.mark.parametrize("make", [_empty, _incomplete, _wrong_width, _corrupt],
