@@ -91,7 +91,7 @@ def main() -> None:
 
     from_memory()  # warm-up (allocator, thread pools)
     t_mem, t_store = float("inf"), float("inf")
-    for _ in range(2):  # alternate; best of two each
+    for _ in range(3):  # alternate; best of three each
         t_mem = min(t_mem, from_memory())
         t_store = min(t_store, from_store())
     print(f"{len(cfg.subjects)} subjects, {n} samples/epoch, voxels "

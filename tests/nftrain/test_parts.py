@@ -100,3 +100,39 @@ def test_loader_reads_every_train_trial_once_never_test(train_store_ro: Path, sm
     assert order != [b.targets.tolist() for b in batches(data, cfg, epoch=1)]
     syn = [s for s in data.subjects if s.key == "nsd/subj01"][0].train[1]
     assert "synthetic/syn" in syn.path and syn.rows.size == 40
+
+
+def test_loader_memory_is_bounded_by_cache_mb(tmp_path: Path) -> None:
+    """About 19 MB of betas in 1.1 MB session chunks: with cache_mb=1 the loader holds the
+    1 MiB buffer plus the transient buffers of one chunk read (zarr's decoded chunk, the float
+    array, its row copies, a batch); with cache_mb=512 everything at once. Same batches."""
+    import tracemalloc
+
+    from nfstore.embeddings import embed_store
+    from nfstore.synth import synthesize
+    from nfstore.tiny import write_tiny_encoder
+
+    synthesize("nsd", tmp_path / "raw", subjects=(1,), sessions=16, trials_per_session=60,
+               images_per_subject=400, shared=10, image_size=16, grid=(26, 30, 26))
+    nfstore.ingest("nsd", tmp_path / "raw", tmp_path / "s.zarr")
+    embed_store(tmp_path / "s.zarr", "ip-adapter-sdxl",
+                write_tiny_encoder(tmp_path / "enc")["hf"], workers=0, batch_size=256)
+    store = nfstore.open_store(tmp_path / "s.zarr")
+    n_vox = store.dataset("nsd/subj01").sizes["voxel"]
+
+    def peak(cache_mb: int) -> tuple[int, list[list[int]]]:
+        cfg = build({"subjects": ["nsd/subj01"], "cache_mb": cache_mb, "batch_size": 16})
+        data = load_dataset(store, cfg)
+        tracemalloc.start()
+        order = [b.targets.tolist() for b in batches(data, cfg, epoch=0)]
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top, order
+
+    (small, a), (large, b) = peak(1), peak(512)
+    data_bytes = 960 * n_vox * 4
+    chunk_bytes = 60 * n_vox * 4
+    assert data_bytes > 16 * 2**20 and sorted(sum(a, [])) == sorted(sum(b, []))
+    assert large > 0.8 * data_bytes  # unbounded by the cache: holds (nearly) everything
+    assert small < 2**20 + 4 * chunk_bytes, (small, chunk_bytes)  # cache + one chunk's buffers
+    assert small < 0.3 * data_bytes
