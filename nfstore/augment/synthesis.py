@@ -47,7 +47,7 @@ class AugmentConfig:
     voxel_chunk: int = 1024
     workers: int | None = None
     scheduler: str | None = None
-    blas_threads: int | None = None  # per task; default: CPU cores / workers
+    blas_threads: int | None = None  # per local worker; default: CPU cores / workers
 
 
 @dataclass
@@ -88,68 +88,58 @@ def _read(betas: str, rows: np.ndarray, cols: slice) -> np.ndarray:
 
 
 def fit_chunk(betas: str, rows: np.ndarray, cols: slice, X: np.ndarray, fb: solvers.FoldBases,
-              full: solvers.Basis, alphas: np.ndarray, omega_seed: int | None, sketch_k: int,
-              threads: int) -> ChunkFit:
+              full: solvers.Basis, alphas: np.ndarray, omega_seed: int | None,
+              sketch_k: int) -> ChunkFit:
     """Pass 1 for voxels ``cols``: CV alpha per voxel, refit, residual statistics."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=threads):
-        Y = _read(betas, rows, cols)
-        XtY = X.T @ Y
-        proj = solvers.fold_projections(X, Y, fb, XtY)
-        stats = solvers.cv_scores(Y, fb, proj, alphas)
-        if alphas.size > 1:
-            best, score = solvers.select_alphas(stats.scores, alphas)
-        else:
-            best = np.zeros(Y.shape[1], int)
-            score = stats.scores.mean(0)[0]
-        alpha = alphas[best]
-        W, b = solvers.refit(X, Y, full, alpha, XtY)
-        m = stats.at(best)
-        n = Y.shape[0]
-        sum_y = Y.sum(0, dtype=np.float64)
-        sum_yy = np.einsum("nv,nv->v", Y, Y, dtype=np.float64)
-        cov = m["sum_py"] - m["sum_p"] * sum_y / n
-        var_p = m["sum_pp"] - m["sum_p"] ** 2 / n
-        var_y = sum_yy - sum_y ** 2 / n
-        denom = np.sqrt(np.clip(var_p * var_y, 0, None))
-        corr = np.divide(cov, denom, out=np.zeros(Y.shape[1]), where=denom > 0)
-        msq = m["sse"] / n  # mean squared CV residual
-        resid_mean = (sum_y - m["sum_p"]) / n
-        var = np.clip(msq - resid_mean ** 2, 0, None)
-        sketch = None
-        if omega_seed is not None:  # randomized range sketch of the residuals (lowrank noise)
-            R = Y - solvers.oof_predictions(fb, proj, alpha, n)
-            omega = np.random.default_rng([omega_seed, SKETCH_STREAM, cols.start]).standard_normal(
-                (R.shape[1], sketch_k)).astype(np.float32)
-            sketch = R @ omega
-        return ChunkFit(cols, alpha, score, corr.astype(np.float32), W, b, var, msq, sketch)
+    Y = _read(betas, rows, cols)
+    XtY = X.T @ Y
+    proj = solvers.fold_projections(X, Y, fb, XtY)
+    stats = solvers.cv_scores(Y, fb, proj, alphas)
+    if alphas.size > 1:
+        best, score = solvers.select_alphas(stats.scores, alphas)
+    else:
+        best = np.zeros(Y.shape[1], int)
+        score = stats.scores.mean(0)[0]
+    alpha = alphas[best]
+    W, b = solvers.refit(X, Y, full, alpha, XtY)
+    m = stats.at(best)
+    n = Y.shape[0]
+    sum_y = Y.sum(0, dtype=np.float64)
+    sum_yy = np.einsum("nv,nv->v", Y, Y, dtype=np.float64)
+    cov = m["sum_py"] - m["sum_p"] * sum_y / n
+    var_p = m["sum_pp"] - m["sum_p"] ** 2 / n
+    var_y = sum_yy - sum_y ** 2 / n
+    denom = np.sqrt(np.clip(var_p * var_y, 0, None))
+    corr = np.divide(cov, denom, out=np.zeros(Y.shape[1]), where=denom > 0)
+    msq = m["sse"] / n  # mean squared CV residual
+    resid_mean = (sum_y - m["sum_p"]) / n
+    var = np.clip(msq - resid_mean ** 2, 0, None)
+    sketch = None
+    if omega_seed is not None:  # randomized range sketch of the residuals (lowrank noise)
+        R = Y - solvers.oof_predictions(fb, proj, alpha, n)
+        omega = np.random.default_rng([omega_seed, SKETCH_STREAM, cols.start]).standard_normal(
+            (R.shape[1], sketch_k)).astype(np.float32)
+        sketch = R @ omega
+    return ChunkFit(cols, alpha, score, corr.astype(np.float32), W, b, var, msq, sketch)
 
 
 def project_chunk(betas: str, rows: np.ndarray, cols: slice, X: np.ndarray,
-                  fb: solvers.FoldBases, alpha: np.ndarray, q: np.ndarray, threads: int
-                  ) -> np.ndarray:
+                  fb: solvers.FoldBases, alpha: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``Q.T @ R`` for voxels ``cols`` (R recomputed: CV residuals of the chosen alphas)."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=threads):
-        Y = _read(betas, rows, cols)
-        proj = solvers.fold_projections(X, Y, fb)
-        R = Y - solvers.oof_predictions(fb, proj, alpha[cols], Y.shape[0])
-        return q.T @ R
+    Y = _read(betas, rows, cols)
+    proj = solvers.fold_projections(X, Y, fb)
+    R = Y - solvers.oof_predictions(fb, proj, alpha[cols], Y.shape[0])
+    return q.T @ R
 
 
 def synth_chunk(out: str, cols: slice, X_pool: np.ndarray, W: np.ndarray, b: np.ndarray,
-                model: nz.NoiseModel, scale: float, seed: int, dtype: str, threads: int) -> int:
+                model: nz.NoiseModel, scale: float, seed: int, dtype: str) -> int:
     """Pass 2 for voxels ``cols``: predictions for the pool images plus noise, written."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=threads):
-        y = X_pool @ W[:, cols] + b[cols]
-        if scale:
-            rng = np.random.default_rng([seed, cols.start])
-            y += scale * nz.draw(model, cols, X_pool.shape[0], rng)
-        zarr.open_array(out, mode="r+")[:, cols] = y.astype(dtype)
+    y = X_pool @ W[:, cols] + b[cols]
+    if scale:
+        rng = np.random.default_rng([seed, cols.start])
+        y += scale * nz.draw(model, cols, X_pool.shape[0], rng)
+    zarr.open_array(out, mode="r+")[:, cols] = y.astype(dtype)
     return cols.stop - cols.start
 
 
@@ -162,13 +152,18 @@ def compute(tasks: list[Any], cfg: AugmentConfig, label: str, progress: bool) ->
 
         with Client(cfg.scheduler) as client:
             return list(client.gather(client.compute(tasks)))
-    if progress:
-        from dask.diagnostics import ProgressBar
+    from contextlib import nullcontext
 
-        print(label)
-        with ProgressBar(dt=0.5):
+    from dask.diagnostics import ProgressBar
+    from threadpoolctl import threadpool_limits
+
+    # BLAS threads per worker thread: the limit is process-wide, so it is set once here by the
+    # driver (tasks entering and leaving it concurrently would leave it changed afterwards)
+    with threadpool_limits(limits=_blas_threads(cfg), user_api="blas"):
+        if progress:
+            print(label)
+        with ProgressBar(dt=0.5) if progress else nullcontext():
             return list(dask.compute(*tasks, scheduler="threads", num_workers=cfg.workers))
-    return list(dask.compute(*tasks, scheduler="threads", num_workers=cfg.workers))
 
 
 def fit_model(betas: str, rows: np.ndarray, X: np.ndarray, n_voxels: int, cfg: AugmentConfig,
@@ -182,14 +177,12 @@ def fit_model(betas: str, rows: np.ndarray, X: np.ndarray, n_voxels: int, cfg: A
     full = solvers.basis(X)
     chunks = [slice(a, min(a + cfg.voxel_chunk, n_voxels))
               for a in range(0, n_voxels, cfg.voxel_chunk)]
-    threads = _blas_threads(cfg)
     lowrank = cfg.noise == "lowrank"
     k = cfg.rank + SKETCH_OVERSAMPLE
     fit = dask.delayed(fit_chunk, pure=False)
     t0 = time.perf_counter()
-    parts = compute([fit(betas, rows, c, X, fb, full, alphas, cfg.seed if lowrank else None, k,
-                         threads) for c in chunks], cfg, "fitting ridge per voxel chunk",
-                    progress)
+    parts = compute([fit(betas, rows, c, X, fb, full, alphas, cfg.seed if lowrank else None, k)
+                     for c in chunks], cfg, "fitting ridge per voxel chunk", progress)
     model = Model(alpha=np.concatenate([p.alpha for p in parts]),
                   cv_corr=np.concatenate([p.cv_corr for p in parts]),
                   W=np.concatenate([p.W for p in parts], axis=1),
@@ -201,7 +194,7 @@ def fit_model(betas: str, rows: np.ndarray, X: np.ndarray, n_voxels: int, cfg: A
         return model, None, timing
     q = nz.range_basis(sum(p.sketch for p in parts))  # type: ignore[misc]
     proj = dask.delayed(project_chunk, pure=False)
-    blocks = compute([proj(betas, rows, c, X, fb, model.alpha, q, threads) for c in chunks],
+    blocks = compute([proj(betas, rows, c, X, fb, model.alpha, q) for c in chunks],
                      cfg, "residual principal components", progress)
     comps, rest = nz.lowrank_components(q, blocks, model.resid_var, cfg.rank, X.shape[0])
     timing["lowrank_seconds"] = time.perf_counter() - t0 - timing["fit_seconds"]
@@ -232,7 +225,6 @@ def synthesize(out: str, X_pool: np.ndarray, model: Model, noise: nz.NoiseModel,
     import dask
 
     task = dask.delayed(synth_chunk, pure=False)
-    threads = _blas_threads(cfg)
     X_pool = np.asarray(X_pool, dtype=np.float32)
-    compute([task(out, c, X_pool, model.W, model.b, noise, cfg.noise_scale, cfg.seed, dtype,
-                  threads) for c in model.chunks], cfg, "synthesizing trials", progress)
+    compute([task(out, c, X_pool, model.W, model.b, noise, cfg.noise_scale, cfg.seed, dtype)
+             for c in model.chunks], cfg, "synthesizing trials", progress)

@@ -220,3 +220,33 @@ def test_existing_set_needs_overwrite(aug_store: Path) -> None:
         augment(aug_store, "nsd/subj01", cfg)
     augment(aug_store, "nsd/subj01", AugmentConfig(pool="novel", n=7, name="x"), overwrite=True)
     assert nfstore.open_store(aug_store).info()["nsd/subj01"]["synthetic"] == {"x": 7}
+
+
+def test_distributed_scheduler_gives_the_same_trials(aug_store: Path) -> None:
+    """--scheduler ADDRESS: the chunk tasks run on a Dask distributed cluster."""
+    from distributed import LocalCluster
+
+    common = dict(pool="novel", n=30, noise="gaussian", voxel_chunk=256, seed=5)
+    augment(aug_store, "nsd/subj01", AugmentConfig(**common, name="local"))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        augment(aug_store, "nsd/subj01", AugmentConfig(**common, name="cluster",
+                                                       scheduler=cluster.scheduler_address))
+    store = nfstore.open_store(aug_store)
+    a, b = _synthetic(store, "local"), _synthetic(store, "cluster")
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_allclose(a[0], b[0], atol=1e-4)  # other BLAS threading: rounding only
+    assert np.isfinite(b[0]).all()
+
+
+def test_augment_leaves_the_process_blas_settings_alone(aug_store: Path) -> None:
+    """Thread limits are process-wide: parallel tasks must not leave them changed."""
+    from threadpoolctl import threadpool_info
+
+    def state() -> list[tuple[str, int]]:
+        return [(i["internal_api"], i["num_threads"]) for i in threadpool_info()]
+
+    before = state()
+    augment(aug_store, "nsd/subj01", AugmentConfig(pool="novel", n=20, noise="lowrank", rank=2,
+                                                   voxel_chunk=128, workers=2, name="t"))
+    assert state() == before
