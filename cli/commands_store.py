@@ -11,7 +11,7 @@ DATASET = click.Choice(["nsd", "bold5000", "god"])
 
 
 @click.command("synth")
-@click.argument("dataset", type=DATASET)
+@click.argument("dataset", type=click.Choice(["nsd", "bold5000", "god", "pool"]))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @subjects_option("Subjects to write, e.g. 1 2 (default: nsd 1 2, bold5000 1 4, god 1 2).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -29,7 +29,11 @@ DATASET = click.Choice(["nsd", "bold5000", "god"])
 def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: int,
           grid: str | None, extra: tuple[str, ...], overwrite: bool,
           **sizes: int | float | None) -> None:
-    """Write a small synthetic DATASET tree in its ORIGINAL layout to OUT_DIR."""
+    """Write a small synthetic DATASET tree in its ORIGINAL layout to OUT_DIR.
+
+    `pool` writes a folder of ImageNet-named images for `nf embed --pool`; with
+    `--set god=GOD_TREE` it repeats some GOD test images (as real pools can).
+    """
     from nfstore.synth import parse_settings, synthesize
 
     params = parse_settings(dataset, [f"subjects={','.join(subjects)}"] if subjects else [])
@@ -58,11 +62,17 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
               help="god: folder with training/ and test/ images [RAW_ROOT/images].")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True)
+@click.option("--normalization",
+              type=click.Choice(["session-train", "run", "train-global", "none"]),
+              help="Per-voxel z-scoring: session-train (per session, train-trial statistics; "
+                   "nsd, bold5000 default), run (each run by its own statistics, TEST RUNS "
+                   "INCLUDED; god default), train-global (all train trials), none.")
 @click.option("--overwrite", is_flag=True, help="Replace subjects already in the store.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | None,
            sessions: str | None, beta_version: str | None, fmt: str | None, tr: str | None,
-           images: str | None, dtype: str, overwrite: bool, progress: bool) -> None:
+           images: str | None, dtype: str, normalization: str | None, overwrite: bool,
+           progress: bool) -> None:
     """Ingest DATASET from RAW_ROOT (original layout) into the store."""
     import nfstore
     from nfstore.ingest import options_from
@@ -72,7 +82,8 @@ def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | 
     options = options_from(dataset, beta_version=beta_version, format=fmt, tr=tr,
                            images=images, sessions=tuple(ranges) if ranges else None)
     summary = nfstore.ingest(dataset, raw_root, store, subjects=subjects, options=options,
-                             overwrite=overwrite, dtype=dtype, progress=progress)
+                             overwrite=overwrite, dtype=dtype, normalization=normalization,
+                             progress=progress)
     click.echo(summary.line())
 
 
@@ -141,4 +152,25 @@ def query(store: str, subject: str, roi: tuple[str, ...] | None, split: str | No
                f"in {dt:.2f} s")
 
 
-COMMANDS = [synth, ingest, info, validate, query]
+@click.command("leakage")
+@click.argument("store", type=click.Path())
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
+              help="Write the full list of copies as JSON.")
+@click.option("--max-distance", type=click.IntRange(0, 64), default=None,
+              help="Fingerprint bits within which two images are the same picture [3].")
+def leakage(store: str, json_out: str | None, max_distance: int | None) -> None:
+    """Held-out (test/imagery) stimuli whose picture is also a train stimulus of any subject,
+    in a synthetic set or in a pool, by id, identity or content fingerprint."""
+    import nfstore
+    from nfstore.identity import MAX_DISTANCE
+    from nfstore.leakage import find_leakage
+
+    report = find_leakage(nfstore.open_store(store),
+                          MAX_DISTANCE if max_distance is None else max_distance)
+    for line in report.lines():
+        click.echo(line)
+    if json_out:
+        click.echo(f"wrote {report.write(json_out)}")
+
+
+COMMANDS = [synth, ingest, info, validate, query, leakage]

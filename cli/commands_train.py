@@ -28,6 +28,7 @@ def train(store: str, config_file: str | None, overrides: tuple[str, ...] | None
     rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, one line from rank 0
     summary = run(store, cfg, resume=resume, progress=progress and rank0)
     if rank0:
+        click.echo(summary.exclusion_line())
         click.echo(summary.line())
 
 
@@ -49,7 +50,9 @@ def finetune(store: str, ckpt: str, subjects: tuple[str, ...], fraction: float,
     from nftrain.train import train as run
 
     cfg = finetune_config(ckpt, list(subjects), fraction, config_file, list(overrides or ()))
-    click.echo(run(store, cfg, init=ckpt, progress=progress).line())
+    summary = run(store, cfg, init=ckpt, progress=progress)
+    click.echo(summary.exclusion_line())
+    click.echo(summary.line())
 
 
 @click.command("evaluate")

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import zarr
 
 from nfstore._names import SCHEMA_VERSION, STAGING_GROUP, STIMULI_GROUP, TRASH_GROUP
 from nfstore._version import __version__
-from nfstore.errors import OptionError, SchemaError
+from nfstore.errors import OptionError, SchemaError, StoreError
 
 
 def local_store_path(store: str | os.PathLike[str]) -> Path:
@@ -23,6 +25,50 @@ def local_store_path(store: str | os.PathLike[str]) -> Path:
         raise OptionError(f"--store: writing needs a local folder (atomic renames); got {text!r}."
                           " Ingest locally, then copy the folder to object storage.")
     return Path(text.removeprefix("file://"))
+
+
+LOCK_FILE = ".nf-write.lock"
+
+
+@contextmanager
+def writing(store: Path, command: str) -> Iterator[None]:
+    """Hold the store's write lock (``fcntl.flock`` on ``<store>/.nf-write.lock``) and put back
+    anything an interrupted swap left aside, before the caller writes.
+
+    A second writer gets a one-line :class:`StoreError` naming the holder's process id. The
+    lock is released by the kernel if the holder dies; the file is removed on release.
+    """
+    import fcntl
+
+    path = store / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"{store}: another writer holds the store ({holder}); wait for "
+                             f"it to finish") from None
+        try:  # the file may have been removed by a holder releasing it meanwhile: retry
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}, {command}".encode(), 0)
+        recover(store)
+        yield
+    finally:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -75,6 +121,12 @@ def ensure_group(store: Path, path: str) -> None:
     """Create the (empty) group ``path`` and its parents if missing."""
     root = zarr.open_group(str(store), mode="r+")
     root.require_group(path)
+
+
+def discard(staged: Path) -> None:
+    """Remove a staged group and its progress file."""
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.with_suffix(".json").unlink(missing_ok=True)
 
 
 def staging_path(store: Path, key: str) -> Path:

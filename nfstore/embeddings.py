@@ -64,8 +64,8 @@ def register_pool(store: Path, folder: str | Path, name: str) -> int:
     if dup:
         raise OptionError(f"--pool: several files share the stimulus id {dup[0]!r} (same path, "
                           f"different extension)")
-    from nfstore.ingest import commit_stimulus_table
     from nfstore.readers.base import StimulusTable
+    from nfstore.stimuli import commit_stimulus_table
 
     commit_stimulus_table(store, StimulusTable(name, np.array(ids, dtype=object),
                                                np.array(rel, dtype=object),

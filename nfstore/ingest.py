@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,7 @@ from nfstore._names import (
     ROI,
     ROI_MASK,
     SOURCE,
+    STAGING_GROUP,
     STATUS_ATTR,
     STIMULI_GROUP,
     TRIAL,
@@ -41,10 +43,11 @@ from nfstore._names import (
     subject_key,
 )
 from nfstore._version import __version__
-from nfstore.errors import MissingFileError, OptionError, ReaderError, StoreError
-from nfstore.normalize import zscore_groups
+from nfstore.errors import MissingFileError, NFError, OptionError, ReaderError, StoreError
+from nfstore.normalize import NORMALIZATIONS, apply_stats, zscore_groups
 from nfstore.readers import get_reader
 from nfstore.readers.base import Block, RawSubject, StimulusTable
+from nfstore.stimuli import commit_stimulus_table
 
 VOXEL_CHUNK = 512
 DTYPES = ("float32", "float16")
@@ -78,7 +81,7 @@ class IngestSummary:
 def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
            subjects: Sequence[str] | None = None, options: Any = None,
            overwrite: bool = False, dtype: str = "float32", voxel_chunk: int = VOXEL_CHUNK,
-           progress: bool = False,
+           normalization: str | None = None, progress: bool = False,
            on_block: Callable[[str, str], None] | None = None) -> IngestSummary:
     """Ingest subjects of ``dataset`` from ``raw_root`` into ``store``.
 
@@ -97,6 +100,10 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     dtype : {"float32", "float16"}
     voxel_chunk : int
         Voxels per chunk (the trial chunk is the largest block, e.g. one NSD session).
+    normalization : {"session-train", "run", "train-global", "none"}, optional
+        Per voxel z-scoring: per session with that session's train-trial statistics (NSD and
+        BOLD5000 default); per run with the run's own statistics, test runs included (GOD
+        default, as Kamitani's pipeline); per subject with all its train trials; or none.
     progress : bool
         Show a progress bar.
     on_block : callable, optional
@@ -117,15 +124,37 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     # Everything that can be checked before writing is checked here: the store is untouched
     # when a header, design file or ROI is wrong, or a subject exists without --overwrite.
     raws = [reader.open_subject(root, name, options) for name in names]
+    for raw in raws:
+        set_normalization(raw, normalization)
     table = reader.stimulus_table(root, options)
     path = _layout.local_store_path(store)
-    skipped: list[str] = []
     if path.exists():
-        _layout.ensure_store(path)
-        _layout.recover(path)
-        raws, skipped = _check_existing(path, dataset, raws, overwrite, dtype, voxel_chunk)
+        _layout.ensure_store(path)  # an existing folder must be a store
     created = _layout.ensure_store(path)
+    try:
+        with _layout.writing(path, f"nf ingest {dataset}"):
+            summary = _write_subjects(path, dataset, root, raws, table, overwrite, dtype,
+                                      voxel_chunk, progress, on_block)
+    except NFError:
+        if created and not any(path.glob(f"{dataset}/*/zarr.json")) and not any(
+                (path / STAGING_GROUP).glob("*/*.json")):
+            shutil.rmtree(path, ignore_errors=True)  # a store this command created, empty
+        raise
+    summary.seconds = time.perf_counter() - t0
+    return summary
 
+
+def _write_subjects(path: Path, dataset: str, root: Path, raws: list[RawSubject],
+                    table: StimulusTable, overwrite: bool, dtype: str, voxel_chunk: int,
+                    progress: bool, on_block: Callable[[str, str], None] | None
+                    ) -> IngestSummary:
+    """Stage and commit each subject in turn (the caller holds the write lock).
+
+    Each subject is committed when complete, so a failure in a later subject keeps the
+    earlier ones. A user error (bad file) discards the failing subject's staged blocks; an
+    interrupt, a full disk or a memory error keeps them, and rerunning resumes.
+    """
+    raws, skipped = _check_existing(path, dataset, raws, overwrite, dtype, voxel_chunk)
     summary = IngestSummary(dataset, skipped=skipped)
     bar = _progress_bar(sum(len(r.blocks) for r in raws), progress)
     committed_any = False
@@ -136,12 +165,19 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
             try:
                 resumed = _stage(raw, staged, dtype, voxel_chunk, str(root.resolve()), bar,
                                  on_block, key)
-            except BaseException as err:
-                if not isinstance(err, (KeyboardInterrupt, SystemExit)):
-                    _discard(staged)  # a user error leaves no trace; an interrupt resumes
+            except NFError:
+                _layout.discard(staged)  # a user error leaves no trace of this subject
                 raise
+            except (OSError, MemoryError) as err:
+                state = _layout.read_json(staged.with_suffix(".json")) or {}
+                raise StoreError(
+                    f"{path}: ingest of {key} stopped after {len(state.get('blocks_done', []))}"
+                    f" of {len(raw.blocks)} blocks ({type(err).__name__}: "
+                    f"{' '.join(str(err).split())[:160]}); the written blocks are kept: free "
+                    f"space or memory and rerun the same command to resume") from err
             if not committed_any:
                 _commit_stimuli(path, table, raws)
+            _keep_synthetic_sets(path, key, staged)
             _layout.commit(path, staged, key)
             staged.with_suffix(".json").unlink(missing_ok=True)
             committed_any = True
@@ -150,14 +186,71 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
             summary.trials += raw.n_trials
             summary.voxels[key] = raw.n_voxels
             summary.bytes_written += raw.n_trials * raw.n_voxels * np.dtype(dtype).itemsize
-    except (ReaderError, StoreError):
-        if created and not committed_any:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
     finally:
         bar.close()
-    summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _keep_synthetic_sets(path: Path, key: str, staged: Path) -> None:
+    """Move the synthetic sets of the version being replaced into the new one: they stay
+    usable if the ingest fingerprint is unchanged, and are refused as stale otherwise."""
+    old = path / key / "synthetic"
+    if old.is_dir() and not (staged / "synthetic").exists():
+        os.rename(old, staged / "synthetic")
+
+
+DEFAULT_NORMALIZATION = {"nsd": "session-train", "bold5000": "session-train", "god": "run"}
+
+
+def set_normalization(raw: RawSubject, method: str | None) -> None:
+    """Set the normalization groups, fit rows and description of ``raw`` for ``method``."""
+    default = DEFAULT_NORMALIZATION[raw.dataset]
+    method = method or default
+    if method not in NORMALIZATIONS:
+        raise OptionError(f"--normalization: expected one of {list(NORMALIZATIONS)}; got "
+                          f"{method!r}")
+    key = subject_key(raw.dataset, raw.subject)
+    train = (raw.trials["split"] == "train").to_numpy()
+    session = raw.trials["session"].to_numpy()
+    base = {k: v for k, v in raw.normalization.items() if k == "scale"}
+    if method == default:
+        raw.normalization = {**raw.normalization, "option": method}
+        return
+    if method == "session-train":
+        empty = sorted(int(s) for s in np.unique(session) if not train[session == s].any())
+        if empty:
+            raise OptionError(f"--normalization session-train: {key} sessions {empty} have no "
+                              f"train trials to take statistics from; use run or train-global")
+        raw.norm_group, raw.norm_fit = session, train
+        desc = {"method": "zscore", "group": "session", "statistics_from": "train"}
+    elif method == "run":
+        raw.norm_group = session * 100000 + raw.trials["run"].to_numpy()
+        raw.norm_fit = np.ones(raw.n_trials, bool)
+        desc = {"method": "zscore", "group": "run (session, run)",
+                "statistics_from": "run (each run's own trials, test runs included)"}
+    elif method == "train-global":
+        raw.norm_group, raw.norm_fit = np.zeros(raw.n_trials, np.int64), train
+        desc = {"method": "zscore", "group": "subject", "statistics_from": "train"}
+    else:
+        raw.norm_group, raw.norm_fit = np.zeros(raw.n_trials, np.int64), train
+        desc = {"method": "none", "group": "none", "statistics_from": "none"}
+    raw.normalization = {**base, **desc, "ddof": 0, "option": method}
+
+
+def _spanning_stats(raw: RawSubject, fit: np.ndarray) -> dict[object, Any] | None:
+    """Statistics of normalization groups that span several blocks (one extra read pass),
+    or None when every group lies inside one block."""
+    blocks_of: dict[object, set[int]] = {}
+    for n, b in enumerate(raw.blocks):
+        for g in np.unique(raw.norm_group[b.start:b.stop]).tolist():
+            blocks_of.setdefault(g, set()).add(n)
+    if all(len(v) == 1 for v in blocks_of.values()):
+        return None
+    from nfstore.normalize import group_stats
+
+    parts = ((b.load(), raw.norm_group[b.start:b.stop], fit[b.start:b.stop])
+             for b in raw.blocks)  # one block in memory at a time
+    return group_stats(parts, int(raw.normalization.get("ddof", 0)))
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -200,13 +293,9 @@ def _is_complete(group: Path) -> bool:
     return bool(meta) and meta.get("attributes", {}).get(STATUS_ATTR) == COMPLETE
 
 
-def _discard(staged: Path) -> None:
-    shutil.rmtree(staged, ignore_errors=True)
-    staged.with_suffix(".json").unlink(missing_ok=True)
-
-
 def _fingerprint(raw: RawSubject, dtype: str, voxel_chunk: int) -> str:
     blob = json.dumps({"dataset": raw.dataset, "subject": raw.subject, "dtype": dtype,
+                       "normalization": raw.normalization,
                        "voxel_chunk": voxel_chunk, "attrs": raw.attrs,
                        "blocks": [(b.label, b.start, b.stop) for b in raw.blocks],
                        "n_voxels": raw.n_voxels, "version": __version__},
@@ -222,7 +311,7 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
     state = _layout.read_json(progress_file)
     resumed = bool(state and state.get("fingerprint") == fingerprint and staged.is_dir())
     if not resumed:
-        _discard(staged)
+        _layout.discard(staged)
         staged.parent.mkdir(parents=True, exist_ok=True)
         _write_template(raw, staged, dtype, voxel_chunk, raw_root)
         state = {"fingerprint": fingerprint, "blocks_done": [], "zero_std": 0}
@@ -233,6 +322,8 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
                                                           ).to_numpy()
     todo = [b for b in raw.blocks if b.label not in state["blocks_done"]]
     bar.update(len(raw.blocks) - len(todo))
+    none = raw.normalization.get("method") == "none"
+    stats = None if none or not todo else _spanning_stats(raw, fit)
 
     def done(block: Block, n_zero: int) -> None:  # after the block's write has completed
         state["blocks_done"].append(block.label)
@@ -252,8 +343,13 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
                 raise ReaderError(f"{block.files[0]}: expected betas of shape {want}; found "
                                   f"{x.shape}")
             rows = slice(block.start, block.stop)
-            z, n_zero = zscore_groups(x, raw.norm_group[rows], fit[rows],
-                                      ddof=int(raw.normalization.get("ddof", 0)))
+            if none:
+                z, n_zero = np.asarray(x, np.float32), 0
+            elif stats is not None:
+                z, n_zero = apply_stats(x, raw.norm_group[rows], stats)
+            else:
+                z, n_zero = zscore_groups(x, raw.norm_group[rows], fit[rows],
+                                          ddof=int(raw.normalization.get("ddof", 0)))
             del x
             future = writer.submit(betas.__setitem__, rows, z.astype(dtype, copy=False))
             if previous is not None:
@@ -320,40 +416,7 @@ def _commit_stimuli(store: Path, table: StimulusTable, raws: list[RawSubject]) -
     """The reader's table plus every stimulus the subjects reference without an image (GOD
     imagery names a category: empty ``file``)."""
     referenced = [i for raw in raws for i in pd.unique(raw.trials["stimulus"])]
-    commit_stimulus_table(store, table, referenced)
-
-
-def commit_stimulus_table(store: Path, table: StimulusTable,
-                          referenced: Sequence[str] = ()) -> None:
-    """Replace ``/stimuli/<table.dataset>`` (staged, then renamed).
-
-    Rows: ``table``, the rows of the previous table it does not list, and the ``referenced``
-    ids found in neither (no pixels: empty ``file``).
-    """
-    key = f"{STIMULI_GROUP}/{table.dataset}"
-    ids = list(table.stimulus)
-    files, index = list(table.file), list(table.index)
-    seen = set(ids)
-    previous = store / key
-    if previous.is_dir():
-        old = xr.open_zarr(str(previous), consolidated=False, zarr_format=3).load()
-        for i, f, n in zip(old["stimulus"].values.tolist(), old["file"].values.tolist(),
-                           old["index"].values.tolist()):
-            if i not in seen:
-                ids.append(i), files.append(f), index.append(n), seen.add(i)
-    for i in referenced:
-        if i not in seen:
-            ids.append(i), files.append(""), index.append(-1), seen.add(i)
-    staged = _layout.staging_path(store, key)
-    _discard(staged)
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    ds = xr.Dataset(coords={"stimulus": ("stimulus", np.array(ids, dtype=object)),
-                            "file": ("stimulus", np.array(files, dtype=object)),
-                            "index": ("stimulus", np.array(index, dtype=np.int64))})
-    ds.to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
-    zarr.open_group(str(staged), mode="r+").attrs.update(
-        {"dataset": table.dataset, "raw_root": str(table.root), "nf_version": __version__})
-    _layout.commit(store, staged, key)
+    commit_stimulus_table(store, table, referenced, fingerprint_ids=referenced)
 
 
 def options_from(dataset: str, **values: Any) -> Any:

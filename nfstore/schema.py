@@ -116,7 +116,49 @@ def validate_store(store: Store) -> list[str]:
               for name in man["stimuli"]}
     for key in man["subjects"]:
         problems += _subject_values(store, key, tables)
+        problems += _nonfinite(store, f"{key}/{BETAS}")
+        for name in store.synthetic_sets(key):
+            problems += _nonfinite(store, f"{key}/synthetic/{name}/{BETAS}")
+    for name in store.embedding_models():
+        problems += _nonfinite(store, f"embeddings/{name}/embedding",
+                               rows=int(man["embeddings"][name]["attributes"].get("count", 0)))
+    problems += _interrupted_swaps(store)
     return problems
+
+
+def _nonfinite(store: Store, path: str, rows: int | None = None) -> list[str]:
+    """Count non-finite values of a stored array, chunk by chunk (an unwritten chunk reads
+    as NaN, so this also finds chunks missing on any storage)."""
+    import dask.array as da
+
+    arr = store._root[path]
+    x = da.from_zarr(arr)
+    if rows is not None:
+        x = x[:rows]
+    if x.size == 0:
+        return []
+    bad = (~da.isfinite(x)).sum(axis=tuple(range(1, x.ndim)))
+    per_row = np.asarray(bad.compute())
+    if not per_row.any():
+        return []
+    return [f"{store.location}/{path}: {int(per_row.sum())} non-finite values in "
+            f"{int((per_row > 0).sum())} of {per_row.size} rows (first row "
+            f"{int(np.flatnonzero(per_row)[0])}); re-create it (ingest --overwrite, embed "
+            f"--overwrite or augment --overwrite)"]
+
+
+def _interrupted_swaps(store: Store) -> list[str]:
+    """Previous versions left aside by a write that was killed between its two renames."""
+    from nfstore._names import TRASH_GROUP
+
+    trash = Path(store.location) / TRASH_GROUP
+    if "://" in store.location or not trash.is_dir():
+        return []
+    left = sorted(p.relative_to(trash).as_posix().split("@")[0] for p in trash.rglob("*@*"))
+    if not left:
+        return []
+    return [f"{store.location}/{TRASH_GROUP}: interrupted write of {', '.join(left)} (the "
+            f"previous version is kept aside); the next nf ingest/embed/augment restores it"]
 
 
 def _subject_values(store: Store, key: str, tables: dict[str, set[str]]) -> list[str]:

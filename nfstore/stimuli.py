@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 
+from nfstore import identity
 from nfstore.errors import MissingFileError, QueryError
+from nfstore.readers.base import StimulusTable
 
 
 def _read_brick_rows(rows: np.ndarray, path: str, key: str) -> np.ndarray:
@@ -93,3 +96,67 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
     rows = da.from_array(np.arange(n), chunks=chunk)
     return rows.map_blocks(_read_image_files, paths, size, dtype=np.uint8,
                            new_axis=[1, 2, 3], chunks=(rows.chunks[0], *size, 3))
+
+
+def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequence[str] = (),
+                          fingerprint_ids: Sequence[str] | None = None) -> None:
+    """Replace ``/stimuli/<table.dataset>`` (staged, then renamed).
+
+    Rows: ``table``, the rows of the previous table it does not list, and the ``referenced``
+    ids found in neither (no pixels: empty ``file``). Every row gets its ``identity`` and a
+    ``fingerprint`` (:mod:`nfstore.identity`): kept from the previous table for the same file
+    and row, computed for the stimuli in ``fingerprint_ids`` (default: every row with pixels),
+    empty otherwise.
+    """
+    import xarray as xr
+    import zarr
+
+    from nfstore import _layout
+    from nfstore._names import STIMULI_GROUP
+    from nfstore._version import __version__
+
+    key = f"{STIMULI_GROUP}/{table.dataset}"
+    ids = list(table.stimulus)
+    files, index = list(table.file), list(table.index)
+    ident = list(identity.identities(table.dataset, ids, table.coco_ids))
+    prints = [identity.NO_FINGERPRINT] * len(ids)
+    seen = {s: n for n, s in enumerate(ids)}
+    previous = store / key
+    if previous.is_dir():
+        old = xr.open_zarr(str(previous), consolidated=False, zarr_format=3).load()
+        cols = {c: old[c].values.tolist() for c in ("stimulus", "file", "index")}
+        old_ident = old["identity"].values.tolist() if "identity" in old else [
+            identity.identity_from_name(table.dataset, i) for i in cols["stimulus"]]
+        old_print = old["fingerprint"].values.tolist() if "fingerprint" in old else [
+            identity.NO_FINGERPRINT] * len(cols["stimulus"])
+        for i, f, n, d, p in zip(cols["stimulus"], cols["file"], cols["index"], old_ident,
+                                 old_print):
+            if i not in seen:
+                seen[i] = len(ids)
+                ids.append(i), files.append(f), index.append(n), ident.append(d)
+                prints.append(p)
+            elif (files[seen[i]], index[seen[i]]) == (f, n):
+                prints[seen[i]] = p  # same pixels as before
+    for i in referenced:
+        if i not in seen:
+            seen[i] = len(ids)
+            ids.append(i), files.append(""), index.append(-1), prints.append("")
+            ident.append(identity.identity_from_name(table.dataset, i))
+    want = set(ids if fingerprint_ids is None else fingerprint_ids)
+    todo = [n for n, i in enumerate(ids) if i in want and files[n] and not prints[n]]
+    for n, p in zip(todo, identity.fingerprint_files([(files[n], int(index[n])) for n in todo],
+                                                     Path(table.root))):
+        prints[n] = p
+    staged = _layout.staging_path(store, key)
+    _layout.discard(staged)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    ds = xr.Dataset(coords={"stimulus": ("stimulus", np.array(ids, dtype=object)),
+                            "file": ("stimulus", np.array(files, dtype=object)),
+                            "index": ("stimulus", np.array(index, dtype=np.int64)),
+                            "identity": ("stimulus", np.array(ident, dtype=object)),
+                            "fingerprint": ("stimulus", np.array(prints, dtype=object))})
+    ds.to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
+    zarr.open_group(str(staged), mode="r+").attrs.update(
+        {"dataset": table.dataset, "raw_root": str(table.root), "nf_version": __version__,
+         "fingerprint": f"imagehash.phash 64-bit; duplicates within {identity.MAX_DISTANCE} bits"})
+    _layout.commit(store, staged, key)

@@ -33,7 +33,8 @@ from nfstore._names import (
     TRIAL,
     VOXEL,
 )
-from nfstore.errors import QueryError, SchemaError
+from nfstore.errors import QueryError, SchemaError, StoreError
+from nfstore.identity import identities
 from nfstore.stimuli import lazy_pixels
 
 
@@ -179,6 +180,33 @@ class Store:
         self._require(subject)
         return self._children(f"{subject}/synthetic")
 
+    def synthetic_stimuli(self, subject: str, name: str) -> np.ndarray:
+        """Stimulus ids of a synthetic set's trials, object array of shape (n_trials,)."""
+        g = self._root[f"{subject}/synthetic/{name}"]
+        return np.array(g[STIMULUS][:].tolist(), dtype=object)
+
+    def synthetic_attrs(self, subject: str, name: str) -> dict[str, Any]:
+        """Attributes (config, provenance) of a synthetic set."""
+        return dict(self._root[f"{subject}/synthetic/{name}"].attrs)
+
+    def check_synthetic(self, subject: str, name: str) -> None:
+        """Raise :class:`StoreError` if a synthetic set was built from other embeddings or
+        another ingest of the subject than the store holds now (stale after a re-embed or a
+        re-ingest)."""
+        attrs = self.synthetic_attrs(subject, name)
+        model = attrs.get("embedding", "")
+        fix = (f"rebuild it with `nf augment {self.location} {subject} --pool "
+               f"{attrs.get('config', {}).get('pool', 'POOL')} --name {name} --overwrite`")
+        if model in self.embedding_models():
+            now = self._root[f"embeddings/{model}"].attrs.get("weights_sha256")
+            if attrs.get("embedding_weights_sha256") != now:
+                raise StoreError(f"{self.location}/{subject}/synthetic/{name}: built from other "
+                                 f"{model} embeddings than the cache holds now (re-embedded "
+                                 f"since); {fix}")
+        if attrs.get("measured_fingerprint") != self.attrs(subject).get("ingest_fingerprint"):
+            raise StoreError(f"{self.location}/{subject}/synthetic/{name}: built from another "
+                             f"ingest of {subject} (re-ingested since); {fix}")
+
     def _synthetic_names(self, subject: str, synthetic: bool | Sequence[str]) -> list[str]:
         if synthetic is False or synthetic is None:
             return []
@@ -188,6 +216,8 @@ class Store:
         unknown = [n for n in names if n not in have]
         if unknown:
             raise QueryError(f"synthetic: {unknown} not found for {subject}; available: {have}")
+        for name in names:
+            self.check_synthetic(subject, name)
         return names
 
     def _synthetic(self, subject: str, name: str, voxels: np.ndarray | None) -> xr.DataArray:
@@ -201,14 +231,40 @@ class Store:
         return x if voxels is None else x.isel({VOXEL: voxels})
 
     # ----------------------------------------------------------------- stimuli
+    def stimulus_tables(self) -> list[str]:
+        """Names of the stimulus tables: datasets and pools."""
+        return self._children(STIMULI_GROUP)
+
     def stimuli(self, dataset: str) -> xr.Dataset:
-        """Stimulus table of ``dataset``: ``stimulus`` ids with the ``file``/``index`` of pixels."""
+        """Stimulus table of ``dataset`` or a pool: ``stimulus`` ids with the ``file``/``index``
+        of their pixels, ``identity`` and ``fingerprint`` (:mod:`nfstore.identity`)."""
         if dataset not in self._children(STIMULI_GROUP):
             raise QueryError(f"stimuli: {dataset!r} has no stimulus table in {self.location}; "
                              f"available: {self._children(STIMULI_GROUP)}")
         ds = xr.open_zarr(self.location, group=f"{STIMULI_GROUP}/{dataset}",
                           consolidated=False, zarr_format=3).load()
-        return ds.assign_coords({c: _plain_strings(ds[c]) for c in ds.coords})
+        ds = ds.assign_coords({c: _plain_strings(ds[c]) for c in ds.coords})
+        ids = ds[STIMULUS].values.tolist()
+        if "identity" not in ds:  # a table written before identities existed
+            ds = ds.assign_coords(identity=(STIMULUS, identities(dataset, ids)))
+        if "fingerprint" not in ds:
+            ds = ds.assign_coords(fingerprint=(STIMULUS, np.array([""] * len(ids), object)))
+        return ds
+
+    def identity_table(self) -> Any:
+        """Every stimulus of every table: DataFrame with columns ``stimulus``, ``table``,
+        ``identity``, ``fingerprint`` (one row per stimulus id)."""
+        import pandas as pd
+
+        parts = []
+        for name in self.stimulus_tables():
+            tab = self.stimuli(name)
+            parts.append(pd.DataFrame({"stimulus": tab[STIMULUS].values, "table": name,
+                                       "identity": tab["identity"].values,
+                                       "fingerprint": tab["fingerprint"].values}))
+        if not parts:
+            return pd.DataFrame(columns=["stimulus", "table", "identity", "fingerprint"])
+        return pd.concat(parts, ignore_index=True).drop_duplicates("stimulus")
 
     def images(self, stimuli: Any, size: tuple[int, int] | None = None) -> xr.DataArray:
         """Pixels of the given stimuli, lazily: DataArray (stimulus, y, x, rgb) uint8.

@@ -48,6 +48,35 @@ def save(folder: Path, model: Decoder, meta: dict[str, Any], extra: dict[str, An
     return folder
 
 
+def is_complete(folder: Path) -> bool:
+    """True if ``folder`` holds a whole checkpoint."""
+    return all((Path(folder) / f).is_file() for f in FILES)
+
+
+def recover(folder: Path) -> None:
+    """Finish or undo a checkpoint swap that a kill interrupted.
+
+    :func:`save` renames the previous folder to ``.<name>.old-<pid>`` and then the new one
+    (``.<name>.tmp-<pid>``, complete) into place; killed in between, ``folder`` is missing.
+    The previous version is put back (else the complete new one), and leftovers are removed.
+    """
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return
+    olds = sorted(folder.parent.glob(f".{folder.name}.old-*"))
+    tmps = sorted(folder.parent.glob(f".{folder.name}.tmp-*"))
+    if not is_complete(folder):
+        for cand in olds + [t for t in tmps if is_complete(t)]:
+            if is_complete(cand):
+                if folder.exists():
+                    shutil.rmtree(folder)
+                os.rename(cand, folder)
+                break
+    for left in olds + tmps:
+        if left.exists():
+            shutil.rmtree(left, ignore_errors=True)
+
+
 def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors, scalars = {}, {"param_groups": sd["param_groups"], "state": {}}

@@ -41,6 +41,11 @@ class TrainConfig:
     amp : mixed precision on CUDA
     checkpoint_every : also save ``last/`` every this many steps (0: at epoch ends only)
     train_fraction : use this share of each subject's training stimuli (fine-tuning studies)
+    keep_test_duplicates : train on copies of held-out (test/imagery) pictures found by
+        ``nf leakage`` anywhere in the store (default: leave them out, and report how many)
+    duplicate_max_distance : fingerprint bits within which two images are the same picture
+    accumulate : optimizer step every this many batches (gradients averaged); under torchrun
+        each rank's batch counts as one, so N ranks equal one process with ``accumulate = N``
     """
 
     subjects: tuple[str, ...] = ()
@@ -72,6 +77,9 @@ class TrainConfig:
     amp: bool = True
     checkpoint_every: int = 0
     train_fraction: float = 1.0
+    keep_test_duplicates: bool = False
+    duplicate_max_distance: int = 3
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
         if not self.subjects:
@@ -87,7 +95,10 @@ class TrainConfig:
                   ("mixup", 0 <= self.mixup <= 1, "a probability in [0, 1]"),
                   ("schedule", self.schedule in ("cosine", "constant"), "cosine or constant"),
                   ("depth", self.depth >= 0, "an integer >= 0"),
-                  ("cache_mb", self.cache_mb >= 1, "a positive integer")]
+                  ("cache_mb", self.cache_mb >= 1, "a positive integer"),
+                  ("accumulate", self.accumulate >= 1, "a positive integer"),
+                  ("duplicate_max_distance", 0 <= self.duplicate_max_distance <= 64,
+                   "an integer in [0, 64]")]
         for name, ok, want in checks:
             if not ok:
                 raise OptionError(f"{name}: expected {want}; got {getattr(self, name)!r}")

@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from nfstore._names import BETAS, ROI, ROI_MASK, SPLIT, STIMULUS
-from nfstore.errors import OptionError, QueryError
+from nfstore.errors import OptionError, QueryError, StoreError
 from nftrain.config import TrainConfig
 
 READ_BATCH = 16  # zarr chunks decoded per trip through its codec pipeline
@@ -69,6 +69,8 @@ class Dataset:
     stimuli: np.ndarray        # (n_stimuli,) ids of the table rows
     embeddings: np.ndarray     # (n_stimuli, D) float32
     fingerprint: dict[str, str]
+    groups: np.ndarray         # (n_stimuli,) picture group: equal for copies of one picture
+    excluded: dict[str, int | bool]  # trials left out as copies of held-out pictures
 
 
 def _voxels(store, key: str, roi: str | None) -> np.ndarray | None:  # noqa: ANN001
@@ -80,46 +82,89 @@ def _voxels(store, key: str, roi: str | None) -> np.ndarray | None:  # noqa: ANN
     return np.flatnonzero(ds[ROI_MASK].sel({ROI: roi}).values)
 
 
+def _excluded(store, cfg: TrainConfig) -> set[str]:  # noqa: ANN001
+    """Stimuli that are copies of a held-out picture anywhere in the store (``nf leakage``)."""
+    if cfg.keep_test_duplicates:
+        return set()
+    from nfstore.leakage import find_leakage
+
+    return find_leakage(store, cfg.duplicate_max_distance).excluded()
+
+
+def picture_groups(store, stimuli: np.ndarray, max_distance: int) -> np.ndarray:  # noqa: ANN001
+    """Group of each stimulus, equal for copies of one picture (identity or fingerprint).
+
+    Returns
+    -------
+    groups : int array of shape (n_stimuli,)
+    """
+    from nfstore import identity
+
+    tab = store.identity_table().set_index("stimulus")
+    ids = stimuli.tolist()
+    ident = [v if isinstance(v, str) else identity.identity_from_name(i.split("/")[0], i)
+             for i, v in zip(ids, tab["identity"].reindex(ids).tolist())]
+    prints = [v if isinstance(v, str) else "" for v in tab["fingerprint"].reindex(ids).tolist()]
+    return identity.groups(ident, prints, max_distance)
+
+
 def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
-    """Resolve subjects, ROIs, splits and targets from the store (coordinates only)."""
+    """Resolve subjects, ROIs, splits and targets from the store (coordinates only).
+
+    Train trials (measured and synthetic) whose stimulus is a copy of any held-out picture of
+    the store are left out unless ``cfg.keep_test_duplicates``; validation pictures are chosen
+    by picture group, and synthetic trials of a validation picture are left out too.
+    """
     have = store.subjects()
     missing = [s for s in cfg.subjects if s not in have]
     if missing:
         raise QueryError(f"subjects: {missing} not in {store.location}; available: {have}")
+    excluded = _excluded(store, cfg)
+    counts = {"measured_trials": 0, "synthetic_trials": 0, "validation_synthetic_trials": 0}
     rng = np.random.default_rng([cfg.seed, 1])
     per_subject = []
     train_stimuli: set[str] = set()
     for key in cfg.subjects:
         ds = store.dataset(key)
         rows = np.flatnonzero(ds[SPLIT].values == "train")
-        per_subject.append((key, rows, ds[STIMULUS].values[rows]))
-        train_stimuli.update(ds[STIMULUS].values[rows].tolist())
-    pool = np.array(sorted(train_stimuli), dtype=object)
-    val_set = set(rng.choice(pool, max(1, int(round(cfg.val_fraction * pool.size))),
-                             replace=False).tolist())
+        stims = ds[STIMULUS].values[rows]
+        leak = np.isin(stims, list(excluded))
+        counts["measured_trials"] += int(leak.sum())
+        rows, stims = rows[~leak], stims[~leak]
+        per_subject.append((key, rows, stims))
+        train_stimuli.update(stims.tolist())
     names = {s: (store.synthetic_sets(s) if cfg.synthetic == ("*",) else list(cfg.synthetic))
              for s in cfg.subjects}
-    wanted = set(pool.tolist())
     syn_rows = {}
     for key, sets in names.items():
         for name in sets:
             if name not in store.synthetic_sets(key):
                 raise QueryError(f"synthetic: {key} has no set {name!r}; available: "
                                  f"{store.synthetic_sets(key)}")
-            g = zarr.open_group(store.location, path=f"{key}/synthetic/{name}", mode="r")
-            ids = np.array(g[STIMULUS][:].tolist(), dtype=object)
-            syn_rows[(key, name)] = ids
-            wanted.update(ids.tolist())
+            store.check_synthetic(key, name)
+            syn_rows[(key, name)] = store.synthetic_stimuli(key, name)
+    pool = np.array(sorted(train_stimuli), dtype=object)
+    wanted = set(pool.tolist()).union(*[set(v.tolist()) for v in syn_rows.values()])
     stimuli = np.array(sorted(wanted), dtype=object)
     table = {s: i for i, s in enumerate(stimuli)}
+    groups = picture_groups(store, stimuli, cfg.duplicate_max_distance)
+    # validation: whole picture groups of train stimuli, never also trained on
+    pool_groups = np.unique(groups[[table[s] for s in pool]])
+    val_groups = set(rng.choice(pool_groups, max(1, int(round(cfg.val_fraction *
+                                                             pool_groups.size))),
+                                replace=False).tolist())
     emb = store.embeddings(cfg.embedding, stimuli=stimuli)
     embeddings = np.asarray(emb.values, dtype=np.float32)
+    if not np.isfinite(embeddings).all():
+        bad = stimuli[~np.isfinite(embeddings).all(axis=1)]
+        raise StoreError(f"{store.location}/embeddings/{cfg.embedding}: non-finite embeddings "
+                         f"for {bad.size} stimuli (e.g. {bad[:3].tolist()}); re-embed them")
 
     subjects = []
     for index, (key, rows, stims) in enumerate(per_subject):
         arr = store._root[f"{key}/{BETAS}"]
         path = f"{store.location}/{key}/{BETAS}"
-        is_val = np.array([s in val_set for s in stims])
+        is_val = np.array([groups[table[s]] in val_groups for s in stims], dtype=bool)
         if cfg.train_fraction < 1:  # keep a share of the training stimuli (val untouched)
             own = np.unique(stims[~is_val])
             keep = set(np.random.default_rng([cfg.seed, 4, index]).choice(
@@ -131,8 +176,13 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
         n_syn_max = int(cfg.synthetic_share / (1 - cfg.synthetic_share) * (~is_val).sum())
         for name in names[key]:
             ids = syn_rows[(key, name)]
-            keep = np.sort(np.random.default_rng([cfg.seed, 2, index]).permutation(
-                ids.size)[:n_syn_max])
+            leak = np.isin(ids, list(excluded))
+            in_val = np.array([groups[table[s]] in val_groups for s in ids], dtype=bool)
+            counts["synthetic_trials"] += int(leak.sum())
+            counts["validation_synthetic_trials"] += int((in_val & ~leak).sum())
+            usable = np.flatnonzero(~leak & ~in_val)
+            keep = np.sort(usable[np.random.default_rng([cfg.seed, 2, index]).permutation(
+                usable.size)[:n_syn_max]])
             n_syn_max -= keep.size
             sarr = store._root[f"{key}/synthetic/{name}/{BETAS}"]
             train.append(Source(f"{store.location}/{key}/synthetic/{name}/{BETAS}", keep,
@@ -146,7 +196,9 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
         subjects.append(SubjectData(key, index, voxels, n_vox, tuple(train), val))
     fingerprint = {k: str(store.attrs(k).get("ingest_fingerprint")) for k in cfg.subjects}
     fingerprint["embeddings"] = str(emb.attrs.get("weights_sha256"))
-    return Dataset(subjects, stimuli, embeddings, fingerprint)
+    excl = {"keep_test_duplicates": cfg.keep_test_duplicates,
+            "held_out_copies": len(excluded), **counts}
+    return Dataset(subjects, stimuli, embeddings, fingerprint, groups, excl)
 
 
 def _blocks(position: int, sources: tuple[Source, ...]) -> list[tuple[int, int, int]]:

@@ -29,13 +29,22 @@ def retrieval(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     Parameters
     ----------
     pred, target : arrays of shape (n, D); row i of each belongs to stimulus i
+
+    A wrong candidate that ties with the right one counts against it (rank = number of other
+    candidates scoring at least as high). Non-finite or all-zero rows are an error.
     """
+    for name, a in (("predictions", pred), ("targets", target)):
+        bad = ~np.isfinite(a).all(axis=1) | ~(np.abs(a).sum(axis=1) > 0)
+        if bad.any():
+            raise StoreError(f"retrieval: {int(bad.sum())} of {len(a)} {name} are non-finite or "
+                             f"zero (rows {np.flatnonzero(bad)[:5].tolist()}); no score computed")
     p = pred / np.linalg.norm(pred, axis=1, keepdims=True)
     t = target / np.linalg.norm(target, axis=1, keepdims=True)
     sim = p @ t.T
     diag = np.diag(sim)
-    rank_b2i = (sim > diag[:, None]).sum(1)  # images scoring above the right one
-    rank_i2b = (sim > diag[None, :]).sum(0)
+    others = ~np.eye(len(diag), dtype=bool)
+    rank_b2i = ((sim >= diag[:, None]) & others).sum(1)  # other images at least as close
+    rank_i2b = ((sim >= diag[None, :]) & others).sum(0)
     return {"top1_brain_to_image": float((rank_b2i < 1).mean()),
             "top5_brain_to_image": float((rank_b2i < 5).mean()),
             "top1_image_to_brain": float((rank_i2b < 1).mean()),
@@ -70,9 +79,15 @@ def evaluate(location: str | Path, ckpt: str | Path, split: str = "test",
                              f"checkpoint's ROI; the checkpoint was trained on "
                              f"{model.spec.n_voxels[i]}")
         target = store.embeddings(meta["embedding"], stimuli=x.stimulus).values
+        betas = np.asarray(x.values, np.float32)
+        bad = ~np.isfinite(betas).all(axis=1)
+        if bad.any():
+            raise StoreError(f"{store.location}/{key}: {int(bad.sum())} {split} rows hold "
+                             f"non-finite betas (e.g. stimuli {x.stimulus.values[bad][:3].tolist()}"
+                             f"); run `nf validate` and re-ingest {key}")
         with torch.no_grad():
-            pred = model.embed_subject(i, torch.from_numpy(np.asarray(x.values, np.float32)
-                                                            ).to(device)).float().cpu().numpy()
+            pred = model.embed_subject(i, torch.from_numpy(betas).to(device)
+                                       ).float().cpu().numpy()
         out["subjects"][key] = retrieval(pred, np.asarray(target, np.float32))
     for name, group in _groups(out["subjects"]).items():
         out["datasets"][name] = _mean(group)

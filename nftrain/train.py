@@ -18,12 +18,16 @@ import torch
 
 import nfstore
 from nfstore._version import __version__
-from nfstore.errors import OptionError, StoreError
+from nfstore.errors import NFError, OptionError, StoreError
 from nftrain import checkpoint
 from nftrain.config import TrainConfig
 from nftrain.data import Batch, Dataset, batches, load_dataset, prefetch, with_adapters
 from nftrain.losses import info_nce
 from nftrain.model import Decoder, ModelSpec
+
+
+class TrainingError(NFError, FloatingPointError):
+    """Training met a non-finite value (loss, model outputs or inputs)."""
 
 
 @dataclass
@@ -35,12 +39,27 @@ class TrainSummary:
     samples: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    excluded: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
         rate = self.samples / self.seconds if self.seconds else 0.0
-        return (f"trained {self.epochs_run} epochs ({self.samples} samples, {rate:.0f} samples/s,"
-                f" {self.seconds:.1f} s); best validation loss {self.best_val_loss:.4f} at epoch "
-                f"{self.best_epoch + 1}; checkpoint {self.output_dir / 'best'}")
+        head = (f"trained {self.epochs_run} epochs ({self.samples} samples, {rate:.0f} "
+                f"samples/s, {self.seconds:.1f} s); ")
+        if not checkpoint.is_complete(self.output_dir / "best"):
+            return head + (f"no checkpoint written: the validation loss was never finite "
+                           f"(last {self.output_dir / 'last'})")
+        return head + (f"best validation loss {self.best_val_loss:.4f} at epoch "
+                       f"{self.best_epoch + 1}; checkpoint {self.output_dir / 'best'}")
+
+    def exclusion_line(self) -> str:
+        e = self.excluded
+        if e.get("keep_test_duplicates"):
+            return "kept copies of held-out pictures in training (keep_test_duplicates = true)"
+        return (f"left out {e.get('measured_trials', 0)} measured and "
+                f"{e.get('synthetic_trials', 0)} synthetic train trials showing copies of "
+                f"held-out pictures ({e.get('held_out_copies', 0)} stimuli; `nf leakage` lists "
+                f"them), and {e.get('validation_synthetic_trials', 0)} synthetic trials of "
+                f"validation pictures")
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -76,6 +95,27 @@ def _augment(groups: dict[int, tuple[torch.Tensor, torch.Tensor]], targets: torc
                 stim[pos[mix]] = -1 - pos[mix]
         out[s] = (pos, x)
     return out, targets, stim
+
+
+def _check_finite(step: int, loss: torch.Tensor, pred: torch.Tensor,
+                  groups: dict[int, tuple[torch.Tensor, torch.Tensor]], names: tuple[str, ...]
+                  ) -> None:
+    """Raise a one-line :class:`TrainingError` naming the step, the subject and what was
+    non-finite (inputs, outputs or the loss) when the loss is not finite."""
+    if bool(torch.isfinite(loss)):
+        return
+    for s, (pos, x) in groups.items():
+        if not bool(torch.isfinite(x).all()):
+            n = int((~torch.isfinite(x)).sum())
+            raise TrainingError(f"step {step}: non-finite inputs for subject {names[s]} ({n} "
+                                f"values in the batch's betas); run `nf validate`")
+    for s, (pos, _) in groups.items():
+        if not bool(torch.isfinite(pred[pos]).all()):
+            raise TrainingError(f"step {step}: non-finite outputs of the model for subject "
+                                f"{names[s]} (inputs were finite; lower lr or check amp)")
+    raise TrainingError(f"step {step}: non-finite loss ({float(loss)}) with finite inputs and "
+                        f"outputs (subjects {sorted(names[s] for s in groups)}); check "
+                        f"temperature and the embeddings")
 
 
 def _batches_per_epoch(data: Dataset, cfg: TrainConfig) -> int:
@@ -120,11 +160,12 @@ def validate(model: Decoder, data: Dataset, cfg: TrainConfig, E: torch.Tensor,
     losses, hits, n = [], 0, 0
     for batch in batches(data, cfg, 0, split="val"):
         groups = to_device(batch, device)
-        stim = torch.from_numpy(batch.targets).to(device)
+        rows = torch.from_numpy(batch.targets).to(device)
+        stim = torch.from_numpy(data.groups[batch.targets]).to(device)  # picture identity
         pred = model(groups, batch.size)
-        losses.append(float(info_nce(pred, E[stim], stim, temperature)) * batch.size)
+        losses.append(float(info_nce(pred, E[rows], stim, temperature)) * batch.size)
         sim = torch.nn.functional.normalize(pred.float(), dim=-1) @ torch.nn.functional.normalize(
-            E[stim], dim=-1).T
+            E[rows], dim=-1).T
         hits += int((stim[sim.argmax(1)] == stim).sum())
         n += batch.size
     model.train()
@@ -183,12 +224,21 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
     params = [p for p in model.parameters() if p.requires_grad]
     params += [log_temperature] if log_temperature.requires_grad else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = max(1, _batches_per_epoch(data, cfg) // world)  # steps of this rank
+    per_epoch = _batches_per_epoch(data, cfg) // (world * cfg.accumulate)  # optimizer steps
+    if per_epoch < 1:
+        raise OptionError(f"batch_size: an epoch has {_batches_per_epoch(data, cfg)} batches, "
+                          f"fewer than {world} rank(s) x accumulate {cfg.accumulate}; lower "
+                          f"batch_size or accumulate")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(cfg, cfg.epochs * per_epoch))
     progress_state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0,
                       "best_val_loss": float("inf"), "best_epoch": -1, "bad_epochs": 0,
                       "samples": 0}
-    summary = TrainSummary(out)
+    summary = TrainSummary(out, excluded=dict(data.excluded))
+    if rank == 0:
+        checkpoint.recover(out / "last")
+        checkpoint.recover(out / "best")
+    if world > 1:
+        torch.distributed.barrier()
     if resume:
         last = out / "last"
         if not (last / "state.json").is_file():
@@ -213,6 +263,7 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
                 "n_voxels": dict(zip(model.spec.subjects, model.spec.n_voxels)),
                 "rois": {k: cfg.roi_for(k) for k in cfg.subjects} | base_meta.get("rois", {}),
                 "embedding": cfg.embedding, "history": summary.history,
+                "excluded_held_out_copies": data.excluded,
                 "finetuned_from": str(init) if init else None, **extra}
 
     def save(name: str, with_state: bool) -> None:
@@ -236,24 +287,34 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
         bar = tqdm(total=per_epoch, initial=progress_state["step_in_epoch"], unit="batch",
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         done = progress_state["step_in_epoch"]
-        for i, batch in enumerate(prefetch(batches(data, cfg, epoch, skip=done * world))):
+        micro = 0  # batches of this rank since the last optimizer step
+        for i, batch in enumerate(prefetch(batches(data, cfg, epoch,
+                                                   skip=done * world * cfg.accumulate))):
             if i % world != rank:
                 continue
             if progress_state["step_in_epoch"] >= per_epoch:
                 break  # every rank takes the same number of steps
             groups = to_device(batch, device)
-            stim = torch.from_numpy(batch.targets).to(device)
-            groups, targets, stim = _augment(groups, E[stim], stim, cfg)
+            rows = torch.from_numpy(batch.targets).to(device)
+            stim = torch.from_numpy(data.groups[batch.targets]).to(device)  # picture identity
+            groups, targets, stim = _augment(groups, E[rows], stim, cfg)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 pred = net(groups, batch.size)
             loss = info_nce(pred, targets, stim, log_temperature.exp())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            _check_finite(progress_state["global_step"] + 1, loss, pred, groups,
+                          model.spec.subjects)
+            if micro == 0:
+                opt.zero_grad(set_to_none=True)
+            (loss / cfg.accumulate).backward()
+            micro += 1
+            progress_state["samples"] += batch.size
+            if micro < cfg.accumulate:
+                continue
+            micro = 0
             opt.step()
             sched.step()
             progress_state["step_in_epoch"] += 1
             progress_state["global_step"] += 1
-            progress_state["samples"] += batch.size
             bar.update(1)
             bar.set_postfix_str(f"loss {float(loss.detach()):.3f}")
             if cfg.checkpoint_every and progress_state["global_step"] % cfg.checkpoint_every == 0:
@@ -268,7 +329,7 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
             val = box[0]
         summary.history.append({"epoch": epoch + 1, **val})
         progress_state.update(epoch=epoch + 1, step_in_epoch=0)
-        if val["val_loss"] < progress_state["best_val_loss"]:
+        if math.isfinite(val["val_loss"]) and val["val_loss"] < progress_state["best_val_loss"]:
             progress_state.update(best_val_loss=val["val_loss"], best_epoch=epoch, bad_epochs=0)
             save("best", False)
         else:
@@ -276,7 +337,7 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
         save("last", True)
         if progress and rank == 0:
             print(f"epoch {epoch + 1}: val_loss {val['val_loss']:.4f}, val_top1 "
-                  f"{val['val_top1']:.3f}")
+                  f"{val['val_top1']:.3f}", flush=True)
         if cfg.patience and progress_state["bad_epochs"] >= cfg.patience:
             break
     summary.epochs_run = progress_state["epoch"]
@@ -287,4 +348,4 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
     return summary
 
 
-__all__ = ["train", "TrainSummary", "validate"]
+__all__ = ["train", "TrainSummary", "TrainingError", "validate"]

@@ -15,10 +15,11 @@ import xarray as xr
 import zarr
 
 from nfstore import _layout
-from nfstore._names import BETAS, SPLIT, STIMULUS, TRIAL, VOXEL
+from nfstore._names import BETAS, DATASETS, SPLIT, STIMULUS, TRIAL, VOXEL
 from nfstore._version import __version__
 from nfstore.augment.synthesis import AugmentConfig, fit_model, noise_model, synthesize
 from nfstore.errors import OptionError, QueryError, StoreError
+from nfstore.leakage import find_leakage
 
 SYNTHETIC = "synthetic"
 
@@ -36,6 +37,7 @@ class AugmentSummary:
     alphas: np.ndarray
     seconds: float = 0.0
     timing: dict[str, float] = field(default_factory=dict)
+    excluded: int = 0
 
     def lines(self) -> list[str]:
         q = np.percentile(self.cv_corr, [5, 25, 50, 75, 95])
@@ -48,7 +50,8 @@ class AugmentSummary:
             f"alphas chosen (voxels): {top}",
             f"synthesized {self.n_synthetic} trials for {self.subject} as '{self.name}' from "
             f"{self.n_train} train trials in {self.seconds:.1f} s "
-            f"({self.n_synthetic / max(self.seconds, 1e-9):.0f} trials/s)",
+            f"({self.n_synthetic / max(self.seconds, 1e-9):.0f} trials/s); left out "
+            f"{self.excluded} pool images that are copies of held-out pictures",
         ]
 
 
@@ -61,6 +64,9 @@ def _check(cfg: AugmentConfig, name: str) -> None:
         raise OptionError(f"--fraction: expected a positive fraction; got {cfg.fraction}")
     if cfg.noise_scale < 0:
         raise OptionError(f"--noise-scale: expected >= 0; got {cfg.noise_scale}")
+    if cfg.pool in DATASETS:
+        raise OptionError(f"--pool: {cfg.pool!r} is a dataset, not a pool of novel images; "
+                          f"register one with `nf embed STORE --pool DIR --pool-name NAME`")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise OptionError(f"--name: expected letters, digits, '_', '.' or '-'; got {name!r}")
     if cfg.seed < 0:
@@ -98,10 +104,16 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
     if not pool_ids:
         raise QueryError(f"--pool: no {cfg.embedding} embeddings of pool {cfg.pool!r}; register "
                          f"and embed it with `nf embed {path} --pool DIR --pool-name {cfg.pool}`")
+    # never synthesize a held-out picture: pool copies of any test/imagery stimulus are left out
+    held_out_copies = find_leakage(store).excluded()
+    n_pool = len(pool_ids)
+    pool_ids = [s for s in pool_ids if s not in held_out_copies]
+    excluded = n_pool - len(pool_ids)
     n = cfg.n if cfg.n is not None else int(round(cfg.fraction * train.size))  # type: ignore
     if n > len(pool_ids):
         raise OptionError(f"--n/--fraction: {n} synthetic trials asked; pool {cfg.pool!r} has "
-                          f"{len(pool_ids)} embedded images")
+                          f"{len(pool_ids)} embedded images that are not copies of held-out "
+                          f"pictures ({excluded} are; `nf leakage` lists them)")
     rng = np.random.default_rng(cfg.seed)
     chosen = np.array(pool_ids, dtype=object)[np.sort(rng.choice(len(pool_ids), n,
                                                                  replace=False))]
@@ -137,6 +149,7 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
                 np.percentile(model.cv_corr, [5, 25, 50, 75, 95]))} | {
                 "mean": float(model.cv_corr.mean())},
             "noise": cfg.noise, "noise_scale": cfg.noise_scale, "seed": cfg.seed,
+            "excluded_held_out_copies": int(excluded),
             "n_train_trials": int(train.size), "measured_fingerprint":
                 store.attrs(subject).get("ingest_fingerprint"), "dtype": dtype})
         _layout.ensure_group(path, f"{subject}/{SYNTHETIC}")
@@ -145,7 +158,8 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
         shutil.rmtree(staged, ignore_errors=True)
         raise
     summary = AugmentSummary(subject, name, int(train.size), n, int(ds.sizes[VOXEL]),
-                             model.cv_corr, model.alpha, time.perf_counter() - t0, timing)
+                             model.cv_corr, model.alpha, time.perf_counter() - t0, timing,
+                             excluded)
     return summary
 
 

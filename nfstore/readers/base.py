@@ -113,6 +113,9 @@ class StimulusTable:
         Row in ``file`` for image bricks, -1 for one-image files.
     root : Path
         Raw dataset root (absolute).
+    coco_ids : dict of str to int, optional
+        COCO id of stimuli the dataset names one for (NSD's ``cocoId``); the identity of the
+        others follows their file names (:mod:`nfstore.identity`).
     """
 
     dataset: str
@@ -120,6 +123,7 @@ class StimulusTable:
     file: np.ndarray
     index: np.ndarray
     root: Path
+    coco_ids: dict[str, int] = field(default_factory=dict)
 
 
 def parse_subject(spec: str | int, pattern: str, template: str, examples: str) -> str:

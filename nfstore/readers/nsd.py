@@ -32,6 +32,7 @@ from nfstore.readers.base import Block, RawSubject, StimulusTable, parse_subject
 
 NAME = "nsd"
 EXPDESIGN = Path("nsddata/experiments/nsd/nsd_expdesign.mat")
+STIM_INFO = Path("nsddata/experiments/nsd/nsd_stim_info_merged.csv")
 STIMULI = Path("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
 SCALE = 300.0  # int16 betas are percent signal change x 300
 FORMATS = ("auto", "nifti", "hdf5")
@@ -83,7 +84,20 @@ def stimulus_table(root: Path, options: Options) -> StimulusTable:
         file=np.array([str(STIMULI)] * n, dtype=object),
         index=np.arange(n, dtype=np.int64),
         root=root.resolve(),
+        coco_ids=coco_ids(root),
     )
+
+
+def coco_ids(root: Path) -> dict[str, int]:
+    """``nsd/<id>`` -> COCO id from ``nsd_stim_info_merged.csv`` (empty if the file is absent)."""
+    import pandas as pd
+
+    path = root / STIM_INFO
+    if not path.is_file():
+        return {}
+    with _io.reading(path, "CSV with columns nsdId and cocoId"):
+        info = pd.read_csv(path, usecols=["nsdId", "cocoId"])
+    return {f"nsd/{int(i):05d}": int(c) for i, c in zip(info["nsdId"], info["cocoId"])}
 
 
 def stimulus_count(root: Path) -> int:

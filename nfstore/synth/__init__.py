@@ -15,6 +15,7 @@ GENERATORS = {
     "nsd": ("nfstore.synth.nsd", "synth_nsd", "NSDSynthConfig"),
     "bold5000": ("nfstore.synth.bold5000", "synth_bold5000", "BOLD5000SynthConfig"),
     "god": ("nfstore.synth.god", "synth_god", "GODSynthConfig"),
+    "pool": ("nfstore.synth.pool", "synth_pool", "PoolSynthConfig"),
 }
 
 

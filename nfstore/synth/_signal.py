@@ -79,3 +79,33 @@ def responses(z: np.ndarray, w: np.ndarray, gain: np.ndarray, noise: float,
 def save_truth(out: Path, **arrays: np.ndarray) -> None:
     """Write the planted ground truth next to a synthetic tree."""
     np.savez_compressed(out / TRUTH_FILE, **arrays)
+
+
+class _NoNoise:
+    """Stands in for a generator in :func:`render_images`: no pixel noise."""
+
+    @staticmethod
+    def normal(loc: float, scale: float, size: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(size)
+
+
+def world_latent(identity: str, k: int = N_LATENT) -> np.ndarray:
+    """The latent of a picture known by ``identity`` (``coco/<id>``, ``imagenet/<stem>``),
+    float64 array of shape (k,): the same in every generator, so datasets that show the same
+    picture (NSD and BOLD5000 COCO images, GOD images in a pool) plant the same one."""
+    import hashlib
+
+    seed = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).standard_normal(k)
+
+
+def world_images(identities: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latents (n, k) and noise-free pixels (n, size, size, 3) uint8 of named pictures."""
+    z = np.array([world_latent(i) for i in identities]).reshape(len(identities), N_LATENT)
+    return z, render_images(z, size, _NoNoise())  # type: ignore[arg-type]
+
+
+def overlap_coco_ids(n: int) -> list[int]:
+    """COCO ids of the pictures shared by synthetic NSD and BOLD5000 (as in the real data,
+    where 'BOLD5000' in ``nsd_stim_info_merged.csv`` marks them)."""
+    return [100003 + 7919 * k for k in range(n)]

@@ -38,6 +38,8 @@ class BOLD5000SynthConfig:
     image_size : int          [375]
     voxels : tuple of int     (min, max) voxels per ROI variable [~90-290]
     noise : float
+    nsd_overlap : int         COCO images that are also NSD images (``nf synth nsd`` plants the
+                              same COCO ids and pictures)
     seed : int
     """
 
@@ -50,12 +52,16 @@ class BOLD5000SynthConfig:
     image_size: int = 48
     voxels: tuple[int, int] = (12, 30)
     noise: float = 1.0
+    nsd_overlap: int = 6
     seed: int = 0
 
 
 def _names(cfg: BOLD5000SynthConfig, rng: np.random.Generator) -> list[str]:
     coco, imnet, scene = cfg.images
-    ids = rng.choice(580000, coco, replace=False)
+    ids = rng.choice(np.setdiff1d(np.arange(1, 580000), _signal.overlap_coco_ids(coco)), coco,
+                     replace=False)
+    n_ov = min(cfg.nsd_overlap, coco)
+    ids[:n_ov] = _signal.overlap_coco_ids(n_ov)
     names = [f"COCO/COCO_train2014_{i:012d}.jpg" for i in ids]
     syn = rng.choice(np.arange(1440000, 15000000), imnet, replace=False)
     names += [f"ImageNet/n{s:08d}_{rng.integers(1, 30000)}.JPEG" for s in syn]
@@ -84,6 +90,9 @@ def synth_bold5000(out: Path, cfg: BOLD5000SynthConfig = BOLD5000SynthConfig()
     names = _names(cfg, rng)
     z = _signal.latents(len(names), rng)
     pixels = _signal.render_images(z, cfg.image_size, rng)
+    n_ov = min(cfg.nsd_overlap, cfg.images[0])  # the pictures NSD also showed
+    z[:n_ov], pixels[:n_ov] = _signal.world_images(
+        [f"coco/{c}" for c in _signal.overlap_coco_ids(n_ov)], cfg.image_size)
     write_images([out / STIMULI / n for n in names], pixels)
     test = np.sort(rng.choice(len(names), cfg.test_images, replace=False))
     (out / TEST_LISTS[0]).write_text("\n".join(names[i].split("/")[1] for i in test) + "\n")

@@ -40,6 +40,8 @@ class NSDSynthConfig:
     image_size : int          pixels per side [425]
     grid : tuple of int       (X, Y, Z) grid of subject 1; others differ by a voxel or two
     noise : float             trial noise (percent signal change)
+    bold5000_overlap : int    images that are also BOLD5000 COCO stimuli (half of them shared
+                              test images), with the COCO ids of ``nf synth bold5000``
     seed : int
     """
 
@@ -52,6 +54,7 @@ class NSDSynthConfig:
     image_size: int = 64
     grid: tuple[int, int, int] = (20, 24, 20)
     noise: float = 1.0
+    bold5000_overlap: int = 6
     seed: int = 0
 
 
@@ -131,11 +134,21 @@ def synth_nsd(out: Path, cfg: NSDSynthConfig = NSDSynthConfig()) -> dict[str, fl
     n_images = cfg.shared + N_SUBJECT_ROWS * n_own
     z = _signal.latents(n_images, rng)
     images = _signal.render_images(z, cfg.image_size, rng)
+    masterordering, subjectim, sharedix = _design(cfg, n_images, rng)
+    coco = rng.choice(np.setdiff1d(np.arange(1, 600000), _signal.overlap_coco_ids(
+        2 * cfg.shared)), n_images, replace=False)
+    # pictures BOLD5000 also showed: shared test images and images of subject 1's own list
+    n_ov = min(cfg.bold5000_overlap, 2 * cfg.shared)
+    half = min(n_ov // 2 + n_ov % 2, cfg.shared)
+    overlap = np.concatenate([sharedix[:half] - 1,
+                              subjectim[0, cfg.shared:cfg.shared + n_ov - half] - 1])
+    coco[overlap] = _signal.overlap_coco_ids(len(overlap))
+    z[overlap], images[overlap] = _signal.world_images(
+        [f"coco/{c}" for c in coco[overlap]], cfg.image_size)
     (out / STIMULI).parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(out / STIMULI, "w") as f:
         f.create_dataset("imgBrick", data=images, chunks=(1, *images.shape[1:]))
 
-    masterordering, subjectim, sharedix = _design(cfg, n_images, rng)
     runs = _run_sizes(cfg)
     (out / EXPDESIGN).parent.mkdir(parents=True, exist_ok=True)
     stimpattern = np.zeros((cfg.sessions, cfg.runs_per_session, max(runs) + 2), np.uint8)
@@ -149,12 +162,13 @@ def synth_nsd(out: Path, cfg: NSDSynthConfig = NSDSynthConfig()) -> dict[str, fl
                             (1, cfg.sessions)),
         "stimpattern": stimpattern.astype(np.float64),
     })
-    info = pd.DataFrame({"cocoId": rng.integers(1, 600000, n_images),
+    info = pd.DataFrame({"cocoId": coco,
                          "cocoSplit": np.where(rng.random(n_images) < 0.9, "train2017",
                                                "val2017"),
                          "cropBox": ["(0, 0, 0.1, 0.1)"] * n_images,
                          "loss": np.zeros(n_images), "nsdId": np.arange(n_images),
-                         "flagged": False, "BOLD5000": False,
+                         "flagged": False,
+                         "BOLD5000": np.isin(np.arange(n_images), overlap),
                          "shared1000": np.isin(np.arange(n_images), sharedix - 1)})
     n_trials = cfg.sessions * cfg.trials_per_session
     for sub in range(1, N_SUBJECT_ROWS + 1):

@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
+import zarr
 
 import nfstore
 import schemas
@@ -67,8 +69,25 @@ def test_validate_reports_missing_chunks_and_bad_values(nsd_store: Path) -> None
     chunk.unlink()
     store = nfstore.open_store(nsd_store)  # metadata still valid
     problems = validate_store(store)
-    assert len(problems) == 1
+    assert len(problems) == 2
     assert "betas: expected" in problems[0] and "chunks; found" in problems[0]
+    # the unwritten chunk reads as NaN: reported with the exact count, per subject
+    x = zarr.open_array(str(nsd_store / "nsd/subj01/betas"), mode="r")[:]
+    n_bad, rows_bad = int(np.isnan(x).sum()), int(np.isnan(x).any(axis=1).sum())
+    assert n_bad > 0
+    assert f"nsd/subj01/betas: {n_bad} non-finite values in {rows_bad} of" in problems[1]
+
+
+def test_validate_reports_nonfinite_values_and_interrupted_swaps(nsd_store: Path) -> None:
+    arr = zarr.open_array(str(nsd_store / "nsd/subj02/betas"), mode="r+")
+    arr[3, 7] = np.inf
+    arr[5, 1] = np.nan
+    (nsd_store / "_trash/nsd").mkdir(parents=True)
+    (nsd_store / "nsd/subj01").rename(nsd_store / "_trash/nsd/subj01@123-456")
+    problems = validate_store(nfstore.open_store(nsd_store, check=False))
+    assert any("nsd/subj02/betas: 2 non-finite values in 2 of" in p for p in problems), problems
+    assert any("interrupted write of nsd/subj01" in p for p in problems), problems
+    assert (nsd_store / "_trash/nsd/subj01@123-456").is_dir()  # reading never writes
 
 
 def test_validate_reports_unknown_stimuli(nsd_store: Path) -> None:
