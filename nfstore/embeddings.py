@@ -10,7 +10,6 @@ a killed run leaves a valid cache and the next run embeds only what is missing.
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,9 +66,12 @@ def register_pool(store: Path, folder: str | Path, name: str) -> int:
     from nfstore.readers.base import StimulusTable
     from nfstore.stimuli import commit_stimulus_table
 
-    commit_stimulus_table(store, StimulusTable(name, np.array(ids, dtype=object),
-                                               np.array(rel, dtype=object),
-                                               np.full(len(ids), -1, np.int64), base.resolve()))
+    path = _layout.local_store_path(store)
+    with _layout.writing(path, "nf embed --pool"):
+        commit_stimulus_table(path, StimulusTable(name, np.array(ids, dtype=object),
+                                                  np.array(rel, dtype=object),
+                                                  np.full(len(ids), -1, np.int64),
+                                                  base.resolve()))
     return len(ids)
 
 
@@ -111,12 +113,17 @@ def _collate(batch: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int,
 
 
 def _cache_group(store: Path, name: str, meta: dict[str, Any], shape: tuple[int, ...],
-                 overwrite: bool) -> zarr.Group:
-    """Open (or create) ``/embeddings/<name>``; different weights need ``overwrite``."""
+                 overwrite: bool) -> tuple[zarr.Group, Path | None]:
+    """Open (or create) the cache ``/embeddings/<name>``; different weights need ``overwrite``.
+
+    Returns the group to append to and, for an ``overwrite``, the staged path it lives at:
+    the new cache is built under ``_staging`` (resumable there) and swapped in only when
+    complete, so the old one stays readable until then.
+    """
     path = store / EMBEDDINGS_GROUP / name
+    staged = None
     if path.is_dir():
-        g = zarr.open_group(str(path), mode="r+")
-        old = dict(g.attrs)
+        old = dict(zarr.open_group(str(path), mode="r").attrs)
         clash = [k for k in ("weights_sha256", "dtype", "feature_shape")
                  if old.get(k) != meta[k]]
         if clash and not overwrite:
@@ -124,19 +131,33 @@ def _cache_group(store: Path, name: str, meta: dict[str, Any], shape: tuple[int,
                              f"{', '.join(clash)} ({old.get('weights', {}).get('path')}); pass "
                              f"--overwrite to replace the cache")
         if not clash:
-            count = int(old.get("count", 0))
-            g["stimulus"].resize((count,))
-            g["embedding"].resize((count, *shape))
-            return g
-        shutil.rmtree(path)
-    _layout.ensure_group(store, EMBEDDINGS_GROUP)
-    g = zarr.open_group(str(store), mode="r+").create_group(f"{EMBEDDINGS_GROUP}/{name}")
+            return _resume(path, shape), None
+        staged = _layout.staging_path(store, f"{EMBEDDINGS_GROUP}.{name}")
+        if staged.is_dir() and all(dict(zarr.open_group(str(staged), mode="r").attrs).get(k)
+                                   == meta[k] for k in ("weights_sha256", "dtype",
+                                                        "feature_shape")):
+            return _resume(staged, shape), staged  # an interrupted --overwrite goes on
+        _layout.discard(staged)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        g = zarr.open_group(str(staged), mode="w", zarr_format=3)
+    else:
+        _layout.ensure_group(store, EMBEDDINGS_GROUP)
+        g = zarr.open_group(str(store), mode="r+").create_group(f"{EMBEDDINGS_GROUP}/{name}")
     g.create_array("stimulus", shape=(0,), chunks=(ROW_CHUNK * 16,), dtype=str,
                    dimension_names=("stimulus",))
     dims = ("stimulus", "token", "feature") if len(shape) == 2 else ("stimulus", "feature")
     g.create_array("embedding", shape=(0, *shape), chunks=(ROW_CHUNK, *shape),
                    dtype=meta["dtype"], dimension_names=dims)
     g.attrs.update({**meta, "count": 0})
+    return g, staged
+
+
+def _resume(path: Path, shape: tuple[int, ...]) -> zarr.Group:
+    """A cache group cut back to its committed rows."""
+    g = zarr.open_group(str(path), mode="r+")
+    count = int(g.attrs.get("count", 0))
+    g["stimulus"].resize((count,))
+    g["embedding"].resize((count, *shape))
     return g
 
 
@@ -177,7 +198,6 @@ def embed_store(location: str | Path, model: str, weights: str | Path, *,
         Called with the number of committed rows after each batch.
     """
     import torch
-    from tqdm.auto import tqdm
 
     import nfstore
 
@@ -189,6 +209,20 @@ def embed_store(location: str | Path, model: str, weights: str | Path, *,
         raise OptionError(f"--device: {device} requested but CUDA is not available")
     path = _layout.local_store_path(location)
     store = nfstore.open_store(path)
+    with _layout.writing(path, f"nf embed --model {model}"):
+        return _embed(store, path, spec, model, weights, stimuli=stimuli, batch_size=batch_size,
+                      device=device, dtype=dtype, tokens=tokens, workers=workers,
+                      skip_bad=skip_bad, overwrite=overwrite, progress=progress,
+                      on_batch=on_batch, t0=t0)
+
+
+def _embed(store: Any, path: Path, spec: Any, model: str, weights: str | Path, *, stimuli: str,
+           batch_size: int, device: str, dtype: str, tokens: bool, workers: int,
+           skip_bad: bool, overwrite: bool, progress: bool,
+           on_batch: Callable[[int], None] | None, t0: float) -> EmbedSummary:
+    import torch
+    from tqdm.auto import tqdm
+
     tables = store._children(STIMULI_GROUP)
     pools = [t for t in tables if t not in DATASETS]
     chosen = {"all": tables, "pool": pools}.get(stimuli, [stimuli])
@@ -210,7 +244,7 @@ def embed_store(location: str | Path, model: str, weights: str | Path, *,
             "feature_shape": list(shape), "preprocessing": encoders.PREPROCESSING,
             "output": "hidden_states[-2]" if tokens else "image_embeds (unnormalized)",
             "nf_version": __version__}
-    group = _cache_group(path, name, meta, shape, overwrite)
+    group, staged = _cache_group(path, name, meta, shape, overwrite)
     count = int(group.attrs["count"])
     done = set(group["stimulus"][:count].tolist()) if count else set()
     todo = _todo(store, chosen, done)
@@ -245,5 +279,7 @@ def embed_store(location: str | Path, model: str, weights: str | Path, *,
                 on_batch(count)
     finally:
         bar.close()
+    if staged is not None:  # the new cache is complete: swap it in for the old one
+        _layout.commit(path, staged, f"{EMBEDDINGS_GROUP}/{name}")
     summary.seconds = time.perf_counter() - t0
     return summary

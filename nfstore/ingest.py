@@ -37,7 +37,6 @@ from nfstore._names import (
     SOURCE,
     STAGING_GROUP,
     STATUS_ATTR,
-    STIMULI_GROUP,
     TRIAL,
     VOXEL,
     subject_key,

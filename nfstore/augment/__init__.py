@@ -88,7 +88,13 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
     name = cfg.name or f"{cfg.pool}-{cfg.noise}"
     _check(cfg, name)
     path = _layout.local_store_path(location)
-    store = nfstore.open_store(path)
+    with _layout.writing(path, f"nf augment {subject}"):
+        return _augment(nfstore.open_store(path), path, subject, cfg, name, overwrite, dtype,
+                        progress, t0)
+
+
+def _augment(store: Any, path: Path, subject: str, cfg: AugmentConfig, name: str,
+             overwrite: bool, dtype: str, progress: bool, t0: float) -> AugmentSummary:
     ds = store.dataset(subject)
     train = np.flatnonzero(ds[SPLIT].values == "train")
     if train.size <= cfg.cv:
