@@ -225,8 +225,8 @@ def set_normalization(raw: RawSubject, method: str | None) -> None:
     elif method == "run":
         raw.norm_group = session * 100000 + raw.trials["run"].to_numpy()
         raw.norm_fit = np.ones(raw.n_trials, bool)
-        desc = {"method": "zscore", "group": "run (session, run)",
-                "statistics_from": "run (each run's own trials, test runs included)"}
+        desc = {"method": "zscore", "group": "run (session, run)", "statistics_from": "run",
+                "note": "each run z-scored by its own trials' statistics, test runs included"}
     elif method == "train-global":
         raw.norm_group, raw.norm_fit = np.zeros(raw.n_trials, np.int64), train
         desc = {"method": "zscore", "group": "subject", "statistics_from": "train"}

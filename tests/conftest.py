@@ -124,3 +124,32 @@ def train_store_ro(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 batch_size=128)
     augment(store, "nsd/subj01", AugmentConfig(pool="novel", n=40, alpha=100.0, name="syn"))
     return store
+
+
+@pytest.fixture(scope="session")
+def world_ro(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """NSD, BOLD5000 and GOD trees sharing pictures as the real data do, an ImageNet pool
+    repeating GOD test images, and one store of all of it (embedded with a tiny encoder)."""
+    import nfstore
+    from nfstore.embeddings import embed_store, register_pool
+    from nfstore.tiny import write_tiny_encoder
+
+    base = tmp_path_factory.mktemp("world")
+    synthesize("nsd", base / "nsd", subjects=(1,), sessions=2, trials_per_session=40,
+               images_per_subject=60, shared=10, image_size=32, grid=(12, 14, 12), seed=1)
+    synthesize("bold5000", base / "bold5000", subjects=(1,), seed=5)
+    synthesize("god", base / "god", subjects=(1,), seed=2)
+    synthesize("pool", base / "pool", god=str(base / "god"), n=40)
+    store = base / "nf.zarr"
+    for dataset in ("nsd", "bold5000", "god"):
+        nfstore.ingest(dataset, base / dataset, store)
+    register_pool(store, base / "pool", "imnet")
+    enc = write_tiny_encoder(base / "enc")["hf"]
+    embed_store(store, "ip-adapter-sdxl", enc, workers=0, batch_size=128)
+    return {"base": base, "store": store, "encoder": Path(enc)}
+
+
+@pytest.fixture
+def world(world_ro: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    """A private copy of the world store, free to modify."""
+    return {**world_ro, "store": _copy(world_ro["store"], tmp_path / "nf.zarr")}

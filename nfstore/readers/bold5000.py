@@ -126,6 +126,29 @@ def _roi_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return found
 
 
+def _session_blocks(path: Path, transposed: bool, n_trials: int, session: np.ndarray | None
+                    ) -> list[Block]:
+    """One block per session (the file is read once, on the first block's load, and held until
+    the last block is loaded); one block for the whole file when sessions are unknown."""
+    if session is None:
+        return [Block(path.name, 0, n_trials, lambda: _load(path, transposed), (path,))]
+    cuts = [0] + [i for i in range(1, session.size) if session[i] != session[i - 1]]
+    cuts.append(session.size)
+    held: dict[str, np.ndarray] = {}
+
+    def part(a: int, b: int, last: bool) -> np.ndarray:
+        if "x" not in held:
+            held["x"] = _load(path, transposed)
+        out = held["x"][a:b].copy()
+        if last:
+            held.clear()
+        return out
+
+    return [Block(f"{path.name} session {int(session[a])}", a, b,
+                  (lambda a=a, b=b, last=(b == session.size): part(a, b, last)), (path,))
+            for a, b in zip(cuts[:-1], cuts[1:])]
+
+
 def _load(path: Path, transposed: bool) -> np.ndarray:
     """All ROI variables side by side: float32 (n_trials, n_voxels) in ROI_KEYS order."""
     if path.suffix == ".mat":
@@ -215,7 +238,7 @@ def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
                 "roi_column": np.concatenate([np.arange(s) for s in sizes]).astype(np.int64)},
         roi_names=list(ROI_KEYS) + a_names,
         roi_mask=np.array([by_name[k] for k in ROI_KEYS] + a_masks, dtype=bool),
-        blocks=[Block(f"{path.name}", 0, n_trials, lambda: _load(path, transposed), (path,))],
+        blocks=_session_blocks(path, transposed, n_trials, session if runs is not None else None),
         attrs={"tr": options.tr, "roi_file_format": path.suffix.lstrip("."),
                "roi_file_transposed": transposed, "sessions_known": runs is not None,
                "source_files": records},

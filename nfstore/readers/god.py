@@ -53,9 +53,12 @@ class Options:
     ----------
     images : str, optional
         Folder holding ``training/`` and ``test/`` ImageNet images (default ``RAW_ROOT/images``).
+    block_rows : int
+        Rows read and written at a time (whole runs; a run longer than this is one block).
     """
 
     images: str | None = None
+    block_rows: int = BLOCK_ROWS
 
 
 def subject_name(spec: str | int) -> str:
@@ -218,7 +221,7 @@ def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
     group = datatype * 10**6 + run
     blocks = [Block(f"rows {a}-{b - 1}", a, b,
                     (lambda a=a, b=b: _load_rows(path, dkey, a, b, voxels)), (path,))
-              for a, b in contiguous_blocks(group, BLOCK_ROWS)]
+              for a, b in contiguous_blocks(group, options.block_rows)]
     return RawSubject(
         dataset=NAME, subject=subject, trials=trials, norm_group=group,
         voxels=coords, roi_names=roi_keys + a_names,
