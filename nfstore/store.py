@@ -369,7 +369,9 @@ def average_repeats_of(x: xr.DataArray) -> xr.DataArray:
         return x
     groups = xr.DataArray(stim, dims=TRIAL, name=STIMULUS)
     keep = [c for c in (SPLIT, SOURCE) if c in x.coords]
-    mean = x.drop_vars([c for c in x.coords if x[c].dims == (TRIAL,)]).groupby(groups).mean()
+    # skipna=False: a non-finite trial makes its average non-finite, never silently dropped
+    mean = x.drop_vars([c for c in x.coords if x[c].dims == (TRIAL,)]).groupby(groups).mean(
+        skipna=False)
     uniq, first, counts = np.unique(stim, return_index=True, return_counts=True)
     mean = mean.rename({STIMULUS: TRIAL}).drop_vars(TRIAL)
     coords = {STIMULUS: (TRIAL, uniq.astype(object)), "n_repeats": (TRIAL, counts)}

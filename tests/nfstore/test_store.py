@@ -104,3 +104,17 @@ def test_write_query_rejects_unknown_suffix(nsd_store_ro: Path, tmp_path: Path) 
     x = nfstore.open_store(nsd_store_ro).betas("nsd/subj01", roi="V1")
     with pytest.raises(nfstore.OptionError, match=r"--out: expected a file ending in .npy"):
         write_query(x, tmp_path / "q.csv")
+
+
+def test_average_repeats_never_hides_a_nonfinite_trial(nsd_store: Path) -> None:
+    import zarr
+
+    st = nfstore.open_store(nsd_store)
+    ds = st.dataset("nsd/subj01")
+    stim = ds.stimulus.values
+    repeated = next(s for s in stim if (stim == s).sum() > 1)
+    row = int(np.flatnonzero(stim == repeated)[0])
+    zarr.open_array(str(nsd_store / "nsd/subj01/betas"), mode="r+")[row, 0] = np.nan
+    x = nfstore.open_store(nsd_store).betas("nsd/subj01", average_repeats=True)
+    got = x.isel(trial=int(np.flatnonzero(x.stimulus.values == repeated)[0])).values
+    assert np.isnan(got[0]) and np.isfinite(got[1:]).all()
