@@ -48,6 +48,18 @@ def save(folder: Path, model: Decoder, meta: dict[str, Any], extra: dict[str, An
     return folder
 
 
+def digest(model: torch.nn.Module) -> str:
+    """sha256 of the model's parameters and buffers (names, shapes and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def is_complete(folder: Path) -> bool:
     """True if ``folder`` holds a whole checkpoint."""
     return all((Path(folder) / f).is_file() for f in FILES)

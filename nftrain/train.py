@@ -40,6 +40,7 @@ class TrainSummary:
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     excluded: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str = ""  # of the final weights (the same on every rank under torchrun)
 
     def line(self) -> str:
         rate = self.samples / self.seconds if self.seconds else 0.0
@@ -340,6 +341,7 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
                   f"{val['val_top1']:.3f}", flush=True)
         if cfg.patience and progress_state["bad_epochs"] >= cfg.patience:
             break
+    summary.weights_sha256 = checkpoint.digest(model)
     summary.epochs_run = progress_state["epoch"]
     summary.best_epoch = progress_state["best_epoch"]
     summary.best_val_loss = progress_state["best_val_loss"]
