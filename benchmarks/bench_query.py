@@ -1,7 +1,8 @@
 """ROI query vs. whole-subject read, and random mini-batches from the store vs. memory.
 
-Run: ``python benchmarks/bench_query.py`` (or ``make bench``). Prints bytes read (chunk files
-the selection touches), times and their ratios, and trials/s for mini-batches of 256.
+Run: ``python benchmarks/bench_query.py`` (or ``make bench``). Prints chunk bytes touched (the
+compressed size of the chunk files the selection covers; not a count of bytes actually read),
+times and their ratios, and trials/s for mini-batches of 256.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def main() -> None:
     t_all, _ = timed(lambda: store.betas(key).values)
     print(f"{key}: {ds.sizes['trial']} trials x {ds.sizes['voxel']} voxels; V1 = {v1.size} "
           f"voxels ({100 * v1.size / every.size:.0f}%)")
-    print(f"  V1 query   : {b_v1 / 2**20:7.1f} MiB read, {t_v1:.3f} s")
-    print(f"  whole read : {b_all / 2**20:7.1f} MiB read, {t_all:.3f} s")
+    print(f"  V1 query   : {b_v1 / 2**20:7.1f} MiB of chunks touched, {t_v1:.3f} s")
+    print(f"  whole read : {b_all / 2**20:7.1f} MiB of chunks touched, {t_all:.3f} s")
     print(f"  ratio V1/whole: bytes {b_v1 / b_all:.3f}, time {t_v1 / t_all:.3f}")
 
     rng = np.random.default_rng(0)

@@ -4,7 +4,9 @@ One store with NSD, BOLD5000 and GOD subjects (tiny random image encoder, ridge-
 trials for every subject), then: cross-dataset training vs. one dataset at a time, with vs.
 without augmentation, and fine-tuning a new subject's adapter on 25% of its data vs. training
 that subject from scratch on the same 25%. Test top-1 (brain -> image, among each subject's
-unique test images) per dataset, with chance. Run: ``python benchmarks/bench_train_quality.py``.
+unique test images) per dataset, as mean +- sd over seeds 0, 1, 2, beside chance and a
+single-subject scikit-learn ``RidgeCV`` baseline (train trials -> embeddings; deterministic).
+Run: ``python benchmarks/bench_train_quality.py``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ def build_store() -> Path:
     return store
 
 
+SEEDS = (0, 1, 2)
+DATASETS = ("nsd", "bold5000", "god")
+
+
 def run(store: Path, name: str, subjects: list[str], **kw: object) -> dict:
     out = WORK / "quality_runs" / name
     shutil.rmtree(out, ignore_errors=True)
@@ -68,27 +74,60 @@ def run(store: Path, name: str, subjects: list[str], **kw: object) -> dict:
     return evaluate(store, out / "best")
 
 
+def seeds(store: Path, name: str, subjects: list[str], **kw: object) -> list[dict]:
+    return [run(store, f"{name}_s{seed}", subjects, seed=seed, **kw) for seed in SEEDS]
+
+
+def ridge(store: Path, subjects: list[str]) -> dict[str, float]:
+    """Mean test top-1 per dataset of a per-subject RidgeCV (train trials -> embeddings)."""
+    from sklearn.linear_model import RidgeCV
+
+    from nftrain.evaluate import retrieval
+
+    st = nfstore.open_store(store)
+    out: dict[str, list[float]] = {}
+    for key in subjects:
+        tr = st.betas(key, split="train")
+        te = st.betas(key, split="test", average_repeats=True)
+        model = RidgeCV(alphas=np.logspace(0, 6, 13)).fit(
+            tr.values, st.embeddings("ip-adapter-sdxl", tr.stimulus).values)
+        m = retrieval(model.predict(te.values), st.embeddings("ip-adapter-sdxl",
+                                                              te.stimulus).values)
+        out.setdefault(key.split("/")[0], []).append(m["top1_brain_to_image"])
+    return {d: float(np.mean(v)) for d, v in out.items()}
+
+
+def cell(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} +- {np.std(values, ddof=1):.3f}"
+
+
 def main() -> None:
     store = build_store()
     subjects = nfstore.open_store(store).subjects()
     known = [s for s in subjects if s != NEW]
     by_ds = {d: [s for s in known if s.startswith(d)] for d in ("nsd", "bold5000", "god")}
-    results = {"cross-dataset + augmentation": run(store, "all_aug", known, synthetic=["*"]),
-               "cross-dataset, no augmentation": run(store, "all_noaug", known)}
-    single = {d: run(store, f"single_{d}", subs, synthetic=["*"])
-              for d, subs in by_ds.items()}
-    print("test top-1 brain->image (chance)         nsd            bold5000       god")
-    for label, m in results.items():
+    results = {"cross-dataset + augmentation": seeds(store, "all_aug", known, synthetic=["*"]),
+               "cross-dataset, no augmentation": seeds(store, "all_noaug", known)}
+    single = {d: seeds(store, f"single_{d}", subs, synthetic=["*"]) for d, subs in by_ds.items()}
+    results["one dataset at a time + augmentation"] = [
+        {"datasets": {d: single[d][i]["datasets"][d] for d in DATASETS}}
+        for i in range(len(SEEDS))]
+    chance = {d: results["cross-dataset, no augmentation"][0]["datasets"][d]["chance_top1"]
+              for d in DATASETS}
+    print(f"test top-1 brain->image, mean +- sd over seeds {SEEDS}")
+    print(f"  {'':38s}" + "".join(f"{d:18s}" for d in DATASETS))
+    for label, runs in results.items():
         print(f"  {label:38s}" + "".join(
-            f"{m['datasets'][d]['top1_brain_to_image']:.3f} ({m['datasets'][d]['chance_top1']:.3f})"
-            "  " for d in ("nsd", "bold5000", "god")))
-    print(f"  {'one dataset at a time + augmentation':38s}" + "".join(
-        f"{single[d]['datasets'][d]['top1_brain_to_image']:.3f} "
-        f"({single[d]['datasets'][d]['chance_top1']:.3f})  " for d in ("nsd", "bold5000", "god")))
+            f"{cell([r['datasets'][d]['top1_brain_to_image'] for r in runs]):18s}"
+            for d in DATASETS))
+    rid = ridge(store, known)
+    print(f"  {'ridge (RidgeCV, one subject at a time)':38s}" + "".join(
+        f"{rid[d]:.3f}{'':13s}" for d in DATASETS))
+    print(f"  {'chance':38s}" + "".join(f"{chance[d]:.3f}{'':13s}" for d in DATASETS))
 
     from nftrain.finetune import finetune_config
 
-    base_ckpt = WORK / "quality_runs" / "all_aug" / "best"
+    base_ckpt = WORK / "quality_runs" / "all_aug_s0" / "best"
     cfg = finetune_config(base_ckpt, [NEW], 0.25, overrides=[
         f"output_dir=\"{WORK / 'quality_runs' / 'finetune'}\"", "lr=0.003"])
     shutil.rmtree(cfg.output_dir, ignore_errors=True)

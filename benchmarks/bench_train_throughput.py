@@ -68,7 +68,19 @@ def main() -> None:
         m = Decoder(spec)
         return m, torch.optim.AdamW(m.parameters(), lr=1e-4)
 
-    # in memory: the same batches, materialized first
+    data_mb = sum(src.rows.size * sub.n_voxels * 4 for sub in data.subjects
+                  for src in sub.train) / 2**20
+    print(f"{len(cfg.subjects)} subjects, voxels {[s.n_voxels for s in data.subjects]}, "
+          f"{data_mb:.0f} MiB of train betas, batch 256, adapter 1024, width 1024, depth 2")
+    from dataclasses import replace
+
+    for label, c in (("buffer holds the data", cfg),
+                     ("streaming", replace(cfg, cache_mb=max(1, int(data_mb / 8))))):
+        compare(label, c, data, E, fresh)
+
+
+def compare(label: str, cfg, data, E, fresh) -> None:  # noqa: ANN001
+    """In-memory tensors vs. the store loader, on the same batches in the same order."""
     held = [(to_device(b, torch.device("cpu")), b.targets, b.size)
             for b in batches(data, cfg, epoch=0)]
     n = sum(h[2] for h in held)
@@ -94,8 +106,7 @@ def main() -> None:
     for _ in range(3):  # alternate; best of three each
         t_mem = min(t_mem, from_memory())
         t_store = min(t_store, from_store())
-    print(f"{len(cfg.subjects)} subjects, {n} samples/epoch, voxels "
-          f"{[s.n_voxels for s in data.subjects]}, batch 256, adapter 1024, width 1024, depth 2")
+    print(f"{label} (cache_mb = {cfg.cache_mb}), {n} samples/epoch:")
     print(f"  in-memory tensors : {n / t_mem:8.0f} samples/s")
     print(f"  from the store    : {n / t_store:8.0f} samples/s")
     print(f"  ratio store / in-memory: {t_mem / t_store:.2f} (goal >= 0.8)")

@@ -29,21 +29,6 @@ def repeat_reliability(x: np.ndarray, stimuli: np.ndarray, repeats: np.ndarray) 
     return float((a * b).mean(0).mean())
 
 
-def _novel_images(folder: Path, n: int, seed: int) -> Path:
-    """A pool of novel images drawn like the synthetic stimuli (for augmentation)."""
-    from nfstore.synth import _signal
-    from nfstore.synth._images import write_images
-
-    if folder.is_dir():
-        import shutil
-
-        shutil.rmtree(folder)
-    rng = np.random.default_rng([seed, 7])
-    pixels = _signal.render_images(_signal.latents(n, rng), 64, rng)
-    write_images([folder / f"novel_{i:04d}.png" for i in range(n)], pixels)
-    return folder
-
-
 def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
              config: Path | None = None) -> dict[str, float]:
     """The whole pipeline on synthetic NSD, BOLD5000 and GOD: synth -> ingest -> query -> embed
@@ -55,7 +40,7 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     store_path = workdir / "nf.zarr"
-    steps = 8
+    steps = 9
     for n, dataset in enumerate(("nsd", "bold5000", "god"), start=1):
         raw = workdir / "raw" / dataset
         s = synthesize(dataset, raw, overwrite=True, seed=seed)
@@ -73,16 +58,21 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
     weights = write_tiny_encoder(workdir / "encoder")["hf"]
     emb = embed_store(store_path, "ip-adapter-sdxl", weights, progress=True)
     echo(f"[5/{steps}] {emb.line()} (tiny random ViT encoder written to {weights})")
-    pool = _novel_images(workdir / "raw" / "pool", 200, seed)
+    pool = workdir / "raw" / "pool"  # novel images, and (as real pools) a few GOD test images
+    synthesize("pool", pool, overwrite=True, seed=seed, n=200, image_size=64,
+               god=str(workdir / "raw" / "god"))
     from nfstore.augment import AugmentConfig, augment
     from nfstore.embeddings import register_pool
+    from nfstore.leakage import find_leakage
 
     register_pool(store_path, pool, "novel")
     embed_store(store_path, "ip-adapter-sdxl", weights, stimuli="novel")
+    echo(f"[6/{steps}] leakage: " + "\n      ".join(find_leakage(
+        nfstore.open_store(store_path)).lines()))
     aug = augment(store_path, "nsd/subj01", AugmentConfig(pool="novel", fraction=1.0,
                                                           noise="lowrank", rank=8, seed=seed),
                   overwrite=True)
-    echo(f"[6/{steps}] augment: " + "\n      ".join(aug.lines()))
+    echo(f"[7/{steps}] augment: " + "\n      ".join(aug.lines()))
     from nftrain.config import example, load
     from nftrain.evaluate import evaluate, table, write
     from nftrain.train import train
@@ -95,10 +85,10 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
     cfg = load(config or example("demo-cpu"),
                [f"output_dir={json.dumps(str(run))}", f"seed={seed}"])
     summary = train(store_path, cfg, progress=False)
-    echo(f"[7/{steps}] train: {summary.line()}")
+    echo(f"[8/{steps}] train: {summary.exclusion_line()}\n      {summary.line()}")
     metrics = evaluate(store_path, run / "best", split="test")
     write(metrics, workdir / "metrics.json")
-    echo(f"[8/{steps}] evaluate (test split, repeat-averaged; retrieval among each subject's "
+    echo(f"[9/{steps}] evaluate (test split, repeat-averaged; retrieval among each subject's "
          f"unique test images) -> {workdir / 'metrics.json'}")
     for line in table(metrics).splitlines():
         echo("      " + line)
