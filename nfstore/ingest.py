@@ -46,7 +46,7 @@ from nfstore.errors import MissingFileError, NFError, OptionError, ReaderError, 
 from nfstore.normalize import NORMALIZATIONS, apply_stats, zscore_groups
 from nfstore.readers import get_reader
 from nfstore.readers.base import Block, RawSubject, StimulusTable
-from nfstore.stimuli import commit_stimulus_table
+from nfstore.stimuli import commit_stimulus_table, fingerprints_to_compute
 
 VOXEL_CHUNK = 512
 DTYPES = ("float32", "float16")
@@ -157,6 +157,10 @@ def _write_subjects(path: Path, dataset: str, root: Path, raws: list[RawSubject]
     summary = IngestSummary(dataset, skipped=skipped)
     bar = _progress_bar(sum(len(r.blocks) for r in raws), progress)
     committed_any = False
+    # image fingerprints are computed in a thread while the first subject's betas are staged
+    pool = ThreadPoolExecutor(max_workers=1)
+    referenced = sorted({i for raw in raws for i in pd.unique(raw.trials["stimulus"])})
+    prints = pool.submit(fingerprints_to_compute, path, table, referenced)
     try:
         for raw in raws:
             key = subject_key(dataset, raw.subject)
@@ -175,7 +179,7 @@ def _write_subjects(path: Path, dataset: str, root: Path, raws: list[RawSubject]
                     f"{' '.join(str(err).split())[:160]}); the written blocks are kept: free "
                     f"space or memory and rerun the same command to resume") from err
             if not committed_any:
-                _commit_stimuli(path, table, raws)
+                _commit_stimuli(path, table, raws, prints.result())
             _keep_synthetic_sets(path, key, staged)
             _layout.commit(path, staged, key)
             staged.with_suffix(".json").unlink(missing_ok=True)
@@ -187,6 +191,7 @@ def _write_subjects(path: Path, dataset: str, root: Path, raws: list[RawSubject]
             summary.bytes_written += raw.n_trials * raw.n_voxels * np.dtype(dtype).itemsize
     finally:
         bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)
     return summary
 
 
@@ -411,11 +416,12 @@ def _write_template(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int,
     })
 
 
-def _commit_stimuli(store: Path, table: StimulusTable, raws: list[RawSubject]) -> None:
+def _commit_stimuli(store: Path, table: StimulusTable, raws: list[RawSubject],
+                    known: dict[str, str]) -> None:
     """The reader's table plus every stimulus the subjects reference without an image (GOD
-    imagery names a category: empty ``file``)."""
+    imagery names a category: empty ``file``); fingerprints of the referenced images."""
     referenced = [i for raw in raws for i in pd.unique(raw.trials["stimulus"])]
-    commit_stimulus_table(store, table, referenced, fingerprint_ids=referenced)
+    commit_stimulus_table(store, table, referenced, fingerprint_ids=referenced, known=known)
 
 
 def options_from(dataset: str, **values: Any) -> Any:

@@ -98,8 +98,33 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
                            new_axis=[1, 2, 3], chunks=(rows.chunks[0], *size, 3))
 
 
+def fingerprints_to_compute(store: Path, table: StimulusTable, ids: Sequence[str]
+                            ) -> dict[str, str]:
+    """Fingerprints of the stimuli ``ids`` of ``table`` that the store's current table lacks
+    for the same file and row: stimulus id -> fingerprint (so they can be computed while
+    something else runs, and handed to :func:`commit_stimulus_table`)."""
+    import xarray as xr
+
+    from nfstore._names import STIMULI_GROUP
+
+    have: dict[str, tuple[str, int, str]] = {}
+    previous = store / STIMULI_GROUP / table.dataset
+    if previous.is_dir():
+        old = xr.open_zarr(str(previous), consolidated=False, zarr_format=3).load()
+        if "fingerprint" in old:
+            have = {i: (f, int(n), p) for i, f, n, p in zip(
+                old["stimulus"].values.tolist(), old["file"].values.tolist(),
+                old["index"].values.tolist(), old["fingerprint"].values.tolist())}
+    want = set(ids)
+    todo = [(i, str(f), int(n)) for i, f, n in zip(table.stimulus, table.file, table.index)
+            if i in want and f and not (i in have and have[i][:2] == (f, int(n)) and have[i][2])]
+    prints = identity.fingerprint_files([(f, n) for _, f, n in todo], Path(table.root))
+    return {i: p for (i, _, _), p in zip(todo, prints)}
+
+
 def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequence[str] = (),
-                          fingerprint_ids: Sequence[str] | None = None) -> None:
+                          fingerprint_ids: Sequence[str] | None = None,
+                          known: dict[str, str] | None = None) -> None:
     """Replace ``/stimuli/<table.dataset>`` (staged, then renamed).
 
     Rows: ``table``, the rows of the previous table it does not list, and the ``referenced``
@@ -142,6 +167,9 @@ def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequenc
             seen[i] = len(ids)
             ids.append(i), files.append(""), index.append(-1), prints.append("")
             ident.append(identity.identity_from_name(table.dataset, i))
+    for n, i in enumerate(ids):  # computed beforehand (:func:`fingerprints_to_compute`)
+        if known and i in known and not prints[n]:
+            prints[n] = known[i]
     want = set(ids if fingerprint_ids is None else fingerprint_ids)
     todo = [n for n, i in enumerate(ids) if i in want and files[n] and not prints[n]]
     for n, p in zip(todo, identity.fingerprint_files([(files[n], int(index[n])) for n in todo],
