@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 from nf._options import ManyValues, store_option, subjects_option
@@ -11,7 +12,7 @@ DATASET = click.Choice(["nsd", "bold5000", "god"])
 
 
 @click.command("synth")
-@click.argument("dataset", type=click.Choice(["nsd", "bold5000", "god", "pool"]))
+@click.argument("dataset", type=click.Choice(["nsd", "bold5000", "god", "pool", "models"]))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @subjects_option("Subjects to write, e.g. 1 2 (default: nsd 1 2, bold5000 1 4, god 1 2).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -32,8 +33,18 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
     """Write a small synthetic DATASET tree in its ORIGINAL layout to OUT_DIR.
 
     `pool` writes a folder of ImageNet-named images for `nf embed --pool`; with
-    `--set god=GOD_TREE` it repeats some GOD test images (as real pools can).
+    `--set god=GOD_TREE` it repeats some GOD test images (as real pools can). `models` writes a
+    tiny random SDXL pipeline (diffusers folder, OUT_DIR/sdxl) and IP-Adapter (h94 layout,
+    OUT_DIR/ip-adapter) for `nf reconstruct`, plus a tiny image encoder (OUT_DIR/encoder).
     """
+    if dataset == "models":
+        from nfrecon.tiny import write_tiny_models
+        from nfstore.tiny import write_tiny_encoder
+
+        paths = write_tiny_models(Path(out_dir), seed=seed)
+        paths["encoder"] = write_tiny_encoder(Path(out_dir) / "encoder", seed=seed)["hf"]
+        click.echo("wrote " + ", ".join(f"{k} {v}" for k, v in paths.items()))
+        return
     from nfstore.synth import parse_settings, synthesize
 
     params = parse_settings(dataset, [f"subjects={','.join(subjects)}"] if subjects else [])

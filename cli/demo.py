@@ -40,7 +40,7 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     store_path = workdir / "nf.zarr"
-    steps = 9
+    steps = 12
     for n, dataset in enumerate(("nsd", "bold5000", "god"), start=1):
         raw = workdir / "raw" / dataset
         s = synthesize(dataset, raw, overwrite=True, seed=seed)
@@ -92,6 +92,25 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
          f"unique test images) -> {workdir / 'metrics.json'}")
     for line in table(metrics).splitlines():
         echo("      " + line)
+    from nfrecon.decode import predict, refine
+    from nfrecon.export import export_images
+    from nfrecon.reconstruct import ReconConfig, reconstruct
+    from nfrecon.tiny import write_tiny_models
+
+    dec = predict(store_path, run / "best", "demo", include_train=True)
+    ref = refine(store_path, "demo", "demo-refined")
+    echo(f"[10/{steps}] predict: {dec.line()}\n      refine: {ref.line()}")
+    models = write_tiny_models(workdir / "models", seed=seed)
+    rec = reconstruct(store_path, "demo-refined", models["sdxl"], models["ip_adapter"],
+                      "demo-refined", ReconConfig(steps=4, size=64, samples=2, seed=seed),
+                      subjects=["nsd/subj01", "god/sub-01"], encoder=weights, limit=4)
+    echo(f"[11/{steps}] reconstruct (tiny random SDXL + IP-Adapter written to "
+         f"{workdir / 'models'}; 2 samples, the one closest to the decoded embedding chosen): "
+         f"{rec.line()}")
+    files = export_images(store_path, "demo-refined", workdir / "reconstructions")
+    echo(f"[12/{steps}] export-images: {sum(files.values())} files, grids "
+         + ", ".join(str(workdir / "reconstructions" / f"{k.replace('/', '_')}_grid.png")
+                     for k in files))
     reliability = {}
     for key, row in store.info().items():
         train = store.betas(key, split="train")

@@ -25,10 +25,17 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from nf import commands_augment, commands_demo, commands_embed, commands_store, commands_train
+    from nf import (
+        commands_augment,
+        commands_demo,
+        commands_embed,
+        commands_recon,
+        commands_store,
+        commands_train,
+    )
 
     for module in (commands_store, commands_embed, commands_augment, commands_train,
-                   commands_demo):
+                   commands_recon, commands_demo):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -37,6 +37,8 @@ from nfstore.errors import QueryError, SchemaError, StoreError
 from nfstore.identity import identities
 from nfstore.stimuli import lazy_pixels
 
+DECODED_GROUP = "decoded"
+
 
 def open_store(location: str | os.PathLike[str], *, check: bool = True) -> Store:
     """Open a store lazily and check it against the store schema (metadata only).
@@ -333,6 +335,40 @@ class Store:
         dims = (STIMULUS, "token", "feature") if arr.ndim == 3 else (STIMULUS, "feature")
         return xr.DataArray(arr[rows], dims=dims, coords={STIMULUS: want}, name=model,
                             attrs={k: v for k, v in g.attrs.items() if k != "count"})
+
+    # ----------------------------------------------------------------- decoded
+    def decoded_sets(self) -> list[str]:
+        """Names of the decoded-embedding sets (``nf predict``, ``nf decode-ridge``)."""
+        return self._children(DECODED_GROUP)
+
+    def decoded_subjects(self, name: str) -> list[str]:
+        """Subjects with rows in decoded set ``name``."""
+        if name not in self.decoded_sets():
+            raise QueryError(f"--decoded: no decoded set {name!r} in {self.location}; "
+                             f"available: {self.decoded_sets()}")
+        return [f"{ds}/{sub}" for ds in self._children(f"{DECODED_GROUP}/{name}")
+                for sub in self._children(f"{DECODED_GROUP}/{name}/{ds}")]
+
+    def decoded(self, name: str, subject: str) -> xr.DataArray:
+        """Decoded embeddings of ``subject`` in set ``name``, lazily.
+
+        Returns
+        -------
+        DataArray (stimulus, feature), dask-backed, with row coordinates ``split``,
+        ``out_of_sample`` (the decoder never trained on the row) and ``n_repeats``;
+        attrs: the set's provenance (checkpoint or ridge, options, store fingerprint).
+        """
+        subjects = self.decoded_subjects(name)
+        if subject not in subjects:
+            raise QueryError(f"--subjects: {subject!r} has no rows in decoded set {name!r}; "
+                             f"it has {subjects}")
+        ds = xr.open_zarr(self.location, group=f"{DECODED_GROUP}/{name}/{subject}",
+                          consolidated=False, chunks={}, zarr_format=3)
+        coords = {c: _plain_strings(ds[c].load()).values for c in ds.coords}
+        return xr.DataArray(ds["embedding"].data, dims=(STIMULUS, "feature"),
+                            coords={STIMULUS: coords.pop(STIMULUS),
+                                    **{c: (STIMULUS, v) for c, v in coords.items()}},
+                            name=name, attrs=dict(ds.attrs))
 
     # ----------------------------------------------------------------- summary
     def info(self) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,132 @@
+"""``nf predict``, ``nf decode-ridge``, ``nf refine``, ``nf reconstruct``, ``nf export-images``."""
+
+from __future__ import annotations
+
+import click
+from nf._options import ManyValues
+
+SPLIT = click.Choice(["test", "train", "imagery"])
+
+
+@click.command("predict")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(file_okay=False))
+@click.option("--name", required=True, help="Decoded set: /decoded/NAME/<subject>.")
+@click.option("--subjects", cls=ManyValues, help="Default: every subject of the checkpoint.")
+@click.option("--split", default="test", show_default=True, type=SPLIT)
+@click.option("--single-trials", is_flag=True, help="One row per trial (default: per stimulus).")
+@click.option("--refine", "refine_name", help="Also fit the refinement on the checkpoint's "
+              "held-out train pictures and write it as this decoded set.")
+@click.option("--no-rescale", is_flag=True, help="Refinement: keep output norms.")
+@click.option("--device", default="cpu", show_default=True)
+def predict(store: str, ckpt: str, name: str, subjects: tuple[str, ...] | None, split: str,
+            single_trials: bool, refine_name: str | None, no_rescale: bool, device: str) -> None:
+    """Decode held-out trials with a checkpoint into embeddings in the store."""
+    from nfrecon.decode import predict as run
+    from nfrecon.decode import refine
+
+    click.echo(run(store, ckpt, name, subjects=list(subjects) if subjects else None,
+                   split=split, single_trials=single_trials, include_train=bool(refine_name),
+                   device=device).line())
+    if refine_name:
+        click.echo(refine(store, name, refine_name, rescale=not no_rescale).line())
+
+
+@click.command("decode-ridge")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.argument("subject")
+@click.option("--name", required=True, help="Decoded set: /decoded/NAME/<subject>.")
+@click.option("--alphas", cls=ManyValues, help="Candidate alphas [1e0 .. 1e6, 13 values].")
+@click.option("--cv", type=click.IntRange(2), default=5, show_default=True)
+@click.option("--split", default="test", show_default=True, type=SPLIT)
+@click.option("--roi", help="ROI of the betas [all voxels].")
+@click.option("--embedding", default="ip-adapter-sdxl", show_default=True)
+def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | None, cv: int,
+                 split: str, roi: str | None, embedding: str) -> None:
+    """Closed-form ridge baseline: SUBJECT's train betas -> embeddings, per-target CV alphas."""
+    from nfrecon.decode import decode_ridge as run
+    from nfrecon.ridge import DEFAULT_ALPHAS
+    from nfstore.errors import OptionError
+
+    try:
+        grid = tuple(float(a) for a in alphas) if alphas else DEFAULT_ALPHAS
+    except ValueError:
+        raise OptionError(f"--alphas: expected numbers; got {list(alphas or ())}") from None
+    click.echo(run(store, subject, name, alphas=grid, cv=cv, split=split, roi=roi,
+                   embedding=embedding).line())
+
+
+@click.command("refine")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--decoded", required=True, help="Decoded set with out-of-sample train rows.")
+@click.option("--name", required=True, help="Name of the refined decoded set.")
+@click.option("--no-rescale", is_flag=True, help="Keep output norms.")
+def refine(store: str, decoded: str, name: str, no_rescale: bool) -> None:
+    """The paper's refinement: a subject-agnostic ridge from decoded to true embeddings,
+    fitted on out-of-sample train rows only (never test)."""
+    from nfrecon.decode import refine as run
+
+    click.echo(run(store, decoded, name, rescale=not no_rescale).line())
+
+
+@click.command("reconstruct")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--decoded", required=True, help="Decoded set to reconstruct from.")
+@click.option("--sdxl", required=True, type=click.Path(), help="Local diffusers SDXL folder "
+              "(model_index.json, unet/, vae/, ...) or a single .safetensors file.")
+@click.option("--ip-adapter", required=True, type=click.Path(),
+              help="Local h94/IP-Adapter copy (sdxl_models/ip-adapter_sdxl.{safetensors,bin}).")
+@click.option("--name", help="Reconstruction set [<decoded>, or <decoded>-oracle].")
+@click.option("--subjects", cls=ManyValues)
+@click.option("--split", default="test", show_default=True, type=SPLIT)
+@click.option("--steps", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--guidance", type=float, default=5.0, show_default=True)
+@click.option("--ip-scale", type=float, default=1.0, show_default=True)
+@click.option("--size", type=click.IntRange(8), default=1024, show_default=True)
+@click.option("--samples", type=click.IntRange(1), default=1, show_default=True,
+              help="Images per trial; the one closest to the DECODED embedding is chosen.")
+@click.option("--encoder", type=click.Path(), help="Image encoder of `nf embed` (for --samples).")
+@click.option("--scheduler", type=click.Choice(["euler", "ddpm", "ddim", "dpm"]),
+              default="euler", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=4, show_default=True,
+              help="Trials per pipeline call (the same images as one per call).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+              default="auto", show_default=True, help="auto: float16 on CUDA, else float32.")
+@click.option("--from-embeddings", is_flag=True,
+              help="Reconstruct from the true cached embeddings: the oracle row.")
+@click.option("--limit", type=click.IntRange(1), help="At most this many rows per subject.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def reconstruct(store: str, decoded: str, sdxl: str, ip_adapter: str, name: str | None,
+                subjects: tuple[str, ...] | None, split: str, encoder: str | None,
+                from_embeddings: bool, limit: int | None, progress: bool,
+                **params: object) -> None:
+    """Images from decoded embeddings with SDXL + IP-Adapter (local weights only)."""
+    from nfrecon.reconstruct import ReconConfig
+    from nfrecon.reconstruct import reconstruct as run
+
+    cfg = ReconConfig(**params)  # type: ignore[arg-type]
+    name = name or (f"{decoded}-oracle" if from_embeddings else decoded)
+    click.echo(run(store, decoded, sdxl, ip_adapter, name, cfg,
+                   subjects=list(subjects) if subjects else None, split=split, encoder=encoder,
+                   from_embeddings=from_embeddings, limit=limit, progress=progress).line())
+
+
+@click.command("export-images")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--reconstructions", "name", required=True)
+@click.option("--subjects", cls=ManyValues)
+@click.option("--max-rows", type=click.IntRange(1), default=16, show_default=True)
+def export_images(store: str, out: str, name: str, subjects: tuple[str, ...] | None,
+                  max_rows: int) -> None:
+    """PNGs of a reconstruction set and a grid figure per subject (ground truth first)."""
+    from nfrecon.export import export_images as run
+
+    counts = run(store, name, out, list(subjects) if subjects else None, max_rows)
+    click.echo(f"wrote {sum(counts.values())} files to {out} ("
+               + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
+
+
+COMMANDS = [predict, decode_ridge, refine, reconstruct, export_images]

@@ -1,0 +1,240 @@
+"""Decoding held-out trials into embeddings: ``nf predict`` (a trained checkpoint),
+``nf decode-ridge`` (the closed-form single-subject baseline) and refinement (the paper's
+§2.3: a subject-agnostic ridge from decoded to true embeddings)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import nfstore
+from nfrecon.decoded import check_name, write_decoded
+from nfrecon.ridge import DEFAULT_ALPHAS, RidgeFit, fit_ridge
+from nfstore import _layout
+from nfstore._names import SPLITS
+from nfstore.errors import OptionError, StoreError
+
+
+@dataclass
+class DecodeSummary:
+    name: str
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    note: str = ""
+
+    def line(self) -> str:
+        n = sum(self.rows.values())
+        return (f"decoded {n} rows into /decoded/{self.name} ("
+                + ", ".join(f"{k}: {v}" for k, v in self.rows.items())
+                + f") in {self.seconds:.1f} s ({n / max(self.seconds, 1e-9):.0f} rows/s)"
+                + (f"; {self.note}" if self.note else ""))
+
+
+def _fingerprint(store: nfstore.Store, subjects: list[str]) -> dict[str, str]:
+    return {k: str(store.attrs(k).get("ingest_fingerprint")) for k in subjects}
+
+
+def _checksum(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in ("model.safetensors", "config.json"):
+        h.update((folder / f).read_bytes())
+    return h.hexdigest()
+
+
+def _rows(store: nfstore.Store, key: str, split: str, roi: str | None, single: bool
+          ) -> Any:
+    if split not in SPLITS:
+        raise OptionError(f"--split: expected one of {list(SPLITS)}; got {split!r}")
+    x = store.betas(key, roi=roi, split=split, average_repeats=not single)
+    if x.sizes["trial"] == 0:
+        raise StoreError(f"{key}: no {split} trials to decode")
+    return x
+
+
+def predict(location: str | Path, ckpt: str | Path, name: str, *,
+            subjects: list[str] | None = None, split: str = "test", single_trials: bool = False,
+            include_train: bool = False, device: str = "cpu") -> DecodeSummary:
+    """Decode ``split`` rows of each subject with a checkpoint into ``/decoded/<name>``.
+
+    ``include_train`` also writes the train rows (repeat-averaged), flagged ``out_of_sample``
+    where the checkpoint never trained on them (its validation pictures): the rows a
+    refinement may be fitted on.
+    """
+    import torch
+
+    from nftrain import checkpoint
+    from nftrain.config import build
+    from nftrain.data import load_dataset
+
+    t0 = time.perf_counter()
+    check_name(name)
+    model, meta, _ = checkpoint.load(ckpt, device)
+    model.eval()
+    path = _layout.local_store_path(location)
+    store = nfstore.open_store(path)
+    keys = list(subjects) if subjects else [k for k in model.spec.subjects
+                                            if k in store.subjects()]
+    unknown = [k for k in keys if k not in model.spec.subjects]
+    if unknown:
+        raise OptionError(f"--subjects: {unknown} have no adapter in {ckpt}; it has "
+                          f"{list(model.spec.subjects)}")
+    held_out: set[str] = set()
+    if include_train:  # the checkpoint's validation pictures: never trained on
+        cfg = build({**meta["train_config"], "subjects": meta["train_config"]["subjects"]})
+        data = load_dataset(store, cfg)
+        held_out = {str(s) for sub in data.subjects for s in data.stimuli[sub.val[0].targets]}
+    attrs = {"decoder": "checkpoint", "checkpoint": str(ckpt),
+             "checkpoint_sha256": _checksum(Path(ckpt)), "embedding": meta["embedding"],
+             "split": split, "single_trials": single_trials,
+             "store_fingerprint": _fingerprint(store, keys)}
+    summary = DecodeSummary(name)
+    with _layout.writing(path, f"nf predict --name {name}"):
+        for key in keys:
+            i = model.spec.subjects.index(key)
+            parts = [(split, _rows(store, key, split, meta["rois"].get(key), single_trials))]
+            if include_train and split != "train":
+                parts.append(("train", _rows(store, key, "train", meta["rois"].get(key), False)))
+            cols: dict[str, list[np.ndarray]] = {c: [] for c in ("e", "s", "p", "o", "n")}
+            for sp, x in parts:
+                betas = np.asarray(x.values, np.float32)
+                if not np.isfinite(betas).all():
+                    raise StoreError(f"{key}: {sp} rows hold non-finite betas; run `nf validate`")
+                with torch.no_grad():
+                    e = model.embed_subject(i, torch.from_numpy(betas).to(device)).float()
+                stim = x.stimulus.values.astype(object)
+                cols["e"].append(e.cpu().numpy())
+                cols["s"].append(stim)
+                cols["p"].append(np.full(stim.size, sp, dtype=object))
+                cols["o"].append(np.array([sp != "train" or s in held_out for s in stim]))
+                cols["n"].append(x["n_repeats"].values if "n_repeats" in x.coords
+                                 else np.ones(stim.size, np.int64))
+            write_decoded(path, name, key, *(np.concatenate(cols[c]) for c in "espon"),
+                          attrs=attrs)
+            summary.rows[key] = int(sum(len(s) for s in cols["s"]))
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def decode_ridge(location: str | Path, subject: str, name: str, *,
+                 alphas: tuple[float, ...] = DEFAULT_ALPHAS, cv: int = 5, split: str = "test",
+                 embedding: str = "ip-adapter-sdxl", roi: str | None = None,
+                 target_chunk: int = 256) -> DecodeSummary:
+    """Ridge from the subject's repeat-averaged **train** betas to the cached embeddings, with
+    per-target CV alphas; writes ``split`` predictions and the out-of-fold train predictions
+    (``out_of_sample``) to ``/decoded/<name>/<subject>``. Test rows are never read for fitting.
+    """
+    t0 = time.perf_counter()
+    check_name(name)
+    path = _layout.local_store_path(location)
+    store = nfstore.open_store(path)
+    train = _rows(store, subject, "train", roi, False)
+    if train.sizes["trial"] <= cv:
+        raise StoreError(f"{subject}: {train.sizes['trial']} train stimuli; need more than "
+                         f"--cv {cv}")
+    X = np.asarray(train.values, np.float32)
+    Y = np.asarray(store.embeddings(embedding, stimuli=train.stimulus).values, np.float32)
+    fit = fit_ridge(X, Y, alphas, cv, target_chunk)
+    held = _rows(store, subject, split, roi, False) if split != "train" else None
+    emb = [fit.oof] + ([fit.predict(np.asarray(held.values, np.float32))] if held is not None
+                       else [])
+    parts = [train] + ([held] if held is not None else [])
+    values, counts = np.unique(fit.alpha, return_counts=True)
+    attrs = {"decoder": "ridge", "embedding": embedding, "split": split, "roi": roi,
+             "alphas": list(map(float, alphas)), "cv": cv,
+             "alpha_counts": {f"{v:g}": int(c) for v, c in zip(values, counts)},
+             "fitted_on": "repeat-averaged train betas (one row per train stimulus)",
+             "train_rows": "out-of-fold predictions", "store_fingerprint": _fingerprint(
+                 store, [subject])}
+    with _layout.writing(path, f"nf decode-ridge --name {name}"):
+        write_decoded(path, name, subject, np.concatenate(emb),
+                      np.concatenate([p.stimulus.values.astype(object) for p in parts]),
+                      np.concatenate([np.full(p.sizes["trial"], s, dtype=object)
+                                      for p, s in zip(parts, ["train", split])]),
+                      np.ones(sum(p.sizes["trial"] for p in parts), bool),
+                      np.concatenate([p["n_repeats"].values for p in parts]), attrs)
+    summary = DecodeSummary(name, {subject: sum(p.sizes["trial"] for p in parts)},
+                            time.perf_counter() - t0,
+                            "alphas (targets): " + ", ".join(f"{v:g} ({c})" for v, c in
+                                                            zip(values, counts)))
+    return summary
+
+
+def fit_refinement(store: nfstore.Store, source: str, alphas: tuple[float, ...] = DEFAULT_ALPHAS,
+                   cv: int = 5) -> tuple[RidgeFit, int]:
+    """The subject-agnostic ridge decoded -> true embedding, on the **out-of-sample train**
+    rows of every subject of ``source`` (never in-sample rows, never test); one alpha for all
+    targets by scikit-learn's leave-one-out ``RidgeCV`` (``cv`` only sets the minimum rows).
+
+    Returns the fit and the number of rows it was fitted on.
+    """
+    X, Y = [], []
+    model = None
+    for key in store.decoded_subjects(source):
+        d = store.decoded(source, key)
+        model = d.attrs.get("embedding", "ip-adapter-sdxl")
+        rows = np.flatnonzero((d["split"].values == "train") & d["out_of_sample"].values)
+        if rows.size:
+            X.append(np.asarray(d.values[rows], np.float32))
+            Y.append(np.asarray(store.embeddings(model, stimuli=d.stimulus.values[rows]).values,
+                                np.float32))
+    n = sum(len(x) for x in X)
+    if n <= cv:
+        raise StoreError(f"--decoded {source}: {n} out-of-sample train rows; refinement needs "
+                         f"more than --cv {cv} (write them with `nf predict --refine` or "
+                         f"`nf decode-ridge`)")
+    from sklearn.linear_model import RidgeCV
+
+    X_all, Y_all = np.concatenate(X), np.concatenate(Y)
+    # one alpha for all targets by efficient leave-one-out CV (fast when rows < features)
+    r = RidgeCV(alphas=np.asarray(alphas, np.float64)).fit(X_all, Y_all)
+    W = np.asarray(r.coef_.T, np.float32)
+    return RidgeFit(W, np.asarray(r.intercept_, np.float32),
+                    np.full(W.shape[1], float(r.alpha_)), np.empty((0, W.shape[1]))), n
+
+
+def refine(location: str | Path, source: str, name: str, *,
+           alphas: tuple[float, ...] = DEFAULT_ALPHAS, cv: int = 5, rescale: bool = True
+           ) -> DecodeSummary:
+    """Apply the refinement fitted by :func:`fit_refinement` to every row of ``source`` and
+    write the result as decoded set ``name``; ``rescale`` sets each output's norm to the mean
+    norm of the train embeddings the refinement was fitted on."""
+    t0 = time.perf_counter()
+    check_name(name)
+    path = _layout.local_store_path(location)
+    store = nfstore.open_store(path)
+    fit, n = fit_refinement(store, source, alphas, cv)
+    norms = []
+    for key in store.decoded_subjects(source):
+        d = store.decoded(source, key)
+        rows = np.flatnonzero((d["split"].values == "train") & d["out_of_sample"].values)
+        norms.append(np.linalg.norm(store.embeddings(d.attrs.get("embedding", "ip-adapter-sdxl"),
+                                                     stimuli=d.stimulus.values[rows]).values,
+                                    axis=1))
+    target_norm = float(np.concatenate(norms).mean())
+    summary = DecodeSummary(name, note=f"refinement alpha {fit.alpha[0]:g}, fitted on {n} "
+                                       f"out-of-sample train rows")
+    with _layout.writing(path, f"nf refine --name {name}"):
+        for key in store.decoded_subjects(source):
+            d = store.decoded(source, key)
+            out = fit.predict(np.asarray(d.values, np.float32))
+            if rescale:
+                out *= target_norm / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            split = d["split"].values
+            write_decoded(path, name, key, out, d.stimulus.values, split,
+                          d["out_of_sample"].values & (split != "train"), d["n_repeats"].values,
+                          {**d.attrs, "refined_from": source, "refinement_alpha":
+                           float(fit.alpha[0]), "refinement_rows": n, "rescaled_to_norm":
+                           target_norm if rescale else None,
+                           "refinement": "ridge decoded -> true embedding on out-of-sample "
+                                         "train rows of every subject (never test)"})
+            summary.rows[key] = int(d.sizes["stimulus"])
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+__all__ = ["predict", "decode_ridge", "refine", "fit_refinement", "DecodeSummary"]

@@ -1,0 +1,345 @@
+"""``nf reconstruct``: decoded embeddings -> images with SDXL + IP-Adapter (diffusers).
+
+The decoded embedding enters as ``ip_adapter_image_embeds`` with a zero negative for CFG and an
+empty prompt. diffusers repeats user embeddings by the prompt batch (bug #9813: trials of a
+batch get mixed), so the pipeline's ``prepare_ip_adapter_image_embeds`` is replaced on the
+instance by a pass-through that receives the tensor already in ``[zeros(B*N); emb(B*N)]``
+order; every image has its own seeded generator, so a batch gives the same images as one trial
+per call. Output: ``/reconstructions/<name>/<subject>``: ``images`` uint8 (row, sample, y, x,
+rgb), one image per chunk; ``stimulus``, ``chosen``, ``scores`` and ``seeds``; built under
+``_staging`` row by row (resumable after a kill) and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import types
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import nfstore
+from nfrecon.decoded import check_name
+from nfstore import _layout
+from nfstore._version import __version__
+from nfstore.errors import MissingFileError, OptionError, StoreError
+
+RECON_GROUP = "reconstructions"
+SCHEDULERS = {"euler": "EulerDiscreteScheduler", "ddpm": "DDPMScheduler",
+              "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
+SDXL_FILES = ("model_index.json", "unet/config.json", "vae/config.json",
+              "scheduler/scheduler_config.json", "text_encoder/config.json",
+              "text_encoder_2/config.json", "tokenizer", "tokenizer_2")
+IP_FILES = ("sdxl_models/ip-adapter_sdxl.safetensors", "sdxl_models/ip-adapter_sdxl.bin")
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    """Generation settings (``nf reconstruct --help``)."""
+
+    steps: int = 30
+    guidance: float = 5.0
+    ip_scale: float = 1.0
+    size: int = 1024
+    samples: int = 1
+    scheduler: str = "euler"
+    seed: int = 0
+    batch: int = 4
+    device: str = "cpu"
+    dtype: str = "auto"
+
+    def check(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise OptionError(f"--scheduler: expected one of {list(SCHEDULERS)}; got "
+                              f"{self.scheduler!r}")
+        for name, ok, want in (("steps", self.steps >= 1, ">= 1"),
+                               ("samples", self.samples >= 1, ">= 1"),
+                               ("batch", self.batch >= 1, ">= 1"),
+                               ("size", self.size >= 8 and self.size % 8 == 0,
+                                "a multiple of 8"),
+                               ("dtype", self.dtype in ("auto", "float32", "float16",
+                                                        "bfloat16"),
+                                "auto, float32, float16 or bfloat16")):
+            if not ok:
+                raise OptionError(f"--{name}: expected {want}; got {getattr(self, name)!r}")
+
+
+@dataclass
+class ReconSummary:
+    name: str
+    images: int = 0
+    resumed: int = 0
+    seconds: float = 0.0
+    subjects: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"reconstructed {self.images} images into /{RECON_GROUP}/{self.name} "
+                f"({', '.join(self.subjects)}) in {self.seconds:.1f} s "
+                f"({self.images / max(self.seconds, 1e-9):.2f} images/s)"
+                + (f"; {self.resumed} rows resumed" if self.resumed else ""))
+
+
+def _sha(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def locate_sdxl(path: str | Path) -> Path:
+    """A local diffusers SDXL folder, or a single ``.safetensors`` checkpoint file."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".safetensors":
+        return p
+    missing = [f for f in SDXL_FILES if not (p / f).exists()]
+    if missing:
+        raise MissingFileError(f"--sdxl {p}: expected a diffusers SDXL folder with "
+                               f"{', '.join(SDXL_FILES)} (or a single .safetensors file); "
+                               f"missing {', '.join(missing)}")
+    return p
+
+
+def locate_ip_adapter(path: str | Path) -> Path:
+    """The IP-Adapter weights file in a local h94/IP-Adapter layout."""
+    p = Path(path)
+    for f in IP_FILES:
+        if (p / f).is_file():
+            return p / f
+    raise MissingFileError(f"--ip-adapter {p}: expected {' or '.join(IP_FILES)} (the h94/"
+                           f"IP-Adapter layout); found neither")
+
+
+def load_pipeline(sdxl: str | Path, ip_adapter: str | Path, cfg: ReconConfig) -> Any:
+    """SDXL pipeline with the IP-Adapter loaded, from local files only (nothing fetched)."""
+    import diffusers
+    import torch
+
+    where, ip_file = locate_sdxl(sdxl), locate_ip_adapter(ip_adapter)
+    dtype = {"auto": torch.float16 if cfg.device.startswith("cuda") else torch.float32,
+             "float32": torch.float32, "float16": torch.float16,
+             "bfloat16": torch.bfloat16}[cfg.dtype]
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError(f"--device: {cfg.device} asked for but CUDA is not available")
+    try:
+        if where.is_file():
+            pipe = diffusers.StableDiffusionXLPipeline.from_single_file(
+                str(where), dtype=dtype, local_files_only=True)
+        else:
+            pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
+                str(where), dtype=dtype, local_files_only=True)
+        pipe.load_ip_adapter(str(ip_file.parents[1]), subfolder=ip_file.parent.name,
+                             weight_name=ip_file.name, image_encoder_folder=None,
+                             local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise MissingFileError(f"--sdxl {where} / --ip-adapter {ip_file}: cannot load "
+                               f"({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+                               ) from None
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[cfg.scheduler]).from_config(
+        pipe.scheduler.config)
+    pipe.set_ip_adapter_scale(cfg.ip_scale)
+    pipe.to(cfg.device)
+    pipe.set_progress_bar_config(disable=True)
+    # bug #9813: hand the embeddings through unchanged (already [negative; positive])
+    pipe.prepare_ip_adapter_image_embeds = types.MethodType(
+        lambda self, ip_adapter_image, ip_adapter_image_embeds, *a, **k: ip_adapter_image_embeds,
+        pipe)
+    pipe._nf_checksums = {"sdxl": _sha([f for f in where.rglob("*") if f.is_file()]
+                                       if where.is_dir() else [where]),
+                          "ip_adapter": _sha([ip_file])}
+    return pipe
+
+
+def image_seed(seed: int, row: int, sample: int, samples: int) -> int:
+    """The generator seed of one image: fixed by (seed, row, sample), whatever the batch."""
+    return int(seed * 1_000_003 + row * samples + sample)
+
+
+def generate(pipe: Any, embeds: np.ndarray, cfg: ReconConfig, seeds: list[list[int]]
+             ) -> np.ndarray:
+    """Images for a batch of embeddings, ``samples`` each.
+
+    Parameters
+    ----------
+    embeds : float array (B, D)
+    seeds : B lists of ``cfg.samples`` generator seeds
+
+    Returns
+    -------
+    uint8 array (B, samples, size, size, 3)
+    """
+    import torch
+
+    B, N = embeds.shape[0], cfg.samples
+    e = torch.from_numpy(np.asarray(embeds, np.float32)).repeat_interleave(N, 0)[:, None, :]
+    if cfg.guidance > 1:
+        e = torch.cat([torch.zeros_like(e), e])
+    gens = [torch.Generator(device="cpu").manual_seed(s) for row in seeds for s in row]
+    out = pipe(prompt=[""] * B, num_images_per_prompt=N, ip_adapter_image_embeds=[e],
+               num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, height=cfg.size,
+               width=cfg.size, generator=gens, output_type="np").images
+    img = np.clip(np.rint(np.asarray(out) * 255), 0, 255).astype(np.uint8)
+    return img.reshape(B, N, cfg.size, cfg.size, 3)
+
+
+def choose(images: np.ndarray, decoded: np.ndarray, encoder: Any | None) -> tuple[np.ndarray,
+                                                                                   np.ndarray]:
+    """Best of N by cosine between the image encoder's embedding of each sample and the
+    **decoded** embedding (never the ground truth).
+
+    Parameters
+    ----------
+    images : uint8 (B, N, H, W, 3)     decoded : (B, D)
+
+    Returns
+    -------
+    chosen : int (B,)     scores : float32 (B, N)
+    """
+    B, N = images.shape[:2]
+    if N == 1 or encoder is None:
+        return np.zeros(B, np.int64), np.full((B, N), np.nan, np.float32)
+    emb = embed_images(encoder, images.reshape(B * N, *images.shape[2:])).reshape(B, N, -1)
+    d = decoded / np.linalg.norm(decoded, axis=1, keepdims=True)
+    e = emb / np.linalg.norm(emb, axis=2, keepdims=True)
+    scores = np.einsum("bnd,bd->bn", e, d).astype(np.float32)
+    return scores.argmax(1), scores
+
+
+def embed_images(encoder: Any, images: np.ndarray) -> np.ndarray:
+    """The ``nf embed`` encoder's embedding of uint8 images (n, H, W, 3) -> (n, D)."""
+    import torch
+    from PIL import Image
+
+    from nfstore import encoders
+
+    proc = encoders.processor()
+    x = np.stack([encoders.preprocess(Image.fromarray(im), proc) for im in images])
+    param = next(encoder.model.parameters())
+    with torch.no_grad():
+        return encoder(torch.from_numpy(x).to(param.device, param.dtype)).float().cpu().numpy()
+
+
+def load_image_encoder(path: str | Path, model: str, device: str) -> Any:
+    from nfstore import encoders
+
+    spec = encoders.get_model(model)
+    return encoders.load_encoder(encoders.locate_weights(path, spec), spec, device=device)
+
+
+def _staged_group(store: Path, name: str, subject: str, n_rows: int, cfg: ReconConfig,
+                  meta: dict[str, Any], stimuli: np.ndarray) -> tuple[Any, Path, int]:
+    """Open or create the staged output; returns (group, path, rows already done)."""
+    import zarr
+
+    staged = _layout.staging_path(store, f"{RECON_GROUP}.{name}.{subject.replace('/', '.')}")
+    if staged.is_dir():
+        g = zarr.open_group(str(staged), mode="r+")
+        if g.attrs.get("params") == meta["params"] and g.attrs.get("decoded_sha256") == \
+                meta["decoded_sha256"]:
+            return g, staged, int(g.attrs.get("rows_done", 0))
+        _layout.discard(staged)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    g = zarr.open_group(str(staged), mode="w", zarr_format=3)
+    n, s = cfg.samples, cfg.size
+    g.create_array("images", shape=(n_rows, n, s, s, 3), chunks=(1, 1, s, s, 3), dtype="uint8",
+                   dimension_names=("row", "sample", "y", "x", "rgb"))
+    g.create_array("stimulus", shape=(n_rows,), dtype=str, dimension_names=("row",))
+    g["stimulus"][:] = np.asarray(stimuli, dtype=object)
+    for arr, dt, shape, dims in (("chosen", "int64", (n_rows,), ("row",)),
+                                 ("scores", "float32", (n_rows, n), ("row", "sample")),
+                                 ("seeds", "int64", (n_rows, n), ("row", "sample"))):
+        g.create_array(arr, shape=shape, dtype=dt, dimension_names=dims)
+    g.attrs.update({**meta, "rows_done": 0})
+    return g, staged, 0
+
+
+def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter: str | Path,
+                name: str, cfg: ReconConfig, *, subjects: list[str] | None = None,
+                split: str = "test", encoder: str | Path | None = None,
+                from_embeddings: bool = False, limit: int | None = None,
+                progress: bool = False, on_row: Any = None) -> ReconSummary:
+    """Reconstruct the ``split`` rows of decoded set ``decoded`` (or, ``from_embeddings``,
+    the true cached embeddings of the same stimuli: the oracle row)."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    cfg.check()
+    check_name(name)
+    path = _layout.local_store_path(location)
+    store = nfstore.open_store(path)
+    keys = list(subjects) if subjects else store.decoded_subjects(decoded)
+    have = store.decoded_subjects(decoded)
+    missing = [k for k in keys if k not in have]
+    if missing:
+        raise StoreError(f"--subjects: {missing} have no rows in decoded set {decoded!r}; it "
+                         f"has {have}")
+    if cfg.samples > 1 and encoder is None:
+        raise OptionError("--encoder: choosing the best of --samples N > 1 needs the image "
+                          "encoder used by `nf embed` (its weights path)")
+    pipe = load_pipeline(sdxl, ip_adapter, cfg)
+    enc = None
+    summary = ReconSummary(name)
+    with _layout.writing(path, f"nf reconstruct --name {name}"):
+        for key in keys:
+            d = store.decoded(decoded, key)
+            rows = np.flatnonzero(d["split"].values == split)[:limit]
+            if rows.size == 0:
+                raise StoreError(f"{key}: decoded set {decoded!r} has no {split} rows")
+            stim = d.stimulus.values[rows]
+            model = d.attrs.get("embedding", "ip-adapter-sdxl")
+            E = np.asarray(store.embeddings(model, stimuli=stim).values if from_embeddings
+                           else d.values[rows], np.float32)
+            if enc is None and cfg.samples > 1:
+                enc = load_image_encoder(encoder, model, cfg.device)  # type: ignore[arg-type]
+            meta = {"params": asdict(cfg), "decoded": decoded, "split": split,
+                    "source": "true embeddings (oracle)" if from_embeddings else "decoded",
+                    "decoded_sha256": hashlib.sha256(E.tobytes()).hexdigest(),
+                    "weights_sha256": pipe._nf_checksums, "subject": key,
+                    "selection": "best of samples by cosine of the nf-embed encoder's embedding"
+                                 " to the decoded embedding (never the ground truth)",
+                    "nf_version": __version__}
+            g, staged, done = _staged_group(path, name, key, rows.size, cfg, meta, stim)
+            summary.resumed += done
+            bar = tqdm(total=rows.size, initial=done, unit="row", desc=f"reconstruct {key}",
+                       disable=not progress)
+            for a in range(done, rows.size, cfg.batch):
+                b = min(a + cfg.batch, rows.size)
+                seeds = [[image_seed(cfg.seed, int(rows[r]), s, cfg.samples)
+                          for s in range(cfg.samples)] for r in range(a, b)]
+                imgs = generate(pipe, E[a:b], cfg, seeds)
+                chosen, scores = choose(imgs, E[a:b], enc)
+                g["images"][a:b] = imgs
+                g["chosen"][a:b] = chosen
+                g["scores"][a:b] = scores
+                g["seeds"][a:b] = np.array(seeds)
+                g.attrs["rows_done"] = b  # commit point: a kill resumes after this row
+                summary.images += imgs.shape[0] * imgs.shape[1]
+                bar.update(b - a)
+                bar.set_postfix_str(f"{summary.images / (time.perf_counter() - t0):.2f} img/s")
+                if on_row is not None:
+                    on_row(b)
+            bar.close()
+            _layout.ensure_group(path, f"{RECON_GROUP}/{name}/{key.split('/')[0]}")
+            _layout.commit(path, staged, f"{RECON_GROUP}/{name}/{key}")
+            summary.subjects.append(key)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def read_reconstructions(location: str | Path, name: str, subject: str) -> dict[str, Any]:
+    """``images`` (row, sample, y, x, rgb) lazily (dask), ``stimulus``, ``chosen``, ``scores``,
+    ``attrs`` of a reconstruction set."""
+    import dask.array as da
+    import zarr
+
+    root = zarr.open_group(str(location), mode="r")
+    key = f"{RECON_GROUP}/{name}/{subject}"
+    if key not in root:
+        raise StoreError(f"--reconstructions: no set {name!r} for {subject} in {location}")
+    g = root[key]
+    return {"images": da.from_zarr(g["images"]), "stimulus": np.array(g["stimulus"][:].tolist(),
+                                                                      dtype=object),
+            "chosen": g["chosen"][:], "scores": g["scores"][:], "attrs": dict(g.attrs)}
