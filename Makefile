@@ -31,6 +31,7 @@ bench: $(VENV)/.test-$(HASH)
 	$(BIN)/python benchmarks/bench_augment.py
 	$(BIN)/python benchmarks/bench_train_throughput.py
 	$(BIN)/python benchmarks/bench_train_quality.py
+	$(BIN)/python benchmarks/bench_reconstruct.py
 
 clean:
 	rm -rf $(VENV) nf-demo

@@ -189,3 +189,19 @@ def test_cli_and_export(store: Path, models: dict[str, Path], tmp_path: Path) ->
                     "--ip-adapter", str(models["ip_adapter"])])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "expected a diffusers SDXL folder" in res.output
+
+
+def test_nf_synth_models_writes_the_real_layouts(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from nf.main import _register, cli
+
+    from nfrecon.reconstruct import ReconConfig, load_pipeline, locate_ip_adapter, locate_sdxl
+
+    _register()
+    res = CliRunner().invoke(cli, ["synth", "models", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    assert locate_sdxl(tmp_path / "m/sdxl") == tmp_path / "m/sdxl"
+    assert locate_ip_adapter(tmp_path / "m/ip-adapter").name == "ip-adapter_sdxl.safetensors"
+    assert (tmp_path / "m/encoder/hf/config.json").is_file()
+    pipe = load_pipeline(tmp_path / "m/sdxl", tmp_path / "m/ip-adapter", ReconConfig())
+    assert pipe.unet.config.encoder_hid_dim_type == "ip_image_proj"
