@@ -77,12 +77,7 @@ def predict(location: str | Path, ckpt: str | Path, name: str, *,
     model.eval()
     path = _layout.local_store_path(location)
     store = nfstore.open_store(path)
-    keys = list(subjects) if subjects else [k for k in model.spec.subjects
-                                            if k in store.subjects()]
-    unknown = [k for k in keys if k not in model.spec.subjects]
-    if unknown:
-        raise OptionError(f"--subjects: {unknown} have no adapter in {ckpt}; it has "
-                          f"{list(model.spec.subjects)}")
+    keys = checkpoint.subjects_to_use(model, store, subjects, ckpt)
     held_out: set[str] = set()
     if include_train:  # the checkpoint's validation pictures: never trained on
         cfg = build({**meta["train_config"], "subjects": meta["train_config"]["subjects"]})

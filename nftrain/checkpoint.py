@@ -60,6 +60,20 @@ def digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def subjects_to_use(model: Decoder, store: Any, subjects: list[str] | None,
+                    ckpt: str | Path) -> list[str]:
+    """``subjects`` (default: the checkpoint's subjects the store has); each needs an adapter."""
+    from nfstore.errors import OptionError
+
+    keys = list(subjects) if subjects else [k for k in model.spec.subjects
+                                            if k in store.subjects()]
+    unknown = [k for k in keys if k not in model.spec.subjects]
+    if unknown:
+        raise OptionError(f"--subjects: {unknown} have no adapter in {ckpt}; it has "
+                          f"{list(model.spec.subjects)}")
+    return keys
+
+
 def is_complete(folder: Path) -> bool:
     """True if ``folder`` holds a whole checkpoint."""
     return all((Path(folder) / f).is_file() for f in FILES)

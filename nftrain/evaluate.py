@@ -60,12 +60,7 @@ def evaluate(location: str | Path, ckpt: str | Path, split: str = "test",
     model, meta, _ = checkpoint.load(ckpt, device)
     model.eval()
     store = nfstore.open_store(location)
-    keys = list(subjects) if subjects else [k for k in model.spec.subjects
-                                            if k in store.subjects()]
-    unknown = [k for k in keys if k not in model.spec.subjects]
-    if unknown:
-        raise OptionError(f"--subjects: {unknown} have no adapter in {ckpt}; it has "
-                          f"{list(model.spec.subjects)}")
+    keys = checkpoint.subjects_to_use(model, store, subjects, ckpt)
     out: dict[str, Any] = {"split": split, "checkpoint": str(ckpt), "subjects": {},
                            "datasets": {}, "overall": {}}
     for key in keys:
