@@ -129,4 +129,51 @@ def export_images(store: str, out: str, name: str, subjects: tuple[str, ...] | N
                + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
 
 
-COMMANDS = [predict, decode_ridge, refine, reconstruct, export_images]
+@click.command("metrics")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--reconstructions", "name", required=True)
+@click.option("--weights", required=True, type=click.Path(file_okay=False),
+              help="Folder with alexnet-owt-7be5be79.pth, inception_v3_google-0cc3c7bd.pth, "
+                   "efficientnet_b1-c27df63c.pth (brain-diffuser: efficientnet_b1_rwightman-"
+                   "bac287d4.pth) and swav_800ep_pretrain.pth.tar.")
+@click.option("--clip", required=True, type=click.Path(),
+              help="CLIP ViT-L/14: Hugging Face folder or open_clip ViT-L-14-quickgelu file.")
+@click.option("--variant", type=click.Choice(["mindeye2", "brain-diffuser"]),
+              default="mindeye2", show_default=True)
+@click.option("--subjects", cls=ManyValues)
+@click.option("--oracle", help="Reconstruction set from the true embeddings (the oracle row).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Bootstrap and shuffled-baseline seed.")
+@click.option("--out", type=click.Path(dir_okay=False), help="metrics.json")
+@click.option("--table", "table_dir", type=click.Path(file_okay=False),
+              help="Print the paper-layout table and write metrics_table.{md,html} here.")
+@click.option("--label", default="NeuroFusion", show_default=True, help="Row label of ours.")
+def metrics(store: str, name: str, weights: str, clip: str, variant: str,
+            subjects: tuple[str, ...] | None, oracle: str | None, device: str, seed: int,
+            out: str | None, table_dir: str | None, label: str) -> None:
+    """PixCorr, SSIM, AlexNet(2/5), Inception, CLIP, EffNet-B, SwAV of a reconstruction set,
+    exactly as MindEye2's (default) or Brain-Diffuser's code computes them, with baselines."""
+    from pathlib import Path
+
+    from nfrecon.report import metrics_report, write_json, write_tables
+
+    rep = metrics_report(store, name, weights, clip, variant=variant,
+                         subjects=list(subjects) if subjects else None, oracle=oracle,
+                         device=device, seed=seed, progress=True)
+    for key, row in rep["subjects"].items():
+        click.echo(f"{key}: " + ", ".join(f"{k} {v['mean']:.3f} [{v['ci95'][0]:.3f}, "
+                                          f"{v['ci95'][1]:.3f}]" for k, v in row.items()
+                                          if isinstance(v, dict)))
+    if table_dir:
+        t = write_tables(rep, Path(table_dir), label)
+        click.echo(t["markdown"])
+        click.echo(f"wrote {t['md']} and {t['html']}")
+    if out:
+        click.echo(f"wrote {write_json(rep, out)}")
+    click.echo(f"scored {sum(r['n_images'] for r in rep['subjects'].values())} images "
+               f"({variant}) in {rep['seconds']:.1f} s ({rep['images_per_second']:.1f} "
+               f"images/s, baselines included)")
+
+
+COMMANDS = [predict, decode_ridge, refine, reconstruct, export_images, metrics]

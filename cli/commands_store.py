@@ -35,14 +35,16 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
     `pool` writes a folder of ImageNet-named images for `nf embed --pool`; with
     `--set god=GOD_TREE` it repeats some GOD test images (as real pools can). `models` writes a
     tiny random SDXL pipeline (diffusers folder, OUT_DIR/sdxl) and IP-Adapter (h94 layout,
-    OUT_DIR/ip-adapter) for `nf reconstruct`, plus a tiny image encoder (OUT_DIR/encoder).
+    OUT_DIR/ip-adapter) for `nf reconstruct`, a tiny image encoder (OUT_DIR/encoder), and
+    random stand-ins for the metric networks under their real file names (OUT_DIR/metrics).
     """
     if dataset == "models":
-        from nfrecon.tiny import write_tiny_models
+        from nfrecon.tiny import write_metric_weights, write_tiny_models
         from nfstore.tiny import write_tiny_encoder
 
         paths = write_tiny_models(Path(out_dir), seed=seed)
         paths["encoder"] = write_tiny_encoder(Path(out_dir) / "encoder", seed=seed)["hf"]
+        paths.update(write_metric_weights(Path(out_dir) / "metrics", seed=seed))
         click.echo("wrote " + ", ".join(f"{k} {v}" for k, v in paths.items()))
         return
     from nfstore.synth import parse_settings, synthesize

@@ -108,3 +108,32 @@ def write_tiny_models(out: Path, seed: int = 0) -> dict[str, Path]:
 
     shutil.rmtree(out / "_tmp", ignore_errors=True)
     return {"sdxl": out / "sdxl", "ip_adapter": out / "ip-adapter"}
+
+
+def write_metric_weights(out: Path, seed: int = 0) -> dict[str, Path]:
+    """Random-weight stand-ins for the metric networks under their real file names
+    (``out/weights``), and a tiny CLIP vision model in the Hugging Face layout (``out/clip``).
+    Random-init BatchNorm statistics make Inception/EfficientNet features huge or constant:
+    values computed with these are only checks of the code path."""
+    import torch
+    import torchvision.models as tvm
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from nfrecon.metrics import WEIGHT_FILES
+
+    out = Path(out)
+    w = out / "weights"
+    w.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    torch.save(tvm.alexnet(weights=None).state_dict(), w / WEIGHT_FILES["alexnet"])
+    torch.save(tvm.inception_v3(weights=None, aux_logits=True, init_weights=True).state_dict(),
+               w / WEIGHT_FILES["inception"])
+    eff = tvm.efficientnet_b1(weights=None).state_dict()
+    torch.save(eff, w / WEIGHT_FILES["effnet-mindeye2"])
+    torch.save(eff, w / WEIGHT_FILES["effnet-brain-diffuser"])
+    torch.save({f"module.{k}": v for k, v in tvm.resnet50(weights=None).state_dict().items()
+                if not k.startswith("fc.")}, w / WEIGHT_FILES["swav"])
+    CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        image_size=224, patch_size=32, projection_dim=768)).save_pretrained(str(out / "clip"))
+    return {"weights": w, "clip": out / "clip"}

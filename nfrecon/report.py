@@ -1,0 +1,220 @@
+"""``nf metrics``: the eight image metrics of a reconstruction set, per subject, per dataset and
+overall, with 95% bootstrap CIs over images, beside the baselines that give them meaning (the
+mean train image, shuffled reconstructions, and the oracle set reconstructed from the true
+embeddings when given). Per-image values are stored beside the reconstructions at
+``/reconstructions/<name>/<subject>/metrics/<variant>``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import nfstore
+from nfrecon import metrics as M
+from nfrecon.reconstruct import RECON_GROUP, read_reconstructions
+from nfstore import _layout
+from nfstore._version import __version__
+
+
+def chosen_images(location: str | Path, name: str, subject: str) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """The chosen sample of every row: uint8 (n, H, W, 3), and the stimulus ids (n,)."""
+    r = read_reconstructions(location, name, subject)
+    imgs = np.asarray(r["images"])
+    return imgs[np.arange(imgs.shape[0]), r["chosen"]], r["stimulus"]
+
+
+def ground_truth(store: nfstore.Store, stimuli: np.ndarray, size: int) -> np.ndarray:
+    """Stimulus pixels uint8 (n, H, W, 3); one-image-per-file datasets resized to ``size``."""
+    return np.asarray(store.images(stimuli, size=(size, size)).values)
+
+
+def mean_train_image(store: nfstore.Store, subject: str, size: int, limit: int = 500
+                     ) -> np.ndarray:
+    """The mean of (up to ``limit``) train images of the subject, uint8 (size, size, 3)."""
+    from nfrecon.metrics import resize_pil
+
+    stim = np.unique(store.dataset(subject).stimulus.values[
+        store.dataset(subject).split.values == "train"])
+    stim = [s for s in stim if s in set(store.stimuli(subject.split("/")[0]).stimulus.values)]
+    px = ground_truth(store, np.array(stim[:limit], dtype=object), size)
+    px = resize_pil(px, size, "bilinear") if px.shape[1] != size else px
+    return np.clip(np.rint(px.astype(np.float64).mean(0)), 0, 255).astype(np.uint8)
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation with no fixed point (shuffled baseline)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        p = rng.permutation(n)
+        if n < 2 or not (p == np.arange(n)).any():
+            return p
+
+
+def summarize(per_image: dict[str, np.ndarray], seed: int = 0) -> dict[str, Any]:
+    """Mean and 95% bootstrap CI of each metric."""
+    return {k: {"mean": float(np.mean(v)), "ci95": M.bootstrap_ci(v, seed=seed)}
+            for k, v in per_image.items()} | {"n_images": int(len(next(iter(per_image.values()))))}
+
+
+def _store_per_image(path: Path, name: str, subject: str, variant: str,
+                     values: dict[str, np.ndarray]) -> None:
+    import zarr
+
+    key = f"{RECON_GROUP}/{name}/{subject}/metrics/{variant}"
+    staged = _layout.staging_path(path, key.replace("/", "."))
+    _layout.discard(staged)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    g = zarr.open_group(str(staged), mode="w", zarr_format=3)
+    for k, v in values.items():
+        g.create_array(k, data=np.asarray(v, np.float64), dimension_names=("row",))
+    g.attrs.update({"variant": variant, "nf_version": __version__,
+                    "metrics": list(values), "lower_is_better": list(M.LOWER_IS_BETTER)})
+    _layout.ensure_group(path, f"{RECON_GROUP}/{name}/{subject}/metrics")
+    _layout.commit(path, staged, key)
+
+
+def metrics_report(location: str | Path, name: str, weights: str | Path, clip: str | Path, *,
+                   variant: str = "mindeye2", subjects: list[str] | None = None,
+                   oracle: str | None = None, device: str = "cpu", seed: int = 0,
+                   progress: bool = False) -> dict[str, Any]:
+    """Metrics of reconstruction set ``name`` and its baselines; per-image values stored."""
+    import zarr
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    if variant not in M.VARIANTS:
+        raise nfstore.OptionError(f"--variant: expected one of {list(M.VARIANTS)}; got "
+                                  f"{variant!r}")
+    path = _layout.local_store_path(location)
+    store = nfstore.open_store(path)
+    root = zarr.open_group(str(path), mode="r")
+    base = f"{RECON_GROUP}/{name}"
+    if base not in root:
+        raise nfstore.QueryError(f"--reconstructions: no set {name!r} in {path}")
+    keys = subjects or [f"{d}/{s}" for d in sorted(root[base].group_keys())
+                        for s in sorted(root[f"{base}/{d}"].group_keys())]
+    networks = M.load_networks(M.weight_paths(weights, variant), clip, device)
+    report: dict[str, Any] = {"reconstructions": name, "variant": variant, "subjects": {},
+                              "datasets": {}, "overall": {}, "baselines": {}}
+    n_images = 0
+    with _layout.writing(path, f"nf metrics {name}"):
+        for key in tqdm(keys, desc="metrics", unit="subject", disable=not progress):
+            rec, stim = chosen_images(path, name, key)
+            gt = ground_truth(store, stim, rec.shape[1])
+            vals = M.image_metrics(gt, rec, networks, variant, device)
+            _store_per_image(path, name, key, variant, vals)
+            report["subjects"][key] = summarize(vals, seed)
+            rows = {"shuffled reconstructions": rec[derangement(len(rec), seed)],
+                    "mean train image": np.broadcast_to(
+                        mean_train_image(store, key, rec.shape[1]), rec.shape).copy()}
+            if oracle:
+                orec, ostim = chosen_images(path, oracle, key)
+                if list(ostim) == list(stim):
+                    rows["oracle (true embeddings)"] = orec
+            for label, imgs in rows.items():
+                report["baselines"].setdefault(label, {})[key] = summarize(
+                    M.image_metrics(gt, imgs, networks, variant, device), seed)
+            n_images += len(rec)
+    report["datasets"] = _by_dataset(report["subjects"])
+    report["overall"] = _mean_of(list(report["subjects"].values()))
+    for label, per in report["baselines"].items():
+        per["overall"] = _mean_of([v for k, v in per.items() if k != "overall"])
+    report["seconds"] = time.perf_counter() - t0
+    report["images_per_second"] = n_images / max(report["seconds"], 1e-9)
+    return report
+
+
+def _mean_of(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over subjects of each metric's mean (the papers' convention)."""
+    if not rows:
+        return {}
+    return {k: float(np.mean([r[k]["mean"] for r in rows])) for k in M.METRICS}
+
+
+def _by_dataset(subjects: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key, row in subjects.items():
+        groups.setdefault(key.split("/")[0], []).append(row)
+    return {d: _mean_of(rows) for d, rows in groups.items()}
+
+
+# --------------------------------------------------------------------------- tables
+PUBLISHED = {  # reconstruction.md: the paper's Tables 1-3 and the methods they quote
+    "bold5000": [("WAVE", ".050 .194 69.47 78.31 68.41 78.41 .902 .591"),
+                 ("Mind-Vis", ".036 .272 60.56 68.92 64.25 64.47 .938 .593"),
+                 ("BOLD5000", ".036 .374 58.9 64.0 60.2 62.2 .947 .652"),
+                 ("BOLD5000 (AUG)", ".033 .403 65.5 78.4 69.2 75.7 .900 .549"),
+                 ("Cross-model-BOLD5000", ".037 .397 61.5 71.0 64.4 71.1 .924 .580"),
+                 ("Cross-model-BOLD5000 (AUG)", ".034 .375 68.5 79.0 69.9 75.4 .911 .557"),
+                 ("Cross-model-finetuned-BOLD5000", ".040 .403 65.9 76.2 69.5 76.0 .904 .553")],
+    "nsd": [("Takagi et al.", "- - 83.0 83.0 76.0 77.0 - -"),
+            ("Gu et al.", ".150 .325 - - - - .862 .465"),
+            ("Brain-Diffuser", ".254 .356 94.2 96.2 87.2 91.5 .775 .423"),
+            ("MindEye", ".309 .323 94.7 97.8 93.8 94.1 .645 .367"),
+            ("Dream", ".274 .328 93.9 96.7 93.4 94.1 .645 .418"),
+            ("NSD", ".071 .328 80.5 91.2 91.7 93.0 .707 .398"),
+            ("NSD (AUG)", ".077 .346 83.6 93.0 94.1 94.8 .675 .383"),
+            ("Cross-model-NSD", ".069 .326 79.7 90.8 91.5 92.9 .711 .401"),
+            ("Cross-model-NSD (AUG)", ".064 .337 80.3 91.5 92.2 93.5 .698 .392")],
+    "god": [("Koide-Majima", "- - - - - 90.00 - -"),
+            ("Ferrante et al.", ".32 .38 67.00 68.00 66.00 69.00 - -"),
+            ("GOD", ".041 .331 79.1 88.5 73.2 84.0 .884 .532"),
+            ("Cross-model-GOD", ".028 .337 72.3 84.9 68.3 81.0 .913 .561"),
+            ("Cross-model-finetuned-GOD", ".033 .313 69.1 82.4 68.5 79.8 .916 .562")]}
+COLUMNS = ("PixCorr", "SSIM", "Alex(2)", "Alex(5)", "Incep", "CLIP", "EffNet-B", "SwAV")
+
+
+def _fmt(m: dict[str, float]) -> list[str]:
+    return [f"{m[k]:.3f}" if k in ("pixcorr", "ssim", "effnet", "swav") else
+            f"{100 * m[k]:.1f}" for k in M.METRICS]
+
+
+def table_rows(report: dict[str, Any], label: str) -> dict[str, list[tuple[str, str, list[str]]]]:
+    """Per dataset: (kind, row label, cells) in the layout of the paper's Tables 1-3."""
+    out: dict[str, list[tuple[str, str, list[str]]]] = {}
+    for ds, m in report["datasets"].items():
+        rows = [("published", n, v.split()) for n, v in PUBLISHED.get(ds, [])]
+        rows.append(("ours", f"{label} [{ds}, {report['variant']}]", _fmt(m)))
+        for b, per in report["baselines"].items():
+            subj = [v for k, v in per.items() if k != "overall" and k.startswith(f"{ds}/")]
+            if subj:
+                rows.append(("baseline", f"{b} [{ds}]", _fmt(_mean_of(subj))))
+        out[ds] = rows
+    return out
+
+
+def write_tables(report: dict[str, Any], out: Path, label: str) -> dict[str, str]:
+    """Markdown (also returned as text) and HTML tables, one per dataset."""
+    import html
+
+    tables = table_rows(report, label)
+    md_parts, html_parts = [], []
+    for ds, rows in tables.items():
+        md = [f"### {ds}", "", "| method | " + " | ".join(COLUMNS) + " | kind |",
+              "|---" * (len(COLUMNS) + 2) + "|"]
+        md += [f"| {n} | " + " | ".join(c) + f" | {k} |" for k, n, c in rows]
+        md_parts.append("\n".join(md))
+        body = "".join(f"<tr class='{k}'><td>{html.escape(n)}</td>" + "".join(
+            f"<td>{html.escape(x)}</td>" for x in c) + f"<td>{k}</td></tr>" for k, n, c in rows)
+        html_parts.append(f"<h3>{html.escape(ds)}</h3><table><tr><th>method</th>" + "".join(
+            f"<th>{c}</th>" for c in COLUMNS) + f"<th>kind</th></tr>{body}</table>")
+    text = ("Alex(2), Alex(5), Incep, CLIP: 2-way identification (%); EffNet-B, SwAV: "
+            "correlation distance (lower is better). Rows marked published are the papers' "
+            "figures on the real datasets.\n\n" + "\n\n".join(md_parts))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics_table.md").write_text(text + "\n")
+    (out / "metrics_table.html").write_text("<!doctype html><meta charset='utf-8'><title>"
+                                            "metrics</title>" + "".join(html_parts))
+    return {"markdown": text, "md": str(out / "metrics_table.md"),
+            "html": str(out / "metrics_table.html")}
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> Path:
+    p = Path(path)
+    p.write_text(json.dumps(report, indent=2, default=float))
+    return p

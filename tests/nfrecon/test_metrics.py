@@ -1,0 +1,143 @@
+"""Image metrics against direct computations; the networks with random weights saved under the
+real file names; nf metrics on a reconstruction set."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage.color import rgb2gray
+from skimage.metrics import structural_similarity
+
+import nfstore
+from nfrecon import metrics as M
+from nfrecon.tiny import write_metric_weights
+
+
+def _photo(n: int = 6, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        img = np.asarray(Image.open(f).convert("RGB"))
+    rng = np.random.default_rng(0)
+    gt = np.stack([np.asarray(Image.fromarray(img[y:y + 300, x:x + 300]).resize((size, size)))
+                   for y, x in rng.integers(0, 200, (n, 2))])
+    rec = np.clip(gt.astype(int) + rng.integers(-60, 60, gt.shape), 0, 255).astype(np.uint8)
+    return gt, rec
+
+
+def test_two_way_matches_a_brute_force_double_loop() -> None:
+    rng = np.random.default_rng(1)
+    gt = rng.standard_normal((7, 20))
+    rec = gt + rng.standard_normal((7, 20)) * 1.5
+    got = M.two_way(gt, rec)
+    want = []
+    for j in range(7):
+        right = np.corrcoef(gt[j], rec[j])[0, 1]
+        want.append(sum(np.corrcoef(gt[i], rec[j])[0, 1] < right for i in range(7) if i != j) / 6)
+    np.testing.assert_allclose(got, want)
+    assert (M.two_way(gt, gt) == 1).all()
+
+
+def test_pixcorr_and_ssim_match_numpy_and_skimage() -> None:
+    gt, rec = _photo()
+    g, r = gt / 255.0, rec / 255.0
+    np.testing.assert_allclose(M.pixcorr(g, r), [np.corrcoef(a.ravel(), b.ravel())[0, 1]
+                                                  for a, b in zip(g, r)])
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+    np.testing.assert_allclose(M.ssim(g, r), [structural_similarity(rgb2gray(b), rgb2gray(a),
+                                                                    **kw) for a, b in zip(g, r)])
+    col = M.ssim(g, r, columnwise=True)  # Brain-Diffuser: columns taken as channels
+    assert np.isfinite(col).all() and not np.allclose(col, M.ssim(g, r))
+    assert M.pixcorr(g, g) == pytest.approx(1) and M.ssim(g, g) == pytest.approx(1)
+
+
+def test_mindeye2_resize_is_bilinear_without_antialias() -> None:
+    import torch.nn.functional as F
+
+    x = torch.rand(2, 3, 512, 512)
+    np.testing.assert_allclose(M.resize_tensor(x, 256).numpy(),
+                               F.interpolate(x, size=(256, 256), mode="bilinear",
+                                             align_corners=False).numpy(), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_metric_weights(tmp_path_factory.mktemp("metricw"))
+
+
+@pytest.mark.parametrize("variant", M.VARIANTS)
+def test_networks_with_random_weights(weights: dict[str, Path], variant: str) -> None:
+    nets = M.load_networks(M.weight_paths(weights["weights"], variant), weights["clip"], "cpu")
+    gt, rec = _photo()
+    m = M.image_metrics(gt, rec, nets, variant)
+    assert set(m) == set(M.METRICS)
+    for k, v in m.items():
+        assert v.shape == (6,) and np.isfinite(v).all(), k
+    for k in ("alexnet2", "alexnet5", "inception", "clip"):
+        assert ((0 <= m[k]) & (m[k] <= 1)).all()
+    assert ((0 <= m["swav"]) & (m["swav"] <= 2)).all()
+    same = M.image_metrics(gt, gt, nets, variant)
+    assert same["pixcorr"] == pytest.approx(1) and same["ssim"] == pytest.approx(1)
+    for k in ("alexnet2", "alexnet5", "clip"):
+        assert (same[k] == 1).all(), k
+    assert same["swav"] == pytest.approx(0, abs=1e-6)
+    feats = M.features(nets[0], gt, variant, "cpu")
+    assert feats["alexnet2"].shape[1] == (192 * 31 * 31 if variant == "mindeye2" else 192 * 27 * 27)
+
+
+def test_missing_and_wrong_weights_are_one_line_errors(weights: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    with pytest.raises(nfstore.MissingFileError) as err:
+        M.weight_paths(tmp_path, "mindeye2")
+    text = str(err.value)
+    assert "\n" not in text and all(f in text for f in (
+        "alexnet-owt-7be5be79.pth", "inception_v3_google-0cc3c7bd.pth",
+        "efficientnet_b1-c27df63c.pth", "swav_800ep_pretrain.pth.tar"))
+    bad = Path(shutil.copytree(weights["weights"], tmp_path / "w"))
+    torch.save({"x": torch.zeros(1)}, bad / M.WEIGHT_FILES["alexnet"])
+    with pytest.raises(nfstore.ReaderError, match="alexnet-owt-7be5be79.pth: not the expected"):
+        M.load_networks(M.weight_paths(bad, "mindeye2"), weights["clip"], "cpu")
+    torch.save({"module.conv1.weight": torch.zeros(64, 3, 7, 7)}, bad / M.WEIGHT_FILES["swav"])
+    shutil.copy(weights["weights"] / M.WEIGHT_FILES["alexnet"], bad / M.WEIGHT_FILES["alexnet"])
+    with pytest.raises(nfstore.ReaderError, match="expected a SwAV ResNet-50 checkpoint"):
+        M.load_networks(M.weight_paths(bad, "mindeye2"), weights["clip"], "cpu")
+    torch.save(Path("x"), bad / M.WEIGHT_FILES["alexnet"])  # a pickled object: refused
+    with pytest.raises(nfstore.ReaderError, match="cannot read as torch weights"):
+        M.load_networks(M.weight_paths(bad, "mindeye2"), weights["clip"], "cpu")
+    with pytest.raises(nfstore.MissingFileError, match="--clip"):
+        M.load_clip(tmp_path / "none", "cpu")
+
+
+def test_nf_metrics_on_a_reconstruction_set(weights: dict[str, Path], train_store_ro: Path,
+                                            tmp_path: Path) -> None:
+    import zarr
+
+    from nfrecon.decode import decode_ridge
+    from nfrecon.reconstruct import ReconConfig, reconstruct
+    from nfrecon.report import metrics_report, write_tables
+    from nfrecon.tiny import write_tiny_models
+
+    store = Path(shutil.copytree(train_store_ro, tmp_path / "nf.zarr"))
+    decode_ridge(store, "nsd/subj01", "ridge")
+    models = write_tiny_models(tmp_path / "models")
+    cfg = ReconConfig(steps=2, size=32)
+    reconstruct(store, "ridge", models["sdxl"], models["ip_adapter"], "r", cfg, limit=4)
+    reconstruct(store, "ridge", models["sdxl"], models["ip_adapter"], "oracle", cfg, limit=4,
+                from_embeddings=True)
+    rep = metrics_report(store, "r", weights["weights"], weights["clip"], oracle="oracle")
+    row = rep["subjects"]["nsd/subj01"]
+    assert row["n_images"] == 4 and set(rep["baselines"]) == {
+        "shuffled reconstructions", "mean train image", "oracle (true embeddings)"}
+    lo, hi = row["pixcorr"]["ci95"]
+    assert lo <= row["pixcorr"]["mean"] <= hi
+    per = zarr.open_group(str(store / "reconstructions/r/nsd/subj01/metrics/mindeye2"), mode="r")
+    np.testing.assert_allclose(per["pixcorr"][:].mean(), row["pixcorr"]["mean"])
+    assert rep["overall"]["ssim"] == pytest.approx(row["ssim"]["mean"])
+    t = write_tables(rep, tmp_path / "tables", "ours")
+    assert "| MindEye | .309 |" in t["markdown"] and "ours [nsd, mindeye2]" in t["markdown"]
+    assert (tmp_path / "tables/metrics_table.html").read_text().count("<table>") == 1
