@@ -149,22 +149,41 @@ def export_images(store: str, out: str, name: str, subjects: tuple[str, ...] | N
 @click.option("--table", "table_dir", type=click.Path(file_okay=False),
               help="Print the paper-layout table and write metrics_table.{md,html} here.")
 @click.option("--label", default="NeuroFusion", show_default=True, help="Row label of ours.")
+@click.option("--classifier", type=click.Path(),
+              help="vit_h_14_swag-80465313.pth (torchvision vit_h_14): adds the paper's 50-way "
+                   "Top-1 acc.")
+@click.option("--sdxl", type=click.Path(), help="SDXL folder: adds the ground truth through "
+              "its VAE and back (the low-level ceiling).")
+@click.option("--figures", "figures_dir", type=click.Path(file_okay=False),
+              help="Write a reconstruction grid per subject and the metric chart here.")
 def metrics(store: str, name: str, weights: str, clip: str, variant: str,
             subjects: tuple[str, ...] | None, oracle: str | None, device: str, seed: int,
-            out: str | None, table_dir: str | None, label: str) -> None:
+            out: str | None, table_dir: str | None, label: str, classifier: str | None,
+            sdxl: str | None, figures_dir: str | None) -> None:
     """PixCorr, SSIM, AlexNet(2/5), Inception, CLIP, EffNet-B, SwAV of a reconstruction set,
     exactly as MindEye2's (default) or Brain-Diffuser's code computes them, with baselines."""
     from pathlib import Path
 
-    from nfrecon.report import metrics_report, write_json, write_tables
+    from nfrecon.report import metrics_report, write_figures, write_json, write_tables
+    from nfrecon.semantic import load_classifier
 
     rep = metrics_report(store, name, weights, clip, variant=variant,
                          subjects=list(subjects) if subjects else None, oracle=oracle,
-                         device=device, seed=seed, progress=True)
+                         device=device, seed=seed, progress=True, sdxl=sdxl,
+                         classifier=load_classifier(classifier, device) if classifier else None)
     for key, row in rep["subjects"].items():
         click.echo(f"{key}: " + ", ".join(f"{k} {v['mean']:.3f} [{v['ci95'][0]:.3f}, "
                                           f"{v['ci95'][1]:.3f}]" for k, v in row.items()
                                           if isinstance(v, dict)))
+    for key, r in rep.get("retrieval", {}).items():
+        if r:
+            click.echo(f"{key} brain retrieval ({r['n_candidates']} candidates): top-1 "
+                       f"{r['top1_brain_to_image']:.3f} / {r['top1_image_to_brain']:.3f}, "
+                       f"top-5 {r['top5_brain_to_image']:.3f} / {r['top5_image_to_brain']:.3f}"
+                       " (brain->image / image->brain)")
+    if figures_dir:
+        click.echo(f"wrote {len(write_figures(rep, store, figures_dir))} figures to "
+                   f"{figures_dir}")
     if table_dir:
         t = write_tables(rep, Path(table_dir), label)
         click.echo(t["markdown"])

@@ -66,7 +66,7 @@ def _store_per_image(path: Path, name: str, subject: str, variant: str,
     import zarr
 
     key = f"{RECON_GROUP}/{name}/{subject}/metrics/{variant}"
-    staged = _layout.staging_path(path, key.replace("/", "."))
+    staged = _layout.staging_path(path, key.replace("/", ". -"))
     _layout.discard(staged)
     staged.parent.mkdir(parents=True, exist_ok=True)
     g = zarr.open_group(str(staged), mode="w", zarr_format=3)
@@ -81,8 +81,14 @@ def _store_per_image(path: Path, name: str, subject: str, variant: str,
 def metrics_report(location: str | Path, name: str, weights: str | Path, clip: str | Path, *,
                    variant: str = "mindeye2", subjects: list[str] | None = None,
                    oracle: str | None = None, device: str = "cpu", seed: int = 0,
+                   classifier: Any = None, sdxl: str | Path | None = None,
                    progress: bool = False) -> dict[str, Any]:
-    """Metrics of reconstruction set ``name`` and its baselines; per-image values stored."""
+    """Metrics of reconstruction set ``name`` and its baselines; per-image values stored.
+
+    ``classifier`` (uint8 images -> ImageNet probabilities, e.g.
+    :func:`nfrecon.semantic.load_classifier`) adds the paper's 50-way "Top-1 acc"; ``sdxl``
+    (a diffusers folder) adds the VAE round trip of the ground truth (the low-level ceiling).
+    """
     import zarr
     from tqdm.auto import tqdm
 
@@ -99,6 +105,16 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
     keys = subjects or [f"{d}/{s}" for d in sorted(root[base].group_keys())
                         for s in sorted(root[f"{base}/{d}"].group_keys())]
     networks = M.load_networks(M.weight_paths(weights, variant), clip, device)
+    vae = _load_vae(sdxl, device) if sdxl else None
+
+    def score(gt: np.ndarray, imgs: np.ndarray) -> dict[str, np.ndarray]:
+        vals = M.image_metrics(gt, imgs, networks, variant, device)
+        if classifier is not None:
+            from nfrecon.semantic import semantic_top1
+
+            vals["top1"] = semantic_top1(classifier(gt), classifier(imgs), seed=seed)
+        return vals
+
     report: dict[str, Any] = {"reconstructions": name, "variant": variant, "subjects": {},
                               "datasets": {}, "overall": {}, "baselines": {}}
     n_images = 0
@@ -106,19 +122,23 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
         for key in tqdm(keys, desc="metrics", unit="subject", disable=not progress):
             rec, stim = chosen_images(path, name, key)
             gt = ground_truth(store, stim, rec.shape[1])
-            vals = M.image_metrics(gt, rec, networks, variant, device)
+            vals = score(gt, rec)
             _store_per_image(path, name, key, variant, vals)
             report["subjects"][key] = summarize(vals, seed)
+            report.setdefault("retrieval", {})[key] = _retrieval(store, root[f"{base}/{key}"],
+                                                                 stim, seed)
             rows = {"shuffled reconstructions": rec[derangement(len(rec), seed)],
                     "mean train image": np.broadcast_to(
                         mean_train_image(store, key, rec.shape[1]), rec.shape).copy()}
+            if vae is not None:
+                rows["VAE round trip (low-level ceiling)"] = vae(gt)
             if oracle:
                 orec, ostim = chosen_images(path, oracle, key)
                 if list(ostim) == list(stim):
                     rows["oracle (true embeddings)"] = orec
             for label, imgs in rows.items():
-                report["baselines"].setdefault(label, {})[key] = summarize(
-                    M.image_metrics(gt, imgs, networks, variant, device), seed)
+                report["baselines"].setdefault(label, {})[key] = summarize(score(gt, imgs),
+                                                                          seed)
             n_images += len(rec)
     report["datasets"] = _by_dataset(report["subjects"])
     report["overall"] = _mean_of(list(report["subjects"].values()))
@@ -129,11 +149,52 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
     return report
 
 
+def _retrieval(store: nfstore.Store, group: Any, stim: np.ndarray, seed: int
+               ) -> dict[str, Any] | None:
+    """Brain retrieval of the decoded set the reconstructions came from (same stimuli)."""
+    from nfrecon.semantic import brain_retrieval
+
+    decoded, subject = group.attrs.get("decoded"), group.attrs.get("subject")
+    if not decoded or decoded not in store.decoded_sets() or \
+            group.attrs.get("source") != "decoded":
+        return None
+    d = store.decoded(decoded, subject)
+    rows = np.flatnonzero(d["split"].values == group.attrs.get("split", "test"))
+    if rows.size < 2:
+        return None
+    model = d.attrs.get("embedding", "ip-adapter-sdxl")
+    pred = np.asarray(d.values[rows], np.float32)
+    target = np.asarray(store.embeddings(model, stimuli=d.stimulus.values[rows]).values)
+    return brain_retrieval(pred, target, seed)
+
+
+def _load_vae(sdxl: str | Path, device: str) -> Any:
+    """SDXL's VAE (local folder): uint8 images -> encode -> decode -> uint8 images."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from nfrecon.reconstruct import locate_sdxl
+
+    where = locate_sdxl(sdxl)
+    vae = AutoencoderKL.from_pretrained(str(where), subfolder="vae", local_files_only=True)
+    vae = vae.eval().to(device)
+
+    def roundtrip(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+        x = (x / 127.5 - 1).to(device)
+        with torch.no_grad():
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample
+        y = ((y.clamp(-1, 1) + 1) * 127.5).round().byte()
+        return y.permute(0, 2, 3, 1).cpu().numpy()
+    return roundtrip
+
+
 def _mean_of(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Mean over subjects of each metric's mean (the papers' convention)."""
     if not rows:
         return {}
-    return {k: float(np.mean([r[k]["mean"] for r in rows])) for k in M.METRICS}
+    keys = [k for k in (*M.METRICS, "top1") if all(k in r for r in rows)]
+    return {k: float(np.mean([r[k]["mean"] for r in rows])) for k in keys}
 
 
 def _by_dataset(subjects: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -145,33 +206,36 @@ def _by_dataset(subjects: dict[str, dict[str, Any]]) -> dict[str, dict[str, floa
 
 # --------------------------------------------------------------------------- tables
 PUBLISHED = {  # reconstruction.md: the paper's Tables 1-3 and the methods they quote
-    "bold5000": [("WAVE", ".050 .194 69.47 78.31 68.41 78.41 .902 .591"),
-                 ("Mind-Vis", ".036 .272 60.56 68.92 64.25 64.47 .938 .593"),
-                 ("BOLD5000", ".036 .374 58.9 64.0 60.2 62.2 .947 .652"),
-                 ("BOLD5000 (AUG)", ".033 .403 65.5 78.4 69.2 75.7 .900 .549"),
-                 ("Cross-model-BOLD5000", ".037 .397 61.5 71.0 64.4 71.1 .924 .580"),
-                 ("Cross-model-BOLD5000 (AUG)", ".034 .375 68.5 79.0 69.9 75.4 .911 .557"),
-                 ("Cross-model-finetuned-BOLD5000", ".040 .403 65.9 76.2 69.5 76.0 .904 .553")],
-    "nsd": [("Takagi et al.", "- - 83.0 83.0 76.0 77.0 - -"),
-            ("Gu et al.", ".150 .325 - - - - .862 .465"),
-            ("Brain-Diffuser", ".254 .356 94.2 96.2 87.2 91.5 .775 .423"),
-            ("MindEye", ".309 .323 94.7 97.8 93.8 94.1 .645 .367"),
-            ("Dream", ".274 .328 93.9 96.7 93.4 94.1 .645 .418"),
-            ("NSD", ".071 .328 80.5 91.2 91.7 93.0 .707 .398"),
-            ("NSD (AUG)", ".077 .346 83.6 93.0 94.1 94.8 .675 .383"),
-            ("Cross-model-NSD", ".069 .326 79.7 90.8 91.5 92.9 .711 .401"),
-            ("Cross-model-NSD (AUG)", ".064 .337 80.3 91.5 92.2 93.5 .698 .392")],
-    "god": [("Koide-Majima", "- - - - - 90.00 - -"),
-            ("Ferrante et al.", ".32 .38 67.00 68.00 66.00 69.00 - -"),
-            ("GOD", ".041 .331 79.1 88.5 73.2 84.0 .884 .532"),
-            ("Cross-model-GOD", ".028 .337 72.3 84.9 68.3 81.0 .913 .561"),
-            ("Cross-model-finetuned-GOD", ".033 .313 69.1 82.4 68.5 79.8 .916 .562")]}
-COLUMNS = ("PixCorr", "SSIM", "Alex(2)", "Alex(5)", "Incep", "CLIP", "EffNet-B", "SwAV")
+    "bold5000": [("WAVE", ".050 .194 69.47 78.31 68.41 78.41 .902 .591 20.75"),
+                 ("Mind-Vis", ".036 .272 60.56 68.92 64.25 64.47 .938 .593 9.19"),
+                 ("BOLD5000", ".036 .374 58.9 64.0 60.2 62.2 .947 .652 10.2"),
+                 ("BOLD5000 (AUG)", ".033 .403 65.5 78.4 69.2 75.7 .900 .549 19.1"),
+                 ("Cross-model-BOLD5000", ".037 .397 61.5 71.0 64.4 71.1 .924 .580 13.4"),
+                 ("Cross-model-BOLD5000 (AUG)", ".034 .375 68.5 79.0 69.9 75.4 .911 .557 19.6"),
+                 ("Cross-model-finetuned-BOLD5000",
+                  ".040 .403 65.9 76.2 69.5 76.0 .904 .553 19.3")],
+    "nsd": [("Mind-Reader", "- - - - 78.2 - - - -"),
+            ("Takagi et al.", "- - 83.0 83.0 76.0 77.0 - - -"),
+            ("Gu et al.", ".150 .325 - - - - .862 .465 -"),
+            ("Brain-Diffuser", ".254 .356 94.2 96.2 87.2 91.5 .775 .423 -"),
+            ("MindEye", ".309 .323 94.7 97.8 93.8 94.1 .645 .367 -"),
+            ("Dream", ".274 .328 93.9 96.7 93.4 94.1 .645 .418 -"),
+            ("NSD", ".071 .328 80.5 91.2 91.7 93.0 .707 .398 55.8"),
+            ("NSD (AUG)", ".077 .346 83.6 93.0 94.1 94.8 .675 .383 61.1"),
+            ("Cross-model-NSD", ".069 .326 79.7 90.8 91.5 92.9 .711 .401 55.5"),
+            ("Cross-model-NSD (AUG)", ".064 .337 80.3 91.5 92.2 93.5 .698 .392 57.8")],
+    "god": [("Koide-Majima", "- - - - - 90.00 - - -"),
+            ("Ferrante et al.", ".32 .38 67.00 68.00 66.00 69.00 - - -"),
+            ("GOD", ".041 .331 79.1 88.5 73.2 84.0 .884 .532 19.2"),
+            ("Cross-model-GOD", ".028 .337 72.3 84.9 68.3 81.0 .913 .561 16.1"),
+            ("Cross-model-finetuned-GOD", ".033 .313 69.1 82.4 68.5 79.8 .916 .562 15.4")]}
+COLUMNS = ("PixCorr", "SSIM", "Alex(2)", "Alex(5)", "Incep", "CLIP", "EffNet-B", "SwAV",
+           "Top-1")
 
 
 def _fmt(m: dict[str, float]) -> list[str]:
     return [f"{m[k]:.3f}" if k in ("pixcorr", "ssim", "effnet", "swav") else
-            f"{100 * m[k]:.1f}" for k in M.METRICS]
+            f"{100 * m[k]:.1f}" if k in m else "-" for k in (*M.METRICS, "top1")]
 
 
 def table_rows(report: dict[str, Any], label: str) -> dict[str, list[tuple[str, str, list[str]]]]:
@@ -218,3 +282,50 @@ def write_json(report: dict[str, Any], path: str | Path) -> Path:
     p = Path(path)
     p.write_text(json.dumps(report, indent=2, default=float))
     return p
+
+
+def write_figures(report: dict[str, Any], location: str | Path, out: str | Path) -> list[Path]:
+    """A reconstruction grid per subject and a chart of every metric's mean with its 95% CI
+    beside the baselines (PNGs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nfrecon.export import _grid
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = nfstore.open_store(location)
+    files = []
+    for key in report["subjects"]:
+        r = read_reconstructions(location, report["reconstructions"], key)
+        imgs = np.asarray(r["images"][:8])
+        gt = ground_truth(store, r["stimulus"][:8], imgs.shape[2])
+        p = out / f"{key.replace('/', '_')}_grid.png"
+        _grid(p, gt, imgs, r["chosen"][:8], r["stimulus"][:8])
+        files.append(p)
+    keys = [k for k in (*M.METRICS, "top1") if k in next(iter(report["subjects"].values()))]
+    rows = [("reconstructions", report["subjects"])] + [
+        (b, {k: v for k, v in per.items() if k != "overall"})
+        for b, per in report["baselines"].items()]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 3), squeeze=False)
+    for ax, metric in zip(axes[0], keys):
+        for j, (label, per) in enumerate(rows):
+            means = [v[metric]["mean"] for v in per.values()]
+            los = [v[metric]["ci95"][0] for v in per.values()]
+            his = [v[metric]["ci95"][1] for v in per.values()]
+            m = float(np.mean(means))
+            ax.bar(j, m, yerr=[[m - float(np.mean(los))], [float(np.mean(his)) - m]],
+                   color=f"C{j}", label=label, capsize=3)
+        ax.set_title(metric + (" (lower better)" if metric in M.LOWER_IS_BETTER else ""),
+                     fontsize=8)
+        ax.set_xticks([])
+    axes[0, 0].legend(fontsize=6, loc="lower left")
+    fig.suptitle(f"{report['reconstructions']} ({report['variant']}): mean over subjects, "
+                 f"95% bootstrap CI over images", fontsize=8)
+    fig.tight_layout()
+    p = out / "metrics_chart.png"
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    return files + [p]

@@ -141,3 +141,70 @@ def test_nf_metrics_on_a_reconstruction_set(weights: dict[str, Path], train_stor
     t = write_tables(rep, tmp_path / "tables", "ours")
     assert "| MindEye | .309 |" in t["markdown"] and "ours [nsd, mindeye2]" in t["markdown"]
     assert (tmp_path / "tables/metrics_table.html").read_text().count("<table>") == 1
+
+
+def test_semantic_top1_against_a_direct_count() -> None:
+    from nfrecon.semantic import semantic_top1
+
+    rng = np.random.default_rng(3)
+    pg = rng.dirichlet(np.ones(100), 5)
+    pr = rng.dirichlet(np.ones(100), 5)
+    got = semantic_top1(pg, pr, trials=200, seed=7)
+    rng2 = np.random.default_rng(7)  # the same draws, counted directly
+    for i in range(5):
+        c = pg[i].argmax()
+        others = np.delete(np.arange(100), c)
+        hits = 0
+        for _ in range(200):
+            pick = rng2.choice(others, 49, replace=False)
+            hits += pr[i, c] > pr[i, pick].max()
+        assert got[i] == pytest.approx(hits / 200)
+    assert (semantic_top1(pg, pg, trials=50) == 1).all()  # its own probabilities: always top
+
+
+def test_brain_retrieval_with_mindeye2_subsets() -> None:
+    from nfrecon.semantic import brain_retrieval
+
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((320, 16))
+    r = brain_retrieval(t + 0.5 * rng.standard_normal((320, 16)), t)
+    assert r["n_candidates"] == 320 and r["mindeye2_300"]["subsets"] == 30
+    assert 0 < r["mindeye2_300"]["top1_brain_to_image"] <= 1
+    assert "mindeye2_300" not in brain_retrieval(t[:50], t[:50])
+
+
+def test_classifier_and_vae_baseline_in_the_report(weights: dict[str, Path], train_store_ro: Path,
+                                                   tmp_path: Path) -> None:
+    from nfrecon.decode import decode_ridge
+    from nfrecon.reconstruct import ReconConfig, reconstruct
+    from nfrecon.report import _load_vae, metrics_report
+    from nfrecon.tiny import write_tiny_models
+
+    store = Path(shutil.copytree(train_store_ro, tmp_path / "nf.zarr"))
+    decode_ridge(store, "nsd/subj01", "ridge")
+    models = write_tiny_models(tmp_path / "models")
+    reconstruct(store, "ridge", models["sdxl"], models["ip_adapter"], "r",
+                ReconConfig(steps=2, size=32), limit=3)
+
+    def tiny_classifier(images: np.ndarray) -> np.ndarray:  # injected: mean colour -> 60 classes
+        logits = images.reshape(len(images), -1, 3).mean(1) @ np.linspace(-1, 1, 180).reshape(
+            3, 60)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    rep = metrics_report(store, "r", weights["weights"], weights["clip"],
+                         classifier=tiny_classifier, sdxl=models["sdxl"])
+    row = rep["subjects"]["nsd/subj01"]
+    assert 0 <= row["top1"]["mean"] <= 1
+    assert "VAE round trip (low-level ceiling)" in rep["baselines"]
+    assert rep["retrieval"]["nsd/subj01"]["n_candidates"] == 10
+    # the VAE row is the VAE called directly
+    gt = nfstore.open_store(store).images(["nsd/00000"]).values
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(models["sdxl"]), subfolder="vae")
+    x = torch.from_numpy(np.asarray(gt)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample
+    want = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(_load_vae(models["sdxl"], "cpu")(np.asarray(gt)), want)
