@@ -204,8 +204,9 @@ def load_networks(paths: dict[str, Path], clip: str | Path, device: str) -> list
 
 def load_clip(path: str | Path, device: str) -> Callable[[Any], Any]:
     """CLIP ViT-L/14 image features (768-d ``image_embeds``/``encode_image``) from a Hugging Face
-    ``CLIPVisionModelWithProjection`` folder or an open_clip ``ViT-L-14-quickgelu`` weights file
-    (the OpenAI weights need QuickGELU)."""
+    ``CLIPVisionModelWithProjection`` folder, an OpenAI ``ViT-L-14.pt`` file (read by open_clip's
+    ``load_openai_model``), or an open_clip ``ViT-L-14-quickgelu`` weights file (the OpenAI
+    weights need QuickGELU)."""
     import torch
 
     p = Path(path)
@@ -223,7 +224,10 @@ def load_clip(path: str | Path, device: str) -> Callable[[Any], Any]:
         import open_clip
 
         try:
-            model = open_clip.create_model("ViT-L-14-quickgelu", pretrained=str(p))
+            if p.suffix == ".pt":  # OpenAI's clip.load file (TorchScript archive or state dict)
+                model = open_clip.load_openai_model(str(p), precision="fp32", device="cpu")
+            else:
+                model = open_clip.create_model("ViT-L-14-quickgelu", pretrained=str(p))
         except Exception as err:  # noqa: BLE001
             raise ReaderError(f"--clip {p}: cannot load as open_clip ViT-L-14-quickgelu "
                               f"({type(err).__name__})") from None
@@ -234,8 +238,8 @@ def load_clip(path: str | Path, device: str) -> Callable[[Any], Any]:
                 return model.encode_image(x)
         return oc
     raise MissingFileError(f"--clip {p}: expected a Hugging Face CLIPVisionModelWithProjection "
-                           f"folder (config.json + weights) or an open_clip ViT-L-14-quickgelu "
-                           f"weights file")
+                           f"folder (config.json + weights), an OpenAI ViT-L-14.pt file or an "
+                           f"open_clip ViT-L-14-quickgelu weights file")
 
 
 def features(net: Network, images: np.ndarray, variant: str, device: str, batch: int = 32

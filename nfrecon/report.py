@@ -118,8 +118,10 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
     report: dict[str, Any] = {"reconstructions": name, "variant": variant, "subjects": {},
                               "datasets": {}, "overall": {}, "baselines": {}}
     n_images = 0
+    bar = tqdm(total=sum(int(root[f"{base}/{k}/stimulus"].shape[0]) for k in keys),
+               desc=f"metrics {name}", unit="img", disable=not progress)
     with _layout.writing(path, f"nf metrics {name}"):
-        for key in tqdm(keys, desc="metrics", unit="subject", disable=not progress):
+        for key in keys:
             rec, stim = chosen_images(path, name, key)
             gt = ground_truth(store, stim, rec.shape[1])
             vals = score(gt, rec)
@@ -140,6 +142,10 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
                 report["baselines"].setdefault(label, {})[key] = summarize(score(gt, imgs),
                                                                           seed)
             n_images += len(rec)
+            bar.update(len(rec))
+            bar.set_postfix_str(f"{n_images / (time.perf_counter() - t0):.2f} img/s (with "
+                                f"baselines)")
+    bar.close()
     report["datasets"] = _by_dataset(report["subjects"])
     report["overall"] = _mean_of(list(report["subjects"].values()))
     for label, per in report["baselines"].items():

@@ -208,3 +208,22 @@ def test_classifier_and_vae_baseline_in_the_report(weights: dict[str, Path], tra
         y = vae.decode(vae.encode(x).latent_dist.mean).sample
     want = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(_load_vae(models["sdxl"], "cpu")(np.asarray(gt)), want)
+
+
+def test_clip_from_an_openai_file_equals_the_model(tmp_path: Path) -> None:
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(
+        "ViT-L-14-quickgelu", pretrained=None, embed_dim=768,
+        vision_cfg=dict(image_size=224, layers=2, width=64, head_width=64, patch_size=32),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1)).eval()
+    torch.save(model.state_dict(), tmp_path / "ViT-L-14.pt")  # OpenAI's key layout
+    fn = M.load_clip(tmp_path / "ViT-L-14.pt", "cpu")
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        want = model.encode_image(x)
+    got = fn(x)
+    assert got.shape == (2, 768)
+    # open_clip rebuilds the OpenAI architecture (its own attention modules): ~1e-3 apart
+    torch.testing.assert_close(got, want, atol=5e-3, rtol=1e-2)
