@@ -32,6 +32,7 @@ bench: $(VENV)/.test-$(HASH)
 	$(BIN)/python benchmarks/bench_train_throughput.py
 	$(BIN)/python benchmarks/bench_train_quality.py
 	$(BIN)/python benchmarks/bench_reconstruct.py
+	$(BIN)/python benchmarks/bench_metrics.py
 
 clean:
 	rm -rf $(VENV) nf-demo

@@ -118,6 +118,7 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
     report: dict[str, Any] = {"reconstructions": name, "variant": variant, "subjects": {},
                               "datasets": {}, "overall": {}, "baselines": {}}
     n_images = 0
+    pooled: dict[str, dict[str, np.ndarray]] = {}
     bar = tqdm(total=sum(int(root[f"{base}/{k}/stimulus"].shape[0]) for k in keys),
                desc=f"metrics {name}", unit="img", disable=not progress)
     with _layout.writing(path, f"nf metrics {name}"):
@@ -125,6 +126,7 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
             rec, stim = chosen_images(path, name, key)
             gt = ground_truth(store, stim, rec.shape[1])
             vals = score(gt, rec)
+            pooled[key] = vals
             _store_per_image(path, name, key, variant, vals)
             report["subjects"][key] = summarize(vals, seed)
             report.setdefault("retrieval", {})[key] = _retrieval(store, root[f"{base}/{key}"],
@@ -148,6 +150,11 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
     bar.close()
     report["datasets"] = _by_dataset(report["subjects"])
     report["overall"] = _mean_of(list(report["subjects"].values()))
+    # CIs at the dataset and overall levels: bootstrap over the pooled images
+    groups = {d: [k for k in pooled if k.startswith(f"{d}/")] for d in report["datasets"]}
+    groups["overall"] = list(pooled)
+    report["ci95"] = {g: {m: M.bootstrap_ci(np.concatenate([pooled[k][m] for k in ks]), seed=seed)
+                          for m in pooled[ks[0]]} for g, ks in groups.items() if ks}
     for label, per in report["baselines"].items():
         per["overall"] = _mean_of([v for k, v in per.items() if k != "overall"])
     report["seconds"] = time.perf_counter() - t0

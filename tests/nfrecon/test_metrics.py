@@ -138,6 +138,9 @@ def test_nf_metrics_on_a_reconstruction_set(weights: dict[str, Path], train_stor
     per = zarr.open_group(str(store / "reconstructions/r/nsd/subj01/metrics/mindeye2"), mode="r")
     np.testing.assert_allclose(per["pixcorr"][:].mean(), row["pixcorr"]["mean"])
     assert rep["overall"]["ssim"] == pytest.approx(row["ssim"]["mean"])
+    assert rep["ci95"]["overall"]["ssim"][0] <= rep["overall"]["ssim"] <= \
+        rep["ci95"]["overall"]["ssim"][1]
+    assert set(rep["ci95"]) == {"nsd", "overall"}
     t = write_tables(rep, tmp_path / "tables", "ours")
     assert "| MindEye | .309 |" in t["markdown"] and "ours [nsd, mindeye2]" in t["markdown"]
     assert (tmp_path / "tables/metrics_table.html").read_text().count("<table>") == 1
