@@ -63,14 +63,16 @@ def finetune(store: str, ckpt: str, subjects: tuple[str, ...], fraction: float,
 @click.option("--subjects", cls=ManyValues, help="Default: every subject of the checkpoint.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="metrics.json")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--baseline", type=click.Choice(["ridge"]),
+              help="Also score a closed-form ridge per subject on the same candidates.")
 def evaluate(store: str, ckpt: str, split: str, subjects: tuple[str, ...] | None,
-             out: Path | None, device: str) -> None:
+             out: Path | None, device: str, baseline: str | None) -> None:
     """Retrieval top-1/top-5 (both directions) and cosine on SPLIT, repeat-averaged."""
     from nftrain.evaluate import evaluate as run
     from nftrain.evaluate import table, write
 
     metrics = run(store, ckpt, split=split, subjects=list(subjects) if subjects else None,
-                  device=device)
+                  device=device, baseline=baseline)
     click.echo(table(metrics))
     if out is not None:
         click.echo(f"wrote {write(metrics, out)}")

@@ -53,8 +53,16 @@ def retrieval(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
 
 
 def evaluate(location: str | Path, ckpt: str | Path, split: str = "test",
-             subjects: list[str] | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Metrics per subject, per dataset (mean over its subjects) and overall."""
+             subjects: list[str] | None = None, device: str = "cpu",
+             baseline: str | None = None) -> dict[str, Any]:
+    """Metrics per subject, per dataset (mean over its subjects) and overall.
+
+    ``baseline="ridge"`` adds ``out["baseline"]``: the same metrics for a closed-form ridge per
+    subject (``nf decode-ridge``'s: repeat-averaged train betas of the checkpoint's ROI ->
+    embeddings, per-target CV alphas), on the same candidates.
+    """
+    if baseline not in (None, "ridge"):
+        raise OptionError(f"--baseline: expected ridge; got {baseline!r}")
     if split not in ("train", "test", "imagery"):
         raise OptionError(f"--split: expected train, test or imagery; got {split!r}")
     model, meta, _ = checkpoint.load(ckpt, device)
@@ -84,9 +92,22 @@ def evaluate(location: str | Path, ckpt: str | Path, split: str = "test",
             pred = model.embed_subject(i, torch.from_numpy(betas).to(device)
                                        ).float().cpu().numpy()
         out["subjects"][key] = retrieval(pred, np.asarray(target, np.float32))
+        if baseline == "ridge":
+            from nfrecon.ridge import fit_ridge
+
+            tr = store.betas(key, roi=meta.get("rois", {}).get(key), split="train",
+                             average_repeats=True)
+            fit = fit_ridge(tr.values, store.embeddings(meta["embedding"],
+                                                        stimuli=tr.stimulus).values)
+            out.setdefault("baseline", {"name": "ridge", "subjects": {}})["subjects"][key] = \
+                retrieval(fit.predict(betas), np.asarray(target, np.float32))
     for name, group in _groups(out["subjects"]).items():
         out["datasets"][name] = _mean(group)
     out["overall"] = _mean(list(out["subjects"].values()))
+    if "baseline" in out:
+        b = out["baseline"]
+        b["datasets"] = {n: _mean(g) for n, g in _groups(b["subjects"]).items()}
+        b["overall"] = _mean(list(b["subjects"].values()))
     return out
 
 
@@ -120,6 +141,11 @@ def table(metrics: dict[str, Any]) -> str:
     if m:
         rows.append(("overall", *(f"{m[k]:.3f}" for k in METRICS), f"{m['n_candidates']:.0f}",
                      f"{m['chance_top1']:.3f}"))
+    b = metrics.get("baseline")
+    if b:
+        for key, m in list(b["datasets"].items()) + [("overall", b["overall"])]:
+            rows.append((f"ridge baseline {key}", *(f"{m[k]:.3f}" for k in METRICS),
+                         f"{m['n_candidates']:.0f}", f"{m['chance_top1']:.3f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
                                for j, (c, w) in enumerate(zip(r, widths))) for r in rows)

@@ -251,3 +251,27 @@ def test_learnable_temperature_and_early_stopping(train_store: Path, small_cfg) 
     frozen = train(train_store, small_cfg(epochs=6, lr=1e-12, patience=2, input_noise=0.0,
                                           dropout=0.0, output_dir=str(s.output_dir) + "-es"))
     assert frozen.epochs_run == 3 and frozen.best_epoch == 0  # no improvement after epoch 1
+
+
+def test_evaluate_with_the_ridge_baseline(planted_store: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from nf.main import _register, cli
+
+    from nfrecon.ridge import fit_ridge
+    from nftrain.config import build
+
+    cfg = build(dict(subjects=["nsd/subj01"], adapter_dim=16, width=16, depth=1, batch_size=32,
+                     epochs=1, cache_mb=1, output_dir=str(tmp_path / "run")))
+    ckpt = train(planted_store, cfg).output_dir / "best"
+    m = evaluate(planted_store, ckpt, baseline="ridge")
+    st = nfstore.open_store(planted_store)
+    tr = st.betas("nsd/subj01", split="train", average_repeats=True)
+    te = st.betas("nsd/subj01", split="test", average_repeats=True)
+    fit = fit_ridge(tr.values, st.embeddings("ip-adapter-sdxl", stimuli=tr.stimulus).values)
+    want = retrieval(fit.predict(np.asarray(te.values, np.float32)),
+                     st.embeddings("ip-adapter-sdxl", stimuli=te.stimulus).values)
+    assert m["baseline"]["subjects"]["nsd/subj01"] == pytest.approx(want)
+    _register()
+    res = CliRunner().invoke(cli, ["evaluate", str(planted_store), "--checkpoint", str(ckpt),
+                                   "--baseline", "ridge"])
+    assert res.exit_code == 0 and "ridge baseline overall" in res.output, res.output
