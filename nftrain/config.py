@@ -44,6 +44,7 @@ class TrainConfig:
     keep_test_duplicates : train on copies of held-out (test/imagery) pictures found by
         ``nf leakage`` anywhere in the store (default: leave them out, and report how many)
     duplicate_max_distance : fingerprint bits within which two images are the same picture
+    regression : weight of a cosine regression term (1 - cos(output, target)) added to InfoNCE
     accumulate : optimizer step every this many batches (gradients averaged); under torchrun
         each rank's batch counts as one, so N ranks equal one process with ``accumulate = N``
     """
@@ -80,6 +81,7 @@ class TrainConfig:
     keep_test_duplicates: bool = False
     duplicate_max_distance: int = 3
     accumulate: int = 1
+    regression: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.subjects:
@@ -97,6 +99,7 @@ class TrainConfig:
                   ("depth", self.depth >= 0, "an integer >= 0"),
                   ("cache_mb", self.cache_mb >= 1, "a positive integer"),
                   ("accumulate", self.accumulate >= 1, "a positive integer"),
+                  ("regression", self.regression >= 0, "a number >= 0"),
                   ("duplicate_max_distance", 0 <= self.duplicate_max_distance <= 64,
                    "an integer in [0, 64]")]
         for name, ok, want in checks:

@@ -30,3 +30,9 @@ def info_nce(pred: torch.Tensor, target: torch.Tensor, stimulus: torch.Tensor,
     logits = logits.masked_fill(same & ~eye, float("-inf"))
     labels = torch.arange(len(stimulus), device=logits.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos(pred, target)`` over the batch: a regression term (MindEye-style) that
+    pulls each output towards its own target, not only away from the others."""
+    return (1 - F.cosine_similarity(pred.float(), target.float(), dim=-1)).mean()

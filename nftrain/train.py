@@ -22,7 +22,7 @@ from nfstore.errors import NFError, OptionError, StoreError
 from nftrain import checkpoint
 from nftrain.config import TrainConfig
 from nftrain.data import Batch, Dataset, batches, load_dataset, prefetch, with_adapters
-from nftrain.losses import info_nce
+from nftrain.losses import cosine_loss, info_nce
 from nftrain.model import Decoder, ModelSpec
 
 
@@ -302,6 +302,8 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 pred = net(groups, batch.size)
             loss = info_nce(pred, targets, stim, log_temperature.exp())
+            if cfg.regression:  # cosine regression to the target beside the contrastive loss
+                loss = loss + cfg.regression * cosine_loss(pred, targets)
             _check_finite(progress_state["global_step"] + 1, loss, pred, groups,
                           model.spec.subjects)
             if micro == 0:

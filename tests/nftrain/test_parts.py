@@ -136,3 +136,15 @@ def test_loader_memory_is_bounded_by_cache_mb(tmp_path: Path) -> None:
     assert large > 0.8 * data_bytes  # unbounded by the cache: holds (nearly) everything
     assert small < 2**20 + 4 * chunk_bytes, (small, chunk_bytes)  # cache + one chunk's buffers
     assert small < 0.3 * data_bytes
+
+
+def test_cosine_loss_against_a_direct_computation() -> None:
+    import torch
+
+    from nftrain.losses import cosine_loss
+
+    rng = np.random.default_rng(0)
+    p, t = rng.standard_normal((6, 5)), rng.standard_normal((6, 5))
+    want = np.mean([1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(p, t)])
+    assert float(cosine_loss(torch.from_numpy(p), torch.from_numpy(t))) == pytest.approx(want)
+    assert float(cosine_loss(torch.from_numpy(p), torch.from_numpy(2 * p))) == pytest.approx(0, abs=1e-6)
