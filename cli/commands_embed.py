@@ -8,8 +8,10 @@ import click
 @click.command("embed")
 @click.argument("store", type=click.Path(file_okay=False))
 @click.option("--model", default="ip-adapter-sdxl", show_default=True,
-              type=click.Choice(["ip-adapter-sdxl", "ip-adapter-sdxl-vit-h"]))
-@click.option("--weights", required=True, type=click.Path(),
+              type=click.Choice(["ip-adapter-sdxl", "ip-adapter-sdxl-vit-h", "pixels"]))
+@click.option("--size", type=click.IntRange(4, 256), default=32, show_default=True,
+              help="pixels: downsampled image size (no weights needed).")
+@click.option("--weights", type=click.Path(),
               help="Image encoder: HF CLIPVisionModelWithProjection folder, open_clip folder or "
                    "weights file, or the root of a local h94/IP-Adapter copy.")
 @click.option("--stimuli", default="all", show_default=True,
@@ -29,12 +31,27 @@ import click
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other weights.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def embed(store: str, model: str, weights: str, stimuli: str, pool_dir: str | None,
+def embed(store: str, model: str, size: int, weights: str | None, stimuli: str,
+          pool_dir: str | None,
           pool_name: str, batch_size: int, device: str, workers: int, dtype: str, tokens: bool,
           skip_bad: bool, overwrite: bool, progress: bool) -> None:
-    """Embed every stimulus image of STORE not cached yet (resumable)."""
+    """Embed every stimulus image of STORE not cached yet (resumable).
+
+    `--model pixels` caches downsampled RGB pixels (`--size`) of every dataset image instead,
+    the low-level target of `nf decode-ridge --target pixels`."""
     from pathlib import Path
 
+    from nfstore.errors import OptionError
+
+    if model == "pixels":
+        from nfstore.lowlevel import embed_pixels
+
+        r = embed_pixels(store, size)
+        click.echo(f"cached {r['stimuli']} downsampled images ({size} x {size}) as "
+                   f"embeddings/pixels in {r['seconds']:.1f} s")
+        return
+    if weights is None:
+        raise OptionError(f"--weights: required for --model {model} (the image encoder)")
     from nfstore.embeddings import embed_store, register_pool
 
     if pool_dir is not None:

@@ -40,9 +40,16 @@ def predict(store: str, ckpt: str, name: str, subjects: tuple[str, ...] | None, 
 @click.option("--cv", type=click.IntRange(2), default=5, show_default=True)
 @click.option("--split", default="test", show_default=True, type=SPLIT)
 @click.option("--roi", help="ROI of the betas [all voxels].")
-@click.option("--embedding", default="ip-adapter-sdxl", show_default=True)
+@click.option("--embedding", "--target", "embedding", default="ip-adapter-sdxl",
+              show_default=True, help="Targets: an embedding cache, or pixels (`nf embed "
+              "--model pixels`: also writes the blurry images as a reconstruction set NAME).")
+@click.option("--rescale", is_flag=True,
+              help="Map each target's predictions to the train targets' mean and std.")
+@click.option("--image-size", type=click.IntRange(8), default=128, show_default=True,
+              help="pixels target: size of the blurry images.")
 def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | None, cv: int,
-                 split: str, roi: str | None, embedding: str) -> None:
+                 split: str, roi: str | None, embedding: str, rescale: bool,
+                 image_size: int) -> None:
     """Closed-form ridge baseline: SUBJECT's train betas -> embeddings, per-target CV alphas."""
     from nfrecon.decode import decode_ridge as run
     from nfrecon.ridge import DEFAULT_ALPHAS
@@ -53,7 +60,7 @@ def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | 
     except ValueError:
         raise OptionError(f"--alphas: expected numbers; got {list(alphas or ())}") from None
     click.echo(run(store, subject, name, alphas=grid, cv=cv, split=split, roi=roi,
-                   embedding=embedding).line())
+                   embedding=embedding, rescale=rescale, image_size=image_size).line())
 
 
 @click.command("refine")

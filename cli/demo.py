@@ -40,7 +40,7 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     store_path = workdir / "nf.zarr"
-    steps = 12
+    steps = 13
     for n, dataset in enumerate(("nsd", "bold5000", "god"), start=1):
         raw = workdir / "raw" / dataset
         s = synthesize(dataset, raw, overwrite=True, seed=seed)
@@ -92,7 +92,7 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
          f"unique test images) -> {workdir / 'metrics.json'}")
     for line in table(metrics).splitlines():
         echo("      " + line)
-    from nfrecon.decode import predict, refine
+    from nfrecon.decode import decode_ridge, predict, refine
     from nfrecon.export import export_images
     from nfrecon.reconstruct import ReconConfig, reconstruct
     from nfrecon.tiny import write_tiny_models
@@ -111,6 +111,24 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
     echo(f"[12/{steps}] export-images: {sum(files.values())} files, grids "
          + ", ".join(str(workdir / "reconstructions" / f"{k.replace('/', '_')}_grid.png")
                      for k in files))
+    from nfrecon.metrics import pixel_metrics
+    from nfrecon.report import chosen_images, derangement, ground_truth, mean_train_image
+    from nfstore.lowlevel import embed_pixels
+
+    embed_pixels(store_path, size=16)
+    decode_ridge(store_path, "nsd/subj01", "blurry", embedding="pixels", rescale=True,
+                 image_size=64, alphas=(1.0, 10.0, 100.0, 1000.0))
+    st = nfstore.open_store(store_path)
+    rec, stim = chosen_images(store_path, "blurry", "nsd/subj01")
+    gt = ground_truth(st, stim, 64)
+    rows = {"blurry (ridge-decoded pixels)": rec,
+            "shuffled": rec[derangement(len(rec), seed)],
+            "mean train image": np.broadcast_to(mean_train_image(st, "nsd/subj01", 64),
+                                                rec.shape).copy()}
+    scores = {k: pixel_metrics(gt, v, "mindeye2") for k, v in rows.items()}
+    echo(f"[13/{steps}] low-level stage, nsd/subj01 ({len(rec)} test images; PixCorr / SSIM): "
+         + "; ".join(f"{k} {v['pixcorr'].mean():.3f} / {v['ssim'].mean():.3f}"
+                     for k, v in scores.items()))
     reliability = {}
     for key, row in store.info().items():
         train = store.betas(key, split="train")

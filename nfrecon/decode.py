@@ -118,10 +118,16 @@ def predict(location: str | Path, ckpt: str | Path, name: str, *,
 def decode_ridge(location: str | Path, subject: str, name: str, *,
                  alphas: tuple[float, ...] = DEFAULT_ALPHAS, cv: int = 5, split: str = "test",
                  embedding: str = "ip-adapter-sdxl", roi: str | None = None,
-                 target_chunk: int = 256) -> DecodeSummary:
+                 target_chunk: int = 256, rescale: bool = False, image_size: int = 128
+                 ) -> DecodeSummary:
     """Ridge from the subject's repeat-averaged **train** betas to the cached embeddings, with
     per-target CV alphas; writes ``split`` predictions and the out-of-fold train predictions
     (``out_of_sample``) to ``/decoded/<name>/<subject>``. Test rows are never read for fitting.
+
+    ``embedding="pixels"`` (``nf embed --model pixels``) decodes a low-level image: the
+    ``split`` predictions are also upsampled to ``image_size`` and stored as the reconstruction
+    set ``name`` (the blurry stage). ``rescale`` maps each target's predictions to the mean and
+    std of the train targets (Brain-Diffuser's re-standardisation).
     """
     t0 = time.perf_counter()
     check_name(name)
@@ -137,14 +143,18 @@ def decode_ridge(location: str | Path, subject: str, name: str, *,
     held = _rows(store, subject, split, roi, False) if split != "train" else None
     emb = [fit.oof] + ([fit.predict(np.asarray(held.values, np.float32))] if held is not None
                        else [])
+    if rescale:  # each target's predictions to the train targets' mean and std
+        ref = emb[0]
+        mu, sd = ref.mean(0), ref.std(0)
+        emb = [(e - mu) / np.where(sd > 0, sd, 1) * Y.std(0) + Y.mean(0) for e in emb]
     parts = [train] + ([held] if held is not None else [])
     values, counts = np.unique(fit.alpha, return_counts=True)
     attrs = {"decoder": "ridge", "embedding": embedding, "split": split, "roi": roi,
              "alphas": list(map(float, alphas)), "cv": cv,
              "alpha_counts": {f"{v:g}": int(c) for v, c in zip(values, counts)},
              "fitted_on": "repeat-averaged train betas (one row per train stimulus)",
-             "train_rows": "out-of-fold predictions", "store_fingerprint": _fingerprint(
-                 store, [subject])}
+             "train_rows": "out-of-fold predictions", "rescaled": rescale,
+             "store_fingerprint": _fingerprint(store, [subject])}
     with _layout.writing(path, f"nf decode-ridge --name {name}"):
         write_decoded(path, name, subject, np.concatenate(emb),
                       np.concatenate([p.stimulus.values.astype(object) for p in parts]),
@@ -152,6 +162,9 @@ def decode_ridge(location: str | Path, subject: str, name: str, *,
                                       for p, s in zip(parts, ["train", split])]),
                       np.ones(sum(p.sizes["trial"] for p in parts), bool),
                       np.concatenate([p["n_repeats"].values for p in parts]), attrs)
+        if embedding == "pixels" and held is not None:
+            _write_blurry(path, name, subject, emb[-1], held.stimulus.values, split,
+                          int(store.embeddings("pixels").attrs["size"]), image_size, attrs)
     summary = DecodeSummary(name, {subject: sum(p.sizes["trial"] for p in parts)},
                             time.perf_counter() - t0,
                             "alphas (targets): " + ", ".join(f"{v:g} ({c})" for v, c in
@@ -233,3 +246,33 @@ def refine(location: str | Path, source: str, name: str, *,
 
 
 __all__ = ["predict", "decode_ridge", "refine", "fit_refinement", "DecodeSummary"]
+
+
+def _write_blurry(path: Path, name: str, subject: str, pred: np.ndarray, stimuli: np.ndarray,
+                  split: str, size: int, image_size: int, attrs: dict[str, Any]) -> None:
+    """Predicted pixels upsampled into a reconstruction set (one sample per row)."""
+    import zarr
+
+    from nfrecon.reconstruct import RECON_GROUP
+    from nfstore.lowlevel import upsample
+
+    imgs = upsample(pred, size, image_size)[:, None]
+    key = f"{RECON_GROUP}/{name}/{subject}"
+    staged = _layout.staging_path(path, key.replace("/", "."))
+    _layout.discard(staged)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    g = zarr.open_group(str(staged), mode="w", zarr_format=3)
+    n = len(imgs)
+    g.create_array("images", data=imgs, chunks=(1, 1, image_size, image_size, 3),
+                   dimension_names=("row", "sample", "y", "x", "rgb"))
+    g.create_array("stimulus", shape=(n,), dtype=str, dimension_names=("row",))
+    g["stimulus"][:] = np.asarray(stimuli, dtype=object)
+    g.create_array("chosen", data=np.zeros(n, np.int64), dimension_names=("row",))
+    g.create_array("scores", data=np.full((n, 1), np.nan, np.float32),
+                   dimension_names=("row", "sample"))
+    g.create_array("seeds", data=np.zeros((n, 1), np.int64), dimension_names=("row", "sample"))
+    g.attrs.update({**attrs, "source": "blurry: ridge-decoded pixels, upsampled (bicubic)",
+                    "decoded": name, "subject": subject, "split": split,
+                    "pixel_size": size, "image_size": image_size})
+    _layout.ensure_group(path, f"{RECON_GROUP}/{name}/{subject.split('/')[0]}")
+    _layout.commit(path, staged, key)
