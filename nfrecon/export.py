@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 import nfstore
-from nfrecon.reconstruct import RECON_GROUP, read_reconstructions
+from nfrecon.reconstruct import read_reconstructions, recon_subjects
 
 
 def export_images(location: str | Path, name: str, out: str | Path,
@@ -15,16 +15,10 @@ def export_images(location: str | Path, name: str, out: str | Path,
     """Write ``OUT/<subject>/<row>_<stimulus>_s<k>.png`` for every sample and
     ``OUT/<subject>_grid.png``: one row per stimulus, ground truth first, then each sample,
     the chosen one framed in red. Returns files written per subject."""
-    import zarr
     from PIL import Image
 
     store = nfstore.open_store(location)
-    root = zarr.open_group(str(location), mode="r")
-    base = f"{RECON_GROUP}/{name}"
-    if base not in root:
-        raise nfstore.QueryError(f"--reconstructions: no set {name!r} in {location}")
-    keys = subjects or [f"{d}/{s}" for d in sorted(root[base].group_keys())
-                        for s in sorted(root[f"{base}/{d}"].group_keys())]
+    keys = recon_subjects(location, name, subjects)
     out = Path(out)
     counts = {}
     for key in keys:

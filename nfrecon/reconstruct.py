@@ -343,3 +343,18 @@ def read_reconstructions(location: str | Path, name: str, subject: str) -> dict[
     return {"images": da.from_zarr(g["images"]), "stimulus": np.array(g["stimulus"][:].tolist(),
                                                                       dtype=object),
             "chosen": g["chosen"][:], "scores": g["scores"][:], "attrs": dict(g.attrs)}
+
+
+def recon_subjects(location: str | Path, name: str, subjects: list[str] | None = None
+                   ) -> list[str]:
+    """Subjects of reconstruction set ``name`` (``subjects`` if given); a one-line error if the
+    set does not exist."""
+    import zarr
+
+    root = zarr.open_group(str(location), mode="r")
+    base = f"{RECON_GROUP}/{name}"
+    if base not in root:
+        raise nfstore.QueryError(f"--reconstructions: no set {name!r} in {location}")
+    return list(subjects) if subjects else [
+        f"{d}/{s}" for d in sorted(root[base].group_keys())
+        for s in sorted(root[f"{base}/{d}"].group_keys())]

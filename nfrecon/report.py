@@ -15,7 +15,7 @@ import numpy as np
 
 import nfstore
 from nfrecon import metrics as M
-from nfrecon.reconstruct import RECON_GROUP, read_reconstructions
+from nfrecon.reconstruct import RECON_GROUP, read_reconstructions, recon_subjects
 from nfstore import _layout
 from nfstore._version import __version__
 
@@ -100,10 +100,7 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
     store = nfstore.open_store(path)
     root = zarr.open_group(str(path), mode="r")
     base = f"{RECON_GROUP}/{name}"
-    if base not in root:
-        raise nfstore.QueryError(f"--reconstructions: no set {name!r} in {path}")
-    keys = subjects or [f"{d}/{s}" for d in sorted(root[base].group_keys())
-                        for s in sorted(root[f"{base}/{d}"].group_keys())]
+    keys = recon_subjects(path, name, subjects)
     networks = M.load_networks(M.weight_paths(weights, variant), clip, device)
     vae = _load_vae(sdxl, device) if sdxl else None
 
