@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from nfrecon.decoded import check_name, write_decoded
 from nfrecon.ridge import DEFAULT_ALPHAS, RidgeFit, fit_ridge
 from nfstore import _layout
 from nfstore._names import SPLITS
+from nfstore.encoders import checksum
 from nfstore.errors import OptionError, StoreError
 
 
@@ -37,13 +37,6 @@ class DecodeSummary:
 
 def _fingerprint(store: nfstore.Store, subjects: list[str]) -> dict[str, str]:
     return {k: str(store.attrs(k).get("ingest_fingerprint")) for k in subjects}
-
-
-def _checksum(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in ("model.safetensors", "config.json"):
-        h.update((folder / f).read_bytes())
-    return h.hexdigest()
 
 
 def _rows(store: nfstore.Store, key: str, split: str, roi: str | None, single: bool
@@ -84,7 +77,9 @@ def predict(location: str | Path, ckpt: str | Path, name: str, *,
         data = load_dataset(store, cfg)
         held_out = {str(s) for sub in data.subjects for s in data.stimuli[sub.val[0].targets]}
     attrs = {"decoder": "checkpoint", "checkpoint": str(ckpt),
-             "checkpoint_sha256": _checksum(Path(ckpt)), "embedding": meta["embedding"],
+             "checkpoint_sha256": checksum((Path(ckpt) / "model.safetensors",
+                                            Path(ckpt) / "config.json")),
+             "embedding": meta["embedding"],
              "split": split, "single_trials": single_trials,
              "store_fingerprint": _fingerprint(store, keys)}
     summary = DecodeSummary(name)

@@ -82,14 +82,6 @@ class ReconSummary:
                 + (f"; {self.resumed} rows resumed" if self.resumed else ""))
 
 
-def _sha(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def locate_sdxl(path: str | Path) -> Path:
     """A local diffusers SDXL folder, or a single ``.safetensors`` checkpoint file."""
     p = Path(path)
@@ -147,9 +139,10 @@ def load_pipeline(sdxl: str | Path, ip_adapter: str | Path, cfg: ReconConfig) ->
     pipe.prepare_ip_adapter_image_embeds = types.MethodType(
         lambda self, ip_adapter_image, ip_adapter_image_embeds, *a, **k: ip_adapter_image_embeds,
         pipe)
-    pipe._nf_checksums = {"sdxl": _sha([f for f in where.rglob("*") if f.is_file()]
-                                       if where.is_dir() else [where]),
-                          "ip_adapter": _sha([ip_file])}
+    from nfstore.encoders import checksum  # streamed: real SDXL weights are several GB
+
+    files = sorted(f for f in where.rglob("*") if f.is_file()) if where.is_dir() else [where]
+    pipe._nf_checksums = {"sdxl": checksum(tuple(files)), "ip_adapter": checksum((ip_file,))}
     return pipe
 
 
