@@ -246,26 +246,18 @@ __all__ = ["predict", "decode_ridge", "refine", "fit_refinement", "DecodeSummary
 def _write_blurry(path: Path, name: str, subject: str, pred: np.ndarray, stimuli: np.ndarray,
                   split: str, size: int, image_size: int, attrs: dict[str, Any]) -> None:
     """Predicted pixels upsampled into a reconstruction set (one sample per row)."""
-    import zarr
-
-    from nfrecon.reconstruct import RECON_GROUP
+    from nfrecon.reconstruct import RECON_GROUP, create_group
     from nfstore.lowlevel import upsample
 
     imgs = upsample(pred, size, image_size)[:, None]
     key = f"{RECON_GROUP}/{name}/{subject}"
     staged = _layout.staging_path(path, key.replace("/", "."))
     _layout.discard(staged)
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    g = zarr.open_group(str(staged), mode="w", zarr_format=3)
-    n = len(imgs)
-    g.create_array("images", data=imgs, chunks=(1, 1, image_size, image_size, 3),
-                   dimension_names=("row", "sample", "y", "x", "rgb"))
-    g.create_array("stimulus", shape=(n,), dtype=str, dimension_names=("row",))
-    g["stimulus"][:] = np.asarray(stimuli, dtype=object)
-    g.create_array("chosen", data=np.zeros(n, np.int64), dimension_names=("row",))
-    g.create_array("scores", data=np.full((n, 1), np.nan, np.float32),
-                   dimension_names=("row", "sample"))
-    g.create_array("seeds", data=np.zeros((n, 1), np.int64), dimension_names=("row", "sample"))
+    g = create_group(staged, stimuli, 1, image_size)
+    g["images"][:] = imgs
+    g["chosen"][:] = 0
+    g["scores"][:] = np.nan
+    g["seeds"][:] = 0
     g.attrs.update({**attrs, "source": "blurry: ridge-decoded pixels, upsampled (bicubic)",
                     "decoded": name, "subject": subject, "split": split,
                     "pixel_size": size, "image_size": image_size})

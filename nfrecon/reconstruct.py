@@ -234,19 +234,29 @@ def _staged_group(store: Path, name: str, subject: str, n_rows: int, cfg: ReconC
                 meta["decoded_sha256"]:
             return g, staged, int(g.attrs.get("rows_done", 0))
         _layout.discard(staged)
+    g = create_group(staged, stimuli, cfg.samples, cfg.size)
+    g.attrs.update({**meta, "rows_done": 0})
+    return g, staged, 0
+
+
+def create_group(staged: Path, stimuli: np.ndarray, samples: int, size: int) -> Any:
+    """A new reconstruction group at ``staged``: ``images`` uint8 (row, sample, size, size, 3),
+    one image per chunk, ``stimulus`` filled, ``chosen``/``scores``/``seeds`` allocated."""
+    import zarr
+
     staged.parent.mkdir(parents=True, exist_ok=True)
     g = zarr.open_group(str(staged), mode="w", zarr_format=3)
-    n, s = cfg.samples, cfg.size
-    g.create_array("images", shape=(n_rows, n, s, s, 3), chunks=(1, 1, s, s, 3), dtype="uint8",
+    n_rows = len(stimuli)
+    g.create_array("images", shape=(n_rows, samples, size, size, 3),
+                   chunks=(1, 1, size, size, 3), dtype="uint8",
                    dimension_names=("row", "sample", "y", "x", "rgb"))
     g.create_array("stimulus", shape=(n_rows,), dtype=str, dimension_names=("row",))
     g["stimulus"][:] = np.asarray(stimuli, dtype=object)
     for arr, dt, shape, dims in (("chosen", "int64", (n_rows,), ("row",)),
-                                 ("scores", "float32", (n_rows, n), ("row", "sample")),
-                                 ("seeds", "int64", (n_rows, n), ("row", "sample"))):
+                                 ("scores", "float32", (n_rows, samples), ("row", "sample")),
+                                 ("seeds", "int64", (n_rows, samples), ("row", "sample"))):
         g.create_array(arr, shape=shape, dtype=dt, dimension_names=dims)
-    g.attrs.update({**meta, "rows_done": 0})
-    return g, staged, 0
+    return g
 
 
 def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter: str | Path,
