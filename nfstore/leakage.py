@@ -99,10 +99,10 @@ def _uses(store: Any) -> tuple[dict[str, tuple[str, set[str]]], dict[str, set[st
         for name in store.synthetic_sets(key):
             for s in np.unique(store.synthetic_stimuli(key, name)).tolist():
                 used.setdefault(s, set()).add(f"synthetic:{key}/{name}")
-    for name in store.stimulus_tables():
+    tab = store.identity_table()
+    for s, name in zip(tab["stimulus"].tolist(), tab["table"].tolist()):
         if name not in DATASETS:
-            for s in store.stimuli(name)[STIMULUS].values.tolist():
-                used.setdefault(s, set()).add(f"pool:{name}")
+            used.setdefault(s, set()).add(f"pool:{name}")
     return held, used
 
 
@@ -116,17 +116,8 @@ def find_leakage(store: Any, max_distance: int = ident.MAX_DISTANCE) -> LeakageR
         Fingerprints (64-bit pHash) within this many bits are the same picture.
     """
     held, used = _uses(store)
-    table = store.identity_table().set_index("stimulus")
-
-    def lookup(ids: list[str], column: str) -> list[str]:
-        have = table[column].reindex(ids)
-        if column == "identity":
-            return [v if isinstance(v, str) else ident.identity_from_name(i.split("/")[0], i)
-                    for i, v in zip(ids, have.tolist())]
-        return [v if isinstance(v, str) else "" for v in have.tolist()]
-
     h_ids, u_ids = sorted(held), sorted(used)
-    h_ident, u_ident = lookup(h_ids, "identity"), lookup(u_ids, "identity")
+    (h_ident, h_print), (u_ident, u_print) = store.identities_of(h_ids), store.identities_of(u_ids)
     found: dict[tuple[int, int], str] = {}
     u_pos = {s: j for j, s in enumerate(u_ids)}
     by_ident: dict[str, list[int]] = {}
@@ -137,8 +128,7 @@ def find_leakage(store: Any, max_distance: int = ident.MAX_DISTANCE) -> LeakageR
             found[(i, u_pos[s])] = "id"
         for j in by_ident.get(h_ident[i], []):
             found.setdefault((i, j), "identity")
-    for i, j in ident.near_pairs(lookup(h_ids, "fingerprint"), lookup(u_ids, "fingerprint"),
-                                 max_distance):
+    for i, j in ident.near_pairs(h_print, u_print, max_distance):
         found.setdefault((i, j), "fingerprint")
     dups = []
     for (i, j), by in sorted(found.items()):

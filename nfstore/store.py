@@ -67,6 +67,7 @@ class Store:
             raise SchemaError(f"{self.location}: expected nf_schema_version {SCHEMA_VERSION}; "
                               f"found {version!r}")
         self._open: dict[str, xr.Dataset] = {}
+        self._identity: Any = None  # identity_table(), read once
         if check:
             from nfstore.schema import check_store
 
@@ -255,18 +256,33 @@ class Store:
 
     def identity_table(self) -> Any:
         """Every stimulus of every table: DataFrame with columns ``stimulus``, ``table``,
-        ``identity``, ``fingerprint`` (one row per stimulus id)."""
-        import pandas as pd
+        ``identity``, ``fingerprint`` (one row per stimulus id; read once per Store)."""
+        if self._identity is None:
+            import pandas as pd
 
-        parts = []
-        for name in self.stimulus_tables():
-            tab = self.stimuli(name)
-            parts.append(pd.DataFrame({"stimulus": tab[STIMULUS].values, "table": name,
-                                       "identity": tab["identity"].values,
-                                       "fingerprint": tab["fingerprint"].values}))
-        if not parts:
-            return pd.DataFrame(columns=["stimulus", "table", "identity", "fingerprint"])
-        return pd.concat(parts, ignore_index=True).drop_duplicates("stimulus")
+            parts = []
+            for name in self.stimulus_tables():
+                tab = self.stimuli(name)
+                parts.append(pd.DataFrame({"stimulus": tab[STIMULUS].values, "table": name,
+                                           "identity": tab["identity"].values,
+                                           "fingerprint": tab["fingerprint"].values}))
+            cols = ["stimulus", "table", "identity", "fingerprint"]
+            self._identity = (pd.concat(parts, ignore_index=True).drop_duplicates("stimulus")
+                              if parts else pd.DataFrame(columns=cols))
+        return self._identity
+
+    def identities_of(self, stimuli: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(identity, fingerprint) of each stimulus id; ids in no table get the identity their
+        name gives (:func:`nfstore.identity.identity_from_name`) and no fingerprint."""
+        from nfstore.identity import identity_from_name
+
+        tab = self.identity_table().set_index("stimulus")
+        ids = list(stimuli)
+        ident = [v if isinstance(v, str) else identity_from_name(i.split("/")[0], i)
+                 for i, v in zip(ids, tab["identity"].reindex(ids).tolist())]
+        prints = [v if isinstance(v, str) else "" for v in
+                  tab["fingerprint"].reindex(ids).tolist()]
+        return ident, prints
 
     def images(self, stimuli: Any, size: tuple[int, int] | None = None) -> xr.DataArray:
         """Pixels of the given stimuli, lazily: DataArray (stimulus, y, x, rgb) uint8.

@@ -100,12 +100,7 @@ def picture_groups(store, stimuli: np.ndarray, max_distance: int) -> np.ndarray:
     """
     from nfstore import identity
 
-    tab = store.identity_table().set_index("stimulus")
-    ids = stimuli.tolist()
-    ident = [v if isinstance(v, str) else identity.identity_from_name(i.split("/")[0], i)
-             for i, v in zip(ids, tab["identity"].reindex(ids).tolist())]
-    prints = [v if isinstance(v, str) else "" for v in tab["fingerprint"].reindex(ids).tolist()]
-    return identity.groups(ident, prints, max_distance)
+    return identity.groups(*store.identities_of(stimuli.tolist()), max_distance)
 
 
 def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
