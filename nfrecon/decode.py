@@ -197,7 +197,8 @@ def fit_refinement(store: nfstore.Store, source: str, alphas: tuple[float, ...] 
     r = RidgeCV(alphas=np.asarray(alphas, np.float64)).fit(X_all, Y_all)
     W = np.asarray(r.coef_.T, np.float32)
     return RidgeFit(W, np.asarray(r.intercept_, np.float32),
-                    np.full(W.shape[1], float(r.alpha_)), np.empty((0, W.shape[1]))), n
+                    np.full(W.shape[1], float(r.alpha_)), np.empty((0, W.shape[1])),
+                    float(np.linalg.norm(Y_all, axis=1).mean())), n
 
 
 def refine(location: str | Path, source: str, name: str, *,
@@ -211,14 +212,7 @@ def refine(location: str | Path, source: str, name: str, *,
     path = _layout.local_store_path(location)
     store = nfstore.open_store(path)
     fit, n = fit_refinement(store, source, alphas, cv)
-    norms = []
-    for key in store.decoded_subjects(source):
-        d = store.decoded(source, key)
-        rows = np.flatnonzero((d["split"].values == "train") & d["out_of_sample"].values)
-        norms.append(np.linalg.norm(store.embeddings(d.attrs.get("embedding", "ip-adapter-sdxl"),
-                                                     stimuli=d.stimulus.values[rows]).values,
-                                    axis=1))
-    target_norm = float(np.concatenate(norms).mean())
+    target_norm = fit.target_norm  # of the train embeddings the refinement was fitted on
     summary = DecodeSummary(name, note=f"refinement alpha {fit.alpha[0]:g}, fitted on {n} "
                                        f"out-of-sample train rows")
     with _layout.writing(path, f"nf refine --name {name}"):

@@ -21,12 +21,14 @@ class RidgeFit:
     ----------
     W : (n_features, n_targets)     b : (n_targets,)     alpha : (n_targets,)
     oof : (n_samples, n_targets), predictions of each fit row by the fold that left it out
+    target_norm : mean L2 norm of the fitted targets' rows
     """
 
     W: np.ndarray
     b: np.ndarray
     alpha: np.ndarray
     oof: np.ndarray
+    target_norm: float = float("nan")
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(X, np.float32) @ self.W + self.b
@@ -73,4 +75,4 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, alphas: tuple[float, ...] = DEFAULT_
     parts = dask.compute(*tasks, scheduler="threads", num_workers=workers)
     W, b, alpha, oof = (np.concatenate([p[i] for p in parts], axis=1 if i in (0, 3) else 0)
                         for i in range(4))
-    return RidgeFit(W, b, alpha, oof)
+    return RidgeFit(W, b, alpha, oof, float(np.linalg.norm(Y, axis=1).mean()))
