@@ -38,9 +38,11 @@ def mean_train_image(store: nfstore.Store, subject: str, size: int, limit: int =
     """The mean of (up to ``limit``) train images of the subject, uint8 (size, size, 3)."""
     from nfrecon.metrics import resize_pil
 
-    stim = np.unique(store.dataset(subject).stimulus.values[
-        store.dataset(subject).split.values == "train"])
-    stim = [s for s in stim if s in set(store.stimuli(subject.split("/")[0]).stimulus.values)]
+    ds = store.dataset(subject)
+    stim = np.unique(ds.stimulus.values[ds.split.values == "train"])
+    tab = store.stimuli(subject.split("/")[0])  # read once, not once per stimulus
+    with_pixels = set(tab.stimulus.values[tab["file"].values != ""].tolist())
+    stim = [s for s in stim if s in with_pixels]
     px = ground_truth(store, np.array(stim[:limit], dtype=object), size)
     px = resize_pil(px, size, "bilinear") if px.shape[1] != size else px
     return np.clip(np.rint(px.astype(np.float64).mean(0)), 0, 255).astype(np.uint8)
