@@ -105,20 +105,15 @@ def fingerprint_files(items: Iterable[tuple[str, int]], root: Path, workers: int
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one_file, files))
-        for f, idx in bricks.items():
-            import h5py
+        from nfstore.stimuli import read_brick_rows
 
-            rows = np.array([items[i][1] for i in idx])
-            order = np.argsort(rows)
-            with h5py.File(root / f, "r") as h5:
-                brick = h5["imgBrick"]
-                for start in range(0, len(order), 256):
-                    part = [idx[j] for j in order[start:start + 256]]
-                    block = brick[sorted({items[i][1] for i in part})]
-                    where = {r: k for k, r in enumerate(sorted({items[i][1] for i in part}))}
-                    prints = list(pool.map(fingerprint, list(block)))
-                    for i in part:
-                        out[i] = prints[where[items[i][1]]]
+        for f, idx in bricks.items():
+            for start in range(0, len(idx), 256):  # rows of an image brick, 256 at a time
+                part = idx[start:start + 256]
+                block = read_brick_rows(np.array([items[i][1] for i in part]), str(root / f),
+                                         "imgBrick")
+                for i, p in zip(part, pool.map(fingerprint, list(block))):
+                    out[i] = p
     return out
 
 

@@ -13,7 +13,7 @@ from nfstore.errors import MissingFileError, QueryError
 from nfstore.readers.base import StimulusTable
 
 
-def _read_brick_rows(rows: np.ndarray, path: str, key: str) -> np.ndarray:
+def read_brick_rows(rows: np.ndarray, path: str, key: str) -> np.ndarray:
     """Read rows of an (N, H, W, 3) HDF5 image brick in the given order."""
     import h5py
 
@@ -76,7 +76,7 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
         path = raw_root / next(iter(bricks))
         shape = brick_shape(path)
         rows = da.from_array(index.astype(np.int64), chunks=chunk)
-        return rows.map_blocks(_read_brick_rows, str(path), "imgBrick", dtype=np.uint8,
+        return rows.map_blocks(read_brick_rows, str(path), "imgBrick", dtype=np.uint8,
                                new_axis=[1, 2, 3], chunks=(rows.chunks[0], *shape[1:]))
     paths = tuple(str(raw_root / f) for f in files.tolist())
     missing = [p for p in paths if not Path(p).is_file()]
