@@ -81,6 +81,8 @@ def refine(store: str, decoded: str, name: str, no_rescale: bool) -> None:
 @click.option("--decoded", required=True, help="Decoded set to reconstruct from.")
 @click.option("--sdxl", required=True, type=click.Path(), help="Local diffusers SDXL folder "
               "(model_index.json, unet/, vae/, ...) or a single .safetensors file.")
+@click.option("--sdxl-config", type=click.Path(), help="With a single-file --sdxl: a local "
+              "diffusers SDXL folder for the configs and tokenizers (weights not needed).")
 @click.option("--ip-adapter", required=True, type=click.Path(),
               help="Local h94/IP-Adapter copy (sdxl_models/ip-adapter_sdxl.{safetensors,bin}).")
 @click.option("--name", help="Reconstruction set [<decoded>, or <decoded>-oracle].")
@@ -105,8 +107,8 @@ def refine(store: str, decoded: str, name: str, no_rescale: bool) -> None:
               help="Reconstruct from the true cached embeddings: the oracle row.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many rows per subject.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def reconstruct(store: str, decoded: str, sdxl: str, ip_adapter: str, name: str | None,
-                subjects: tuple[str, ...] | None, split: str, encoder: str | None,
+def reconstruct(store: str, decoded: str, sdxl: str, sdxl_config: str | None, ip_adapter: str,
+                name: str | None, subjects: tuple[str, ...] | None, split: str, encoder: str | None,
                 from_embeddings: bool, limit: int | None, progress: bool,
                 **params: object) -> None:
     """Images from decoded embeddings with SDXL + IP-Adapter (local weights only)."""
@@ -117,7 +119,8 @@ def reconstruct(store: str, decoded: str, sdxl: str, ip_adapter: str, name: str 
     name = name or (f"{decoded}-oracle" if from_embeddings else decoded)
     click.echo(run(store, decoded, sdxl, ip_adapter, name, cfg,
                    subjects=list(subjects) if subjects else None, split=split, encoder=encoder,
-                   from_embeddings=from_embeddings, limit=limit, progress=progress).line())
+                   from_embeddings=from_embeddings, limit=limit, progress=progress,
+                   sdxl_config=sdxl_config).line())
 
 
 @click.command("export-images")
@@ -159,14 +162,16 @@ def export_images(store: str, out: str, name: str, subjects: tuple[str, ...] | N
 @click.option("--classifier", type=click.Path(),
               help="vit_h_14_swag-80465313.pth (torchvision vit_h_14): adds the paper's 50-way "
                    "Top-1 acc.")
-@click.option("--sdxl", type=click.Path(), help="SDXL folder: adds the ground truth through "
-              "its VAE and back (the low-level ceiling).")
+@click.option("--sdxl", type=click.Path(), help="SDXL folder or single .safetensors: adds the "
+              "ground truth through its VAE and back (the low-level ceiling).")
+@click.option("--sdxl-config", type=click.Path(), help="With a single-file --sdxl: its "
+              "diffusers config folder.")
 @click.option("--figures", "figures_dir", type=click.Path(file_okay=False),
               help="Write a reconstruction grid per subject and the metric chart here.")
 def metrics(store: str, name: str, weights: str, clip: str, variant: str,
             subjects: tuple[str, ...] | None, oracle: str | None, device: str, seed: int,
             out: str | None, table_dir: str | None, label: str, classifier: str | None,
-            sdxl: str | None, figures_dir: str | None) -> None:
+            sdxl: str | None, sdxl_config: str | None, figures_dir: str | None) -> None:
     """PixCorr, SSIM, AlexNet(2/5), Inception, CLIP, EffNet-B, SwAV of a reconstruction set,
     exactly as MindEye2's (default) or Brain-Diffuser's code computes them, with baselines."""
     from pathlib import Path
@@ -177,6 +182,7 @@ def metrics(store: str, name: str, weights: str, clip: str, variant: str,
     rep = metrics_report(store, name, weights, clip, variant=variant,
                          subjects=list(subjects) if subjects else None, oracle=oracle,
                          device=device, seed=seed, progress=True, sdxl=sdxl,
+                         sdxl_config=sdxl_config,
                          classifier=load_classifier(classifier, device) if classifier else None)
     for key, row in rep["subjects"].items():
         click.echo(f"{key}: " + ", ".join(f"{k} {v['mean']:.3f} [{v['ci95'][0]:.3f}, "

@@ -34,7 +34,8 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
 
     `pool` writes a folder of ImageNet-named images for `nf embed --pool`; with
     `--set god=GOD_TREE` it repeats some GOD test images (as real pools can). `models` writes a
-    tiny random SDXL pipeline (diffusers folder, OUT_DIR/sdxl) and IP-Adapter (h94 layout,
+    tiny random SDXL pipeline (diffusers folder, OUT_DIR/sdxl, and the same weights as one
+    original-layout checkpoint, OUT_DIR/sdxl-single/sdxl.safetensors) and IP-Adapter (h94 layout,
     OUT_DIR/ip-adapter) for `nf reconstruct`, a tiny image encoder (OUT_DIR/encoder), and
     random stand-ins for the metric networks under their real file names (OUT_DIR/metrics).
     """

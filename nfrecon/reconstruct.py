@@ -95,6 +95,27 @@ def locate_sdxl(path: str | Path) -> Path:
     return p
 
 
+def locate_sdxl_config(sdxl: Path, config: str | Path | None) -> Path | None:
+    """The config folder for a single-file ``sdxl`` (None for a diffusers folder).
+
+    diffusers builds the components of a single checkpoint from a diffusers folder's configs
+    and tokenizers; without one it downloads them, so a local folder is required here (the
+    configs of ``stabilityai/stable-diffusion-xl-base-1.0`` suit the SDXL base checkpoint).
+    """
+    if sdxl.is_dir():
+        return None
+    if config is None:
+        raise OptionError(f"--sdxl-config: --sdxl {sdxl} is a single checkpoint file, which "
+                          f"needs a local diffusers SDXL folder for its configs and tokenizers "
+                          f"({', '.join(SDXL_FILES)}; weights not needed); none given")
+    c = Path(config)
+    missing = [f for f in SDXL_FILES if not (c / f).exists()]
+    if missing:
+        raise MissingFileError(f"--sdxl-config {c}: expected a diffusers SDXL folder with "
+                               f"{', '.join(SDXL_FILES)}; missing {', '.join(missing)}")
+    return c
+
+
 def locate_ip_adapter(path: str | Path) -> Path:
     """The IP-Adapter weights file in a local h94/IP-Adapter layout."""
     p = Path(path)
@@ -105,12 +126,19 @@ def locate_ip_adapter(path: str | Path) -> Path:
                            f"IP-Adapter layout); found neither")
 
 
-def load_pipeline(sdxl: str | Path, ip_adapter: str | Path, cfg: ReconConfig) -> Any:
-    """SDXL pipeline with the IP-Adapter loaded, from local files only (nothing fetched)."""
+def load_pipeline(sdxl: str | Path, ip_adapter: str | Path, cfg: ReconConfig,
+                  sdxl_config: str | Path | None = None) -> Any:
+    """SDXL pipeline with the IP-Adapter loaded, from local files only (nothing fetched).
+
+    ``sdxl`` is a diffusers folder or one original-layout ``.safetensors`` checkpoint; the
+    latter takes its configs and tokenizers from the diffusers folder ``sdxl_config``.
+    """
     import diffusers
     import torch
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     where, ip_file = locate_sdxl(sdxl), locate_ip_adapter(ip_adapter)
+    config = locate_sdxl_config(where, sdxl_config)
     dtype = {"auto": torch.float16 if cfg.device.startswith("cuda") else torch.float32,
              "float32": torch.float32, "float16": torch.float16,
              "bfloat16": torch.bfloat16}[cfg.dtype]
@@ -119,14 +147,15 @@ def load_pipeline(sdxl: str | Path, ip_adapter: str | Path, cfg: ReconConfig) ->
     try:
         if where.is_file():
             pipe = diffusers.StableDiffusionXLPipeline.from_single_file(
-                str(where), dtype=dtype, local_files_only=True)
+                str(where), config=str(config), dtype=dtype, local_files_only=True)
         else:
             pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
                 str(where), dtype=dtype, local_files_only=True)
         pipe.load_ip_adapter(str(ip_file.parents[1]), subfolder=ip_file.parent.name,
                              weight_name=ip_file.name, image_encoder_folder=None,
                              local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError,
+            SingleFileComponentError) as err:
         raise MissingFileError(f"--sdxl {where} / --ip-adapter {ip_file}: cannot load "
                                f"({type(err).__name__}: {' '.join(str(err).split())[:200]})"
                                ) from None
@@ -263,9 +292,11 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
                 name: str, cfg: ReconConfig, *, subjects: list[str] | None = None,
                 split: str = "test", encoder: str | Path | None = None,
                 from_embeddings: bool = False, limit: int | None = None,
-                progress: bool = False, on_row: Any = None) -> ReconSummary:
+                progress: bool = False, on_row: Any = None,
+                sdxl_config: str | Path | None = None) -> ReconSummary:
     """Reconstruct the ``split`` rows of decoded set ``decoded`` (or, ``from_embeddings``,
-    the true cached embeddings of the same stimuli: the oracle row)."""
+    the true cached embeddings of the same stimuli: the oracle row). ``sdxl_config``: the
+    config folder of a single-file ``sdxl`` (see `load_pipeline`)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -282,7 +313,7 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
     if cfg.samples > 1 and encoder is None:
         raise OptionError("--encoder: choosing the best of --samples N > 1 needs the image "
                           "encoder used by `nf embed` (its weights path)")
-    pipe = load_pipeline(sdxl, ip_adapter, cfg)
+    pipe = load_pipeline(sdxl, ip_adapter, cfg, sdxl_config)
     enc = None
     summary = ReconSummary(name)
     with _layout.writing(path, f"nf reconstruct --name {name}"):

@@ -84,12 +84,14 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
                    variant: str = "mindeye2", subjects: list[str] | None = None,
                    oracle: str | None = None, device: str = "cpu", seed: int = 0,
                    classifier: Any = None, sdxl: str | Path | None = None,
+                   sdxl_config: str | Path | None = None,
                    progress: bool = False) -> dict[str, Any]:
     """Metrics of reconstruction set ``name`` and its baselines; per-image values stored.
 
     ``classifier`` (uint8 images -> ImageNet probabilities, e.g.
     :func:`nfrecon.semantic.load_classifier`) adds the paper's 50-way "Top-1 acc"; ``sdxl``
-    (a diffusers folder) adds the VAE round trip of the ground truth (the low-level ceiling).
+    (a diffusers folder, or a single checkpoint with its ``sdxl_config`` folder) adds the VAE
+    round trip of the ground truth (the low-level ceiling).
     """
     import zarr
     from tqdm.auto import tqdm
@@ -104,7 +106,7 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
     base = f"{RECON_GROUP}/{name}"
     keys = recon_subjects(path, name, subjects)
     networks = M.load_networks(M.weight_paths(weights, variant), clip, device)
-    vae = _load_vae(sdxl, device) if sdxl else None
+    vae = vae_roundtrip(sdxl, device, sdxl_config) if sdxl else None
 
     def score(gt: np.ndarray, imgs: np.ndarray) -> dict[str, np.ndarray]:
         vals = M.image_metrics(gt, imgs, networks, variant, device)
@@ -180,15 +182,19 @@ def _retrieval(store: nfstore.Store, group: Any, stim: np.ndarray, seed: int
     return brain_retrieval(pred, target, seed)
 
 
-def _load_vae(sdxl: str | Path, device: str) -> Any:
-    """SDXL's VAE (local folder): uint8 images -> encode -> decode -> uint8 images."""
+def vae_roundtrip(sdxl: str | Path, device: str, config: str | Path | None = None) -> Any:
+    """SDXL's VAE (local files): uint8 images -> encode -> decode -> uint8 images."""
     import torch
     from diffusers import AutoencoderKL
 
-    from nfrecon.reconstruct import locate_sdxl
+    from nfrecon.reconstruct import locate_sdxl, locate_sdxl_config
 
     where = locate_sdxl(sdxl)
-    vae = AutoencoderKL.from_pretrained(str(where), subfolder="vae", local_files_only=True)
+    folder = locate_sdxl_config(where, config)
+    vae = (AutoencoderKL.from_pretrained(str(where), subfolder="vae", local_files_only=True)
+           if folder is None else
+           AutoencoderKL.from_single_file(str(where), config=str(folder), subfolder="vae",
+                                          local_files_only=True))
     vae = vae.eval().to(device)
 
     def roundtrip(images: np.ndarray) -> np.ndarray:

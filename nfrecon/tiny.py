@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 EMBED_DIM = 1280
-CROSS_DIM = 64
+TEXT_WIDTHS = (32, 48)  # CLIP-L and OpenCLIP-bigG stand-ins; they differ, as 768 and 1280 do
+CROSS_DIM = sum(TEXT_WIDTHS)
 CHANNELS = (32, 64)
 
 
@@ -47,7 +48,7 @@ def tiny_pipeline(work: Path, seed: int = 0):  # noqa: ANN201
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
         use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=80, cross_attention_dim=CROSS_DIM,
+        projection_class_embeddings_input_dim=6 * 8 + TEXT_WIDTHS[1], cross_attention_dim=CROSS_DIM,
         norm_num_groups=8)
     vae = AutoencoderKL(block_out_channels=[8, 16], in_channels=3, out_channels=3,
                         down_block_types=["DownEncoderBlock2D"] * 2,
@@ -55,13 +56,14 @@ def tiny_pipeline(work: Path, seed: int = 0):  # noqa: ANN201
                         norm_num_groups=8, sample_size=16)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
                                        beta_schedule="scaled_linear", timestep_spacing="leading")
-    text = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=2, hidden_size=32,
-                          intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-                          num_hidden_layers=2, vocab_size=1000, hidden_act="gelu",
-                          projection_dim=32)
+    text = [CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=2, hidden_size=w,
+                           intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
+                           num_hidden_layers=2, vocab_size=1000, hidden_act="gelu",
+                           projection_dim=w) for w in TEXT_WIDTHS]
     tok = _tokenizer(work / "tok")
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text), text_encoder_2=CLIPTextModelWithProjection(text),
+        vae=vae, text_encoder=CLIPTextModel(text[0]),
+        text_encoder_2=CLIPTextModelWithProjection(text[1]),
         tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=scheduler, image_encoder=None,
         feature_extractor=None)
 
@@ -94,8 +96,11 @@ def ip_adapter_state(unet, seed: int = 0) -> dict[str, dict]:  # noqa: ANN001
 
 
 def write_tiny_models(out: Path, seed: int = 0) -> dict[str, Path]:
-    """Write ``out/sdxl`` (diffusers folder) and ``out/ip-adapter`` (h94 layout); returns both."""
+    """Write ``out/sdxl`` (diffusers folder), the same weights as one original-layout
+    checkpoint ``out/sdxl-single/sdxl.safetensors``, and ``out/ip-adapter`` (h94 layout)."""
     from safetensors.torch import save_file
+
+    from nfrecon.single_file import write_single_file
 
     out = Path(out)
     pipe = tiny_pipeline(out / "_tmp", seed)
@@ -107,7 +112,8 @@ def write_tiny_models(out: Path, seed: int = 0) -> dict[str, Path]:
     import shutil
 
     shutil.rmtree(out / "_tmp", ignore_errors=True)
-    return {"sdxl": out / "sdxl", "ip_adapter": out / "ip-adapter"}
+    single = write_single_file(out / "sdxl", out / "sdxl-single" / "sdxl.safetensors")
+    return {"sdxl": out / "sdxl", "ip_adapter": out / "ip-adapter", "sdxl_single": single}
 
 
 def write_metric_weights(out: Path, seed: int = 0) -> dict[str, Path]:

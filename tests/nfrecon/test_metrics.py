@@ -180,7 +180,7 @@ def test_classifier_and_vae_baseline_in_the_report(weights: dict[str, Path], tra
                                                    tmp_path: Path) -> None:
     from nfrecon.decode import decode_ridge
     from nfrecon.reconstruct import ReconConfig, reconstruct
-    from nfrecon.report import _load_vae, metrics_report
+    from nfrecon.report import metrics_report, vae_roundtrip
     from nfrecon.tiny import write_tiny_models
 
     store = Path(shutil.copytree(train_store_ro, tmp_path / "nf.zarr"))
@@ -210,7 +210,7 @@ def test_classifier_and_vae_baseline_in_the_report(weights: dict[str, Path], tra
     with torch.no_grad():
         y = vae.decode(vae.encode(x).latent_dist.mean).sample
     want = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    np.testing.assert_array_equal(_load_vae(models["sdxl"], "cpu")(np.asarray(gt)), want)
+    np.testing.assert_array_equal(vae_roundtrip(models["sdxl"], "cpu")(np.asarray(gt)), want)
 
 
 def test_clip_from_an_openai_file_equals_the_model(tmp_path: Path) -> None:
