@@ -130,6 +130,14 @@ def metrics_on_gpu(n: int = 1000) -> None:
     M.image_metrics(gt, rec, nets, "mindeye2", "cuda")
     dt = time.perf_counter() - t0
     print(f"all eight metrics on {n} pairs at 425 px, CUDA: {n / dt:.1f} pairs/s")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from bench_metrics import naive_seconds_per_pair
+
+    t_naive = naive_seconds_per_pair(nets, gt[:100], rec[:100], "cuda")
+    print(f"  naive, one pair at a time (100 pairs), CUDA: {1 / t_naive:.1f} pairs/s; ratio "
+          f"batched / naive {t_naive * n / dt:.2f}x (goal >= 5x)")
 
 
 if __name__ == "__main__":
