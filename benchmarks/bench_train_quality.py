@@ -27,7 +27,8 @@ from nftrain.train import train  # noqa: E402
 
 NEW = "god/sub-03"
 BASE = dict(adapter_dim=256, width=256, depth=2, batch_size=64, epochs=40, lr=1e-3,
-            patience=10, val_fraction=0.15, input_noise=0.15, seed=0)
+            patience=10, val_fraction=0.15, input_noise=0.15, seed=0,
+            ridge_init=False, regression=0.0, select="loss")  # the README's figures: InfoNCE only
 
 
 def build_store() -> Path:

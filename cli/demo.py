@@ -86,10 +86,11 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
                [f"output_dir={json.dumps(str(run))}", f"seed={seed}"])
     summary = train(store_path, cfg, progress=False)
     echo(f"[8/{steps}] train: {summary.exclusion_line()}\n      {summary.line()}")
-    metrics = evaluate(store_path, run / "best", split="test")
+    metrics = evaluate(store_path, run / "best", split="test", baseline="ridge")
     write(metrics, workdir / "metrics.json")
     echo(f"[9/{steps}] evaluate (test split, repeat-averaged; retrieval among each subject's "
-         f"unique test images) -> {workdir / 'metrics.json'}")
+         f"unique test images; ridge rows: the closed-form baseline of `nf decode-ridge` on the "
+         f"same candidates) -> {workdir / 'metrics.json'}")
     for line in table(metrics).splitlines():
         echo("      " + line)
     from nfrecon.decode import decode_ridge, predict, refine

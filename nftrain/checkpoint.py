@@ -36,7 +36,7 @@ def save(folder: Path, model: Decoder, meta: dict[str, Any], extra: dict[str, An
     meta = {**meta, "model": {"subjects": list(spec.subjects), "n_voxels": list(spec.n_voxels),
                               "adapter_dim": spec.adapter_dim, "width": spec.width,
                               "depth": spec.depth, "dropout": spec.dropout,
-                              "embed_dim": spec.embed_dim}}
+                              "embed_dim": spec.embed_dim, "skip": spec.skip}}
     (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=str))
     if optimizer is not None:
         state, scalars = _optimizer_state(optimizer)
@@ -144,7 +144,8 @@ def load(folder: str | Path, device: str = "cpu") -> tuple[Decoder, dict[str, An
         meta = json.loads((folder / "config.json").read_text())
         m = meta["model"]
         spec = ModelSpec(tuple(m["subjects"]), tuple(m["n_voxels"]), m["adapter_dim"],
-                         m["width"], m["depth"], m["dropout"], m["embed_dim"])
+                         m["width"], m["depth"], m["dropout"], m["embed_dim"],
+                         bool(m.get("skip", False)))
         tensors = load_file(str(folder / "model.safetensors"))
         model = Decoder(spec)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

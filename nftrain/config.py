@@ -20,7 +20,8 @@ from nfstore.errors import OptionError
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on.
+    """Everything a training run depends on. The defaults are the recommended setting
+    (``nf train STORE --set subjects=...`` with no ``--config``; README, "Decoder quality").
 
     Attributes
     ----------
@@ -45,6 +46,11 @@ class TrainConfig:
         ``nf leakage`` anywhere in the store (default: leave them out, and report how many)
     duplicate_max_distance : fingerprint bits within which two images are the same picture
     regression : weight of a cosine regression term (1 - cos(output, target)) added to InfoNCE
+    ridge_init : start from closed-form ridge: a linear path from the adapter space to the
+        embedding (the train targets' principal axes), each adapter set to the ridge solution
+        into that space, the MLP's output layer at zero (see :mod:`nftrain.ridge_init`)
+    select : validation figure that picks the best epoch and drives early stopping: ``loss``
+        (InfoNCE) or ``top1`` (retrieval top-1 within validation batches; ties: lower loss)
     accumulate : optimizer step every this many batches (gradients averaged); under torchrun
         each rank's batch counts as one, so N ranks equal one process with ``accumulate = N``
     """
@@ -59,12 +65,12 @@ class TrainConfig:
     width: int = 1024
     depth: int = 2
     dropout: float = 0.1
-    lr: float = 1e-4
+    lr: float = 3e-4
     weight_decay: float = 1e-3
     warmup_steps: int = 0
     schedule: str = "cosine"
     batch_size: int = 256
-    epochs: int = 10
+    epochs: int = 30
     seed: int = 0
     device: str = "cpu"
     output_dir: str = "runs/nf"
@@ -81,7 +87,9 @@ class TrainConfig:
     keep_test_duplicates: bool = False
     duplicate_max_distance: int = 3
     accumulate: int = 1
-    regression: float = 0.0
+    regression: float = 1.0
+    ridge_init: bool = True
+    select: str = "top1"
 
     def __post_init__(self) -> None:
         if not self.subjects:
@@ -100,6 +108,7 @@ class TrainConfig:
                   ("cache_mb", self.cache_mb >= 1, "a positive integer"),
                   ("accumulate", self.accumulate >= 1, "a positive integer"),
                   ("regression", self.regression >= 0, "a number >= 0"),
+                  ("select", self.select in ("loss", "top1"), "loss or top1"),
                   ("duplicate_max_distance", 0 <= self.duplicate_max_distance <= 64,
                    "an integer in [0, 64]")]
         for name, ok, want in checks:

@@ -1,4 +1,6 @@
-"""The decoder: per-subject adapters -> shared residual MLP backbone -> head to the embedding.
+"""The decoder: per-subject adapters -> shared residual MLP backbone -> head to the embedding,
+plus, with ``skip``, a shared linear map from the adapter space straight to the embedding (the
+path that ``ridge_init`` sets to a closed-form ridge solution; see :mod:`nftrain.ridge_init`).
 
 Every layer acts on one sample at a time (Linear, LayerNorm, GELU, dropout): a sample's output
 never depends on the other samples of its batch (the original code's transformer attended across
@@ -23,6 +25,7 @@ class ModelSpec:
     n_voxels : voxels per subject (native counts, no padding)
     adapter_dim, width, depth, dropout : sizes
     embed_dim : width of the target embedding (1280 for ip-adapter-sdxl)
+    skip : add the linear path ``adapter space -> embedding`` beside the MLP
     """
 
     subjects: tuple[str, ...]
@@ -32,6 +35,7 @@ class ModelSpec:
     depth: int
     dropout: float
     embed_dim: int
+    skip: bool = False
 
 
 class Block(nn.Module):
@@ -63,13 +67,16 @@ class Decoder(nn.Module):
         self.drop = nn.Dropout(spec.dropout)
         self.blocks = nn.Sequential(*(Block(spec.width, spec.dropout) for _ in range(spec.depth)))
         self.head = nn.Sequential(nn.LayerNorm(spec.width), nn.Linear(spec.width, spec.embed_dim))
+        self.skip = nn.Linear(spec.adapter_dim, spec.embed_dim) if spec.skip else None
 
     def embed_subject(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """(n, n_voxels) betas of adapter ``index`` -> (n, embed_dim)."""
         return self.trunk(self.adapters[index](x))
 
     def trunk(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.drop(self.proj(nn.functional.gelu(h)))))
+        """(n, adapter_dim) adapter outputs -> (n, embed_dim)."""
+        out = self.head(self.blocks(self.drop(self.proj(nn.functional.gelu(h)))))
+        return out if self.skip is None else out + self.skip(h)
 
     def forward(self, groups: dict[int, tuple[torch.Tensor, torch.Tensor]],
                 batch_size: int) -> torch.Tensor:
@@ -84,8 +91,8 @@ class Decoder(nn.Module):
         start = len(self.adapters)
         for v in n_voxels:
             self.adapters.append(nn.Linear(v, self.spec.adapter_dim))
-        self.spec = ModelSpec(self.spec.subjects + tuple(keys),
-                              self.spec.n_voxels + tuple(n_voxels), self.spec.adapter_dim,
-                              self.spec.width, self.spec.depth, self.spec.dropout,
-                              self.spec.embed_dim)
+        from dataclasses import replace
+
+        self.spec = replace(self.spec, subjects=self.spec.subjects + tuple(keys),
+                            n_voxels=self.spec.n_voxels + tuple(n_voxels))
         return list(range(start, len(self.adapters)))

@@ -1,7 +1,9 @@
 """``nf train`` / ``nf finetune``: the training loop, top to bottom.
 
 config -> store data -> model -> AdamW + schedule -> epochs of (train batches, validation) ->
-best checkpoint on validation loss, early stopping, ``last/`` for resuming.
+best checkpoint on validation loss or top-1 (``select``), early stopping, ``last/`` for
+resuming. With ``ridge_init`` the model starts as the closed-form ridge decoder and that start
+is validated as epoch 0 (:mod:`nftrain.ridge_init`).
 """
 
 from __future__ import annotations
@@ -18,24 +20,24 @@ import torch
 
 import nfstore
 from nfstore._version import __version__
-from nfstore.errors import NFError, OptionError, StoreError
+from nfstore.errors import OptionError, StoreError
 from nftrain import checkpoint
 from nftrain.config import TrainConfig
 from nftrain.data import Batch, Dataset, batches, load_dataset, prefetch, with_adapters
+from nftrain.errors import TrainingError
 from nftrain.losses import cosine_loss, info_nce
 from nftrain.model import Decoder, ModelSpec
-
-
-class TrainingError(NFError, FloatingPointError):
-    """Training met a non-finite value (loss, model outputs or inputs)."""
+from nftrain.ridge_init import ridge_initialise
 
 
 @dataclass
 class TrainSummary:
     output_dir: Path
     epochs_run: int = 0
-    best_epoch: int = -1
+    best_epoch: int = -1  # 1-based; 0: the ridge start (ridge_init); -1: none
     best_val_loss: float = float("inf")
+    best_val_top1: float = float("nan")
+    ridge: dict[str, Any] | None = None  # ridge_init: axes and alpha per subject
     samples: int = 0
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -49,8 +51,9 @@ class TrainSummary:
         if not checkpoint.is_complete(self.output_dir / "best"):
             return head + (f"no checkpoint written: the validation loss was never finite "
                            f"(last {self.output_dir / 'last'})")
-        return head + (f"best validation loss {self.best_val_loss:.4f} at epoch "
-                       f"{self.best_epoch + 1}; checkpoint {self.output_dir / 'best'}")
+        at = "the ridge start" if self.best_epoch == 0 else f"epoch {self.best_epoch}"
+        return head + (f"best validation loss {self.best_val_loss:.4f}, top-1 "
+                       f"{self.best_val_top1:.3f} at {at}; checkpoint {self.output_dir / 'best'}")
 
     def exclusion_line(self) -> str:
         e = self.excluded
@@ -153,6 +156,16 @@ def schedule(cfg: TrainConfig, total: int) -> Callable[[int], float]:
     return factor
 
 
+def _better(val: dict[str, float], state: dict[str, Any], select: str) -> bool:
+    """Is this validation better than the best so far (``select``: loss, or top1 then loss)?"""
+    if not math.isfinite(val["val_loss"]):
+        return False
+    if select == "top1":
+        return (val["val_top1"], -val["val_loss"]) > (state["best_val_top1"],
+                                                      -state["best_val_loss"])
+    return val["val_loss"] < state["best_val_loss"]
+
+
 @torch.no_grad()
 def validate(model: Decoder, data: Dataset, cfg: TrainConfig, E: torch.Tensor,
              temperature: torch.Tensor | float, device: torch.device) -> dict[str, float]:
@@ -216,8 +229,17 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
         log_t = extra.get("log_temperature")
     else:
         model = Decoder(ModelSpec(tuple(cfg.subjects), tuple(n_voxels), cfg.adapter_dim,
-                                  cfg.width, cfg.depth, cfg.dropout, int(E.shape[1])))
+                                  cfg.width, cfg.depth, cfg.dropout, int(E.shape[1]),
+                                  skip=cfg.ridge_init))
         log_t = None
+    if cfg.ridge_init and not resume:
+        if model.skip is None:
+            raise OptionError(f"ridge_init: the checkpoint {init} has no linear skip path "
+                              f"(it was trained without ridge_init); set ridge_init=false")
+        info = ridge_initialise(model, data, cfg, fresh=init is None)
+        summary_ridge = info
+    else:
+        summary_ridge = None
     model.to(device)
     log_temperature = torch.nn.Parameter(
         (log_t.reshape(()) if log_t is not None else torch.tensor(math.log(cfg.temperature))
@@ -232,9 +254,10 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
                           f"batch_size or accumulate")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(cfg, cfg.epochs * per_epoch))
     progress_state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0,
-                      "best_val_loss": float("inf"), "best_epoch": -1, "bad_epochs": 0,
+                      "best_val_loss": float("inf"), "best_val_top1": -1.0, "best_epoch": -1,
+                      "bad_epochs": 0,
                       "samples": 0}
-    summary = TrainSummary(out, excluded=dict(data.excluded))
+    summary = TrainSummary(out, excluded=dict(data.excluded), ridge=summary_ridge)
     if rank == 0:
         checkpoint.recover(out / "last")
         checkpoint.recover(out / "best")
@@ -280,9 +303,29 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)
 
+    def after_validation(epoch: int) -> None:
+        """Validate (rank 0 decides), record, keep the best; ``epoch`` 0 is the start."""
+        val = validate(model, data, cfg, E, log_temperature.exp(), device) if rank == 0 else {}
+        if world > 1:  # rank 0 decides; everyone follows
+            box = [val]
+            torch.distributed.broadcast_object_list(box, src=0)
+            val = box[0]
+        summary.history.append({"epoch": epoch, **val})
+        if _better(val, progress_state, cfg.select):
+            progress_state.update(best_val_loss=val["val_loss"], best_val_top1=val["val_top1"],
+                                  best_epoch=epoch, bad_epochs=0)
+            save("best", False)
+        elif epoch > 0:
+            progress_state["bad_epochs"] += 1
+        if progress and rank == 0:
+            print(f"epoch {epoch}{' (start)' if epoch == 0 else ''}: val_loss "
+                  f"{val['val_loss']:.4f}, val_top1 {val['val_top1']:.3f}", flush=True)
+
     amp = cfg.amp and device.type == "cuda"
     from tqdm.auto import tqdm
 
+    if cfg.ridge_init and not resume:  # the ridge start is a candidate for the best epoch
+        after_validation(0)
     model.train()
     for epoch in range(progress_state["epoch"], cfg.epochs):
         bar = tqdm(total=per_epoch, initial=progress_state["step_in_epoch"], unit="batch",
@@ -325,28 +368,16 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
             if on_step is not None:
                 on_step(progress_state["global_step"])
         bar.close()
-        val = validate(model, data, cfg, E, log_temperature.exp(), device) if rank == 0 else {}
-        if world > 1:  # rank 0 decides; everyone follows
-            box = [val]
-            torch.distributed.broadcast_object_list(box, src=0)
-            val = box[0]
-        summary.history.append({"epoch": epoch + 1, **val})
         progress_state.update(epoch=epoch + 1, step_in_epoch=0)
-        if math.isfinite(val["val_loss"]) and val["val_loss"] < progress_state["best_val_loss"]:
-            progress_state.update(best_val_loss=val["val_loss"], best_epoch=epoch, bad_epochs=0)
-            save("best", False)
-        else:
-            progress_state["bad_epochs"] += 1
+        after_validation(epoch + 1)
         save("last", True)
-        if progress and rank == 0:
-            print(f"epoch {epoch + 1}: val_loss {val['val_loss']:.4f}, val_top1 "
-                  f"{val['val_top1']:.3f}", flush=True)
         if cfg.patience and progress_state["bad_epochs"] >= cfg.patience:
             break
     summary.weights_sha256 = checkpoint.digest(model)
     summary.epochs_run = progress_state["epoch"]
     summary.best_epoch = progress_state["best_epoch"]
     summary.best_val_loss = progress_state["best_val_loss"]
+    summary.best_val_top1 = progress_state["best_val_top1"]
     summary.samples = progress_state["samples"]
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -41,7 +41,10 @@ def test_nonfinite_inputs_stop_training_with_step_and_subject(train_store: Path,
     arr[rows, :] = np.nan
     with pytest.raises(TrainingError, match=r"^step \d+: non-finite inputs for subject "
                                             r"nsd/subj02 \(\d+ values"):
-        train(train_store, small_cfg(epochs=1))
+        train(train_store, small_cfg(epochs=1, ridge_init=False))
+    with pytest.raises(TrainingError, match=r"^ridge_init: non-finite train betas for subject "
+                                            r"nsd/subj02 \(\d+ values"):
+        train(train_store, small_cfg(epochs=1))  # the ridge start reads them first
 
 
 def test_summary_never_names_an_unwritten_checkpoint(train_store: Path, small_cfg) -> None:
