@@ -8,9 +8,12 @@ import click
 @click.command("embed")
 @click.argument("store", type=click.Path(file_okay=False))
 @click.option("--model", default="ip-adapter-sdxl", show_default=True,
-              type=click.Choice(["ip-adapter-sdxl", "ip-adapter-sdxl-vit-h", "pixels"]))
+              type=click.Choice(["ip-adapter-sdxl", "ip-adapter-sdxl-vit-h", "pixels",
+                                 "sdxl-vae"]))
 @click.option("--size", type=click.IntRange(4, 256), default=32, show_default=True,
               help="pixels: downsampled image size (no weights needed).")
+@click.option("--latent-size", type=click.IntRange(4, 128), default=28, show_default=True,
+              help="sdxl-vae: latent side (images resized to 8x: 28 -> 224 px, 4x28x28).")
 @click.option("--weights", type=click.Path(),
               help="Image encoder: HF CLIPVisionModelWithProjection folder, open_clip folder or "
                    "weights file, or the root of a local h94/IP-Adapter copy.")
@@ -31,14 +34,17 @@ import click
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other weights.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def embed(store: str, model: str, size: int, weights: str | None, stimuli: str,
+def embed(store: str, model: str, size: int, latent_size: int, weights: str | None,
+          stimuli: str,
           pool_dir: str | None,
           pool_name: str, batch_size: int, device: str, workers: int, dtype: str, tokens: bool,
           skip_bad: bool, overwrite: bool, progress: bool) -> None:
     """Embed every stimulus image of STORE not cached yet (resumable).
 
     `--model pixels` caches downsampled RGB pixels (`--size`) of every dataset image instead,
-    the low-level target of `nf decode-ridge --target pixels`."""
+    the low-level target of `nf decode-ridge --target pixels`; `--model sdxl-vae --weights
+    SDXL_DIR` caches the SDXL VAE's raw latents (`--latent-size`), the target of
+    `nf decode-ridge --target sdxl-vae`."""
     from pathlib import Path
 
     from nfstore.errors import OptionError
@@ -51,7 +57,15 @@ def embed(store: str, model: str, size: int, weights: str | None, stimuli: str,
                    f"embeddings/pixels in {r['seconds']:.1f} s")
         return
     if weights is None:
-        raise OptionError(f"--weights: required for --model {model} (the image encoder)")
+        raise OptionError(f"--weights: required for --model {model} (the image encoder, or "
+                          f"for sdxl-vae a diffusers SDXL folder)")
+    if model == "sdxl-vae":
+        from nfstore.lowlevel import embed_vae_latents
+
+        r = embed_vae_latents(store, weights, latent_size, batch_size, device, progress)
+        click.echo(f"cached the SDXL VAE latents (4 x {latent_size} x {latent_size}) of "
+                   f"{r['stimuli']} images as embeddings/sdxl-vae in {r['seconds']:.1f} s")
+        return
     from nfstore.embeddings import embed_store, register_pool
 
     if pool_dir is not None:

@@ -41,15 +41,18 @@ def predict(store: str, ckpt: str, name: str, subjects: tuple[str, ...] | None, 
 @click.option("--split", default="test", show_default=True, type=SPLIT)
 @click.option("--roi", help="ROI of the betas [all voxels].")
 @click.option("--embedding", "--target", "embedding", default="ip-adapter-sdxl",
-              show_default=True, help="Targets: an embedding cache, or pixels (`nf embed "
-              "--model pixels`: also writes the blurry images as a reconstruction set NAME).")
+              show_default=True, help="Targets: an embedding cache, or the low-level pixels "
+              "or sdxl-vae (`nf embed --model ...`: also writes the blurry images as a "
+              "reconstruction set NAME).")
+@click.option("--vae", type=click.Path(), help="sdxl-vae target: SDXL folder whose VAE decodes "
+              "the predictions [the one the latents were cached with].")
 @click.option("--rescale", is_flag=True,
               help="Map each target's predictions to the train targets' mean and std.")
 @click.option("--image-size", type=click.IntRange(8), default=128, show_default=True,
-              help="pixels target: size of the blurry images.")
+              help="pixels / sdxl-vae target: size of the blurry images.")
 def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | None, cv: int,
                  split: str, roi: str | None, embedding: str, rescale: bool,
-                 image_size: int) -> None:
+                 image_size: int, vae: str | None) -> None:
     """Closed-form ridge baseline: SUBJECT's train betas -> embeddings, per-target CV alphas."""
     from nfrecon.decode import decode_ridge as run
     from nfrecon.ridge import DEFAULT_ALPHAS
@@ -60,7 +63,7 @@ def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | 
     except ValueError:
         raise OptionError(f"--alphas: expected numbers; got {list(alphas or ())}") from None
     click.echo(run(store, subject, name, alphas=grid, cv=cv, split=split, roi=roi,
-                   embedding=embedding, rescale=rescale, image_size=image_size).line())
+                   embedding=embedding, rescale=rescale, image_size=image_size, vae=vae).line())
 
 
 @click.command("refine")
@@ -103,14 +106,25 @@ def refine(store: str, decoded: str, name: str, no_rescale: bool) -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
               default="auto", show_default=True, help="auto: float16 on CUDA, else float32.")
+@click.option("--init", help="img2img from this low-level set: a reconstruction set (the "
+              "blurry stage) or a decoded set of sdxl-vae latents.")
+@click.option("--init-kind", type=click.Choice(["auto", "images", "latents"]), default="auto",
+              show_default=True, help="An sdxl-vae decode-ridge set has both: auto takes the "
+              "latents.")
+@click.option("--strength", type=click.FloatRange(0, 1, min_open=True), default=0.75,
+              show_default=True, help="img2img strength (with --init), diffusers' convention: "
+              "int(steps x strength) denoising steps run, from the init noised to that level.")
+@click.option("--blend", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              show_default=True, help="Also write MindEye2's pixel blend (1-w) x image + w x "
+              "init image as the set <name>-blend<w> (needs --init images).")
 @click.option("--from-embeddings", is_flag=True,
               help="Reconstruct from the true cached embeddings: the oracle row.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many rows per subject.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def reconstruct(store: str, decoded: str, sdxl: str, sdxl_config: str | None, ip_adapter: str,
-                name: str | None, subjects: tuple[str, ...] | None, split: str, encoder: str | None,
-                from_embeddings: bool, limit: int | None, progress: bool,
-                **params: object) -> None:
+                name: str | None, subjects: tuple[str, ...] | None, split: str,
+                encoder: str | None, from_embeddings: bool, limit: int | None, progress: bool,
+                init: str | None, init_kind: str, **params: object) -> None:
     """Images from decoded embeddings with SDXL + IP-Adapter (local weights only)."""
     from nfrecon.reconstruct import ReconConfig
     from nfrecon.reconstruct import reconstruct as run
@@ -120,7 +134,7 @@ def reconstruct(store: str, decoded: str, sdxl: str, sdxl_config: str | None, ip
     click.echo(run(store, decoded, sdxl, ip_adapter, name, cfg,
                    subjects=list(subjects) if subjects else None, split=split, encoder=encoder,
                    from_embeddings=from_embeddings, limit=limit, progress=progress,
-                   sdxl_config=sdxl_config).line())
+                   sdxl_config=sdxl_config, init=init, init_kind=init_kind).line())
 
 
 @click.command("export-images")

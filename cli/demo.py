@@ -112,24 +112,27 @@ def run_demo(workdir: Path, seed: int = 0, echo: Callable[[str], None] = print,
     echo(f"[12/{steps}] export-images: {sum(files.values())} files, grids "
          + ", ".join(str(workdir / "reconstructions" / f"{k.replace('/', '_')}_grid.png")
                      for k in files))
-    from nfrecon.metrics import pixel_metrics
-    from nfrecon.report import chosen_images, derangement, ground_truth, mean_train_image
+    from dataclasses import replace
+
+    from nfrecon.lowlevel_eval import compare
     from nfstore.lowlevel import embed_pixels
 
     embed_pixels(store_path, size=16)
     decode_ridge(store_path, "nsd/subj01", "blurry", embedding="pixels", rescale=True,
                  image_size=64, alphas=(1.0, 10.0, 100.0, 1000.0))
-    st = nfstore.open_store(store_path)
-    rec, stim = chosen_images(store_path, "blurry", "nsd/subj01")
-    gt = ground_truth(st, stim, 64)
-    rows = {"blurry (ridge-decoded pixels)": rec,
-            "shuffled": rec[derangement(len(rec), seed)],
-            "mean train image": np.broadcast_to(mean_train_image(st, "nsd/subj01", 64),
-                                                rec.shape).copy()}
-    scores = {k: pixel_metrics(gt, v, "mindeye2") for k, v in rows.items()}
-    echo(f"[13/{steps}] low-level stage, nsd/subj01 ({len(rec)} test images; PixCorr / SSIM): "
-         + "; ".join(f"{k} {v['pixcorr'].mean():.3f} / {v['ssim'].mean():.3f}"
-                     for k, v in scores.items()))
+    low = ReconConfig(steps=4, size=64, seed=seed)
+    reconstruct(store_path, "demo-refined", models["sdxl"], models["ip_adapter"],
+                "demo-embedding-only", low, subjects=["nsd/subj01"])
+    reconstruct(store_path, "demo-refined", models["sdxl"], models["ip_adapter"], "demo-img2img",
+                replace(low, strength=0.75, blend=0.25), subjects=["nsd/subj01"], init="blurry")
+    table = compare(store_path, "nsd/subj01", {
+        "blurry (ridge-decoded pixels)": "blurry", "embedding only": "demo-embedding-only",
+        "img2img from blurry (strength 0.75)": "demo-img2img",
+        "blend 0.25": "demo-img2img-blend0.25"}, 64, seed)
+    echo(f"[13/{steps}] low-level stage, nsd/subj01 (test images; PixCorr / SSIM; the tiny "
+         f"SDXL has random weights, so only the blurry rows carry signal):")
+    for label, v in table.items():
+        echo(f"      {label:36s} {v['pixcorr']:.3f} / {v['ssim']:.3f}")
     reliability = {}
     for key, row in store.info().items():
         train = store.betas(key, split="train")

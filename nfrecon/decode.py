@@ -113,16 +113,18 @@ def predict(location: str | Path, ckpt: str | Path, name: str, *,
 def decode_ridge(location: str | Path, subject: str, name: str, *,
                  alphas: tuple[float, ...] = DEFAULT_ALPHAS, cv: int = 5, split: str = "test",
                  embedding: str = "ip-adapter-sdxl", roi: str | None = None,
-                 target_chunk: int = 256, rescale: bool = False, image_size: int = 128
-                 ) -> DecodeSummary:
+                 target_chunk: int = 256, rescale: bool = False, image_size: int = 128,
+                 vae: str | Path | None = None) -> DecodeSummary:
     """Ridge from the subject's repeat-averaged **train** betas to the cached embeddings, with
     per-target CV alphas; writes ``split`` predictions and the out-of-fold train predictions
     (``out_of_sample``) to ``/decoded/<name>/<subject>``. Test rows are never read for fitting.
 
     ``embedding="pixels"`` (``nf embed --model pixels``) decodes a low-level image: the
     ``split`` predictions are also upsampled to ``image_size`` and stored as the reconstruction
-    set ``name`` (the blurry stage). ``rescale`` maps each target's predictions to the mean and
-    std of the train targets (Brain-Diffuser's re-standardisation).
+    set ``name`` (the blurry stage). ``embedding="sdxl-vae"`` (raw SDXL-VAE latents) does the
+    same through the VAE's decoder (``vae``: an SDXL folder; default: the folder the latents
+    were cached with). ``rescale`` maps each target's predictions to the mean and std of the
+    train targets (Brain-Diffuser's re-standardisation).
     """
     t0 = time.perf_counter()
     check_name(name)
@@ -157,9 +159,23 @@ def decode_ridge(location: str | Path, subject: str, name: str, *,
                                       for p, s in zip(parts, ["train", split])]),
                       np.ones(sum(p.sizes["trial"] for p in parts), bool),
                       np.concatenate([p["n_repeats"].values for p in parts]), attrs)
-        if embedding == "pixels" and held is not None:
-            _write_blurry(path, name, subject, emb[-1], held.stimulus.values, split,
-                          int(store.embeddings("pixels").attrs["size"]), image_size, attrs)
+        if embedding in ("pixels", "sdxl-vae") and held is not None:
+            cache = store.embeddings(embedding).attrs
+            if embedding == "pixels":
+                from nfstore.lowlevel import upsample
+
+                imgs = upsample(emb[-1], int(cache["size"]), image_size)
+                how = "blurry: ridge-decoded pixels, upsampled (bicubic)"
+            else:
+                from nfrecon.init_images import resize
+                from nfstore.lowlevel import load_vae, vae_decode
+
+                raw = emb[-1].reshape(-1, *[int(v) for v in cache["latent_shape"]])
+                imgs = resize(vae_decode(load_vae(vae or cache["weights"]["path"]), raw),
+                              image_size)
+                how = "blurry: ridge-decoded SDXL-VAE latents (raw), VAE-decoded, resized"
+            _write_blurry(path, name, subject, imgs, held.stimulus.values, split, image_size,
+                          {**attrs, "source": how})
     summary = DecodeSummary(name, {subject: sum(p.sizes["trial"] for p in parts)},
                             time.perf_counter() - t0,
                             "alphas (targets): " + ", ".join(f"{v:g} ({c})" for v, c in
@@ -237,13 +253,13 @@ def refine(location: str | Path, source: str, name: str, *,
 __all__ = ["predict", "decode_ridge", "refine", "fit_refinement", "DecodeSummary"]
 
 
-def _write_blurry(path: Path, name: str, subject: str, pred: np.ndarray, stimuli: np.ndarray,
-                  split: str, size: int, image_size: int, attrs: dict[str, Any]) -> None:
-    """Predicted pixels upsampled into a reconstruction set (one sample per row)."""
+def _write_blurry(path: Path, name: str, subject: str, imgs: np.ndarray, stimuli: np.ndarray,
+                  split: str, image_size: int, attrs: dict[str, Any]) -> None:
+    """Blurry images uint8 (n, image_size, image_size, 3) as a reconstruction set (one sample
+    per row)."""
     from nfrecon.reconstruct import RECON_GROUP, create_group
-    from nfstore.lowlevel import upsample
 
-    imgs = upsample(pred, size, image_size)[:, None]
+    imgs = imgs[:, None]
     key = f"{RECON_GROUP}/{name}/{subject}"
     staged = _layout.staging_path(path, key.replace("/", "."))
     _layout.discard(staged)
@@ -252,8 +268,7 @@ def _write_blurry(path: Path, name: str, subject: str, pred: np.ndarray, stimuli
     g["chosen"][:] = 0
     g["scores"][:] = np.nan
     g["seeds"][:] = 0
-    g.attrs.update({**attrs, "source": "blurry: ridge-decoded pixels, upsampled (bicubic)",
-                    "decoded": name, "subject": subject, "split": split,
-                    "pixel_size": size, "image_size": image_size})
+    g.attrs.update({**attrs, "decoded": name, "subject": subject, "split": split,
+                    "image_size": image_size})
     _layout.ensure_group(path, f"{RECON_GROUP}/{name}/{subject.split('/')[0]}")
     _layout.commit(path, staged, key)

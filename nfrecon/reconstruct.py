@@ -50,6 +50,8 @@ class ReconConfig:
     batch: int = 4
     device: str = "cpu"
     dtype: str = "auto"
+    strength: float = 0.75
+    blend: float = 0.0
 
     def check(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -62,7 +64,9 @@ class ReconConfig:
                                 "a multiple of 8"),
                                ("dtype", self.dtype in ("auto", "float32", "float16",
                                                         "bfloat16"),
-                                "auto, float32, float16 or bfloat16")):
+                                "auto, float32, float16 or bfloat16"),
+                               ("strength", 0 < self.strength <= 1, "a number in (0, 1]"),
+                               ("blend", 0 <= self.blend < 1, "a weight in [0, 1)")):
             if not ok:
                 raise OptionError(f"--{name}: expected {want}; got {getattr(self, name)!r}")
 
@@ -180,14 +184,31 @@ def image_seed(seed: int, row: int, sample: int, samples: int) -> int:
     return int(seed * 1_000_003 + row * samples + sample)
 
 
-def generate(pipe: Any, embeds: np.ndarray, cfg: ReconConfig, seeds: list[list[int]]
-             ) -> np.ndarray:
+def img2img(pipe: Any) -> Any:
+    """The ``StableDiffusionXLImg2ImgPipeline`` sharing ``pipe``'s components (made once)."""
+    if getattr(pipe, "_nf_img2img", None) is None:
+        import diffusers
+
+        i2i = diffusers.StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+        i2i.set_progress_bar_config(disable=True)
+        i2i.prepare_ip_adapter_image_embeds = types.MethodType(
+            lambda self, ip_adapter_image, ip_adapter_image_embeds, *a, **k:
+            ip_adapter_image_embeds, i2i)  # bug #9813, as for the text-to-image pipeline
+        pipe._nf_img2img = i2i
+    return pipe._nf_img2img
+
+
+def generate(pipe: Any, embeds: np.ndarray, cfg: ReconConfig, seeds: list[list[int]],
+             init: tuple[str, np.ndarray] | None = None) -> np.ndarray:
     """Images for a batch of embeddings, ``samples`` each.
 
     Parameters
     ----------
     embeds : float array (B, D)
     seeds : B lists of ``cfg.samples`` generator seeds
+    init : img2img start (:func:`nfrecon.init_images.init_source`): ``("images", uint8 (B,
+        size, size, 3))`` or ``("latents", float (B, 4, h, w), already scaled)``;
+        ``int(steps * cfg.strength)`` denoising steps run (diffusers' convention)
 
     Returns
     -------
@@ -200,9 +221,18 @@ def generate(pipe: Any, embeds: np.ndarray, cfg: ReconConfig, seeds: list[list[i
     if cfg.guidance > 1:
         e = torch.cat([torch.zeros_like(e), e])
     gens = [torch.Generator(device="cpu").manual_seed(s) for row in seeds for s in row]
-    out = pipe(prompt=[""] * B, num_images_per_prompt=N, ip_adapter_image_embeds=[e],
-               num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, height=cfg.size,
-               width=cfg.size, generator=gens, output_type="np").images
+    common = dict(prompt=[""] * B, num_images_per_prompt=N, ip_adapter_image_embeds=[e],
+                  num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, generator=gens,
+                  output_type="np")
+    if init is None:
+        out = pipe(height=cfg.size, width=cfg.size, **common).images
+    else:
+        kind, start = init
+        x = torch.from_numpy(np.ascontiguousarray(start)).float()
+        if kind == "images":  # (B, H, W, 3) uint8 -> (B, 3, H, W) in [0, 1]
+            x = x.permute(0, 3, 1, 2) / 255.0
+        out = img2img(pipe)(image=x.repeat_interleave(N, 0), strength=cfg.strength,
+                            **common).images
     img = np.clip(np.rint(np.asarray(out) * 255), 0, 255).astype(np.uint8)
     return img.reshape(B, N, cfg.size, cfg.size, 3)
 
@@ -293,15 +323,28 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
                 split: str = "test", encoder: str | Path | None = None,
                 from_embeddings: bool = False, limit: int | None = None,
                 progress: bool = False, on_row: Any = None,
-                sdxl_config: str | Path | None = None) -> ReconSummary:
+                sdxl_config: str | Path | None = None, init: str | None = None,
+                init_kind: str = "auto") -> ReconSummary:
     """Reconstruct the ``split`` rows of decoded set ``decoded`` (or, ``from_embeddings``,
     the true cached embeddings of the same stimuli: the oracle row). ``sdxl_config``: the
-    config folder of a single-file ``sdxl`` (see `load_pipeline`)."""
+    config folder of a single-file ``sdxl`` (see `load_pipeline`). ``init``: img2img from a
+    low-level set (:mod:`nfrecon.init_images`; ``init_kind`` auto, images or latents) at
+    ``cfg.strength``; ``cfg.blend > 0`` also
+    writes the pixel blend with it as the set ``<name>-blend<w>``."""
     from tqdm.auto import tqdm
+
+    from nfrecon.init_images import (
+        blend_name,
+        check_blend,
+        init_source,
+        resolve,
+        write_blend_set,
+    )
 
     t0 = time.perf_counter()
     cfg.check()
     check_name(name)
+    check_blend(cfg.blend, init)
     path = _layout.local_store_path(location)
     store = nfstore.open_store(path)
     keys = list(subjects) if subjects else store.decoded_subjects(decoded)
@@ -313,6 +356,8 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
     if cfg.samples > 1 and encoder is None:
         raise OptionError("--encoder: choosing the best of --samples N > 1 needs the image "
                           "encoder used by `nf embed` (its weights path)")
+    for key in keys if init is not None else []:  # before the (slow) pipeline load
+        check_blend(cfg.blend, init, resolve(path, init, key, init_kind))
     pipe = load_pipeline(sdxl, ip_adapter, cfg, sdxl_config)
     enc = None
     summary = ReconSummary(name)
@@ -334,7 +379,13 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
                     "weights_sha256": pipe._nf_checksums, "subject": key,
                     "selection": "best of samples by cosine of the nf-embed encoder's embedding"
                                  " to the decoded embedding (never the ground truth)",
-                    "nf_version": __version__}
+                    "nf_version": __version__, "init": None}
+            start = None
+            if init is not None:
+                kind, values, info = init_source(path, init, key, stim, cfg.size, init_kind)
+                start = (kind, values)
+                meta.update(info, strength=cfg.strength, init_sha256=hashlib.sha256(
+                    np.ascontiguousarray(values).tobytes()).hexdigest())
             g, staged, done = _staged_group(path, name, key, rows.size, cfg, meta, stim)
             summary.resumed += done
             bar = tqdm(total=rows.size, initial=done, unit="row", desc=f"reconstruct {key}",
@@ -343,7 +394,8 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
                 b = min(a + cfg.batch, rows.size)
                 seeds = [[image_seed(cfg.seed, int(rows[r]), s, cfg.samples)
                           for s in range(cfg.samples)] for r in range(a, b)]
-                imgs = generate(pipe, E[a:b], cfg, seeds)
+                imgs = generate(pipe, E[a:b], cfg, seeds,
+                                None if start is None else (start[0], start[1][a:b]))
                 chosen, scores = choose(imgs, E[a:b], enc)
                 g["images"][a:b] = imgs
                 g["chosen"][a:b] = chosen
@@ -358,6 +410,9 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
             bar.close()
             _layout.ensure_group(path, f"{RECON_GROUP}/{name}/{key.split('/')[0]}")
             _layout.commit(path, staged, f"{RECON_GROUP}/{name}/{key}")
+            if cfg.blend:
+                write_blend_set(path, name, key, cfg.blend, blend_name(name, cfg.blend),
+                                start[1] if start is not None else None)
             summary.subjects.append(key)
     summary.seconds = time.perf_counter() - t0
     return summary
