@@ -4,7 +4,11 @@ N = 8859 trials, d = 1280 features, V = 15724 voxels, 5-fold CV over 8 alphas (p
 alphas). Each method runs in its own process (peak RSS measured there) on the same data; the
 floor is the work of our algorithm divided by this machine's float32 matrix-multiply rate.
 
-Run: ``python benchmarks/bench_augment.py`` (``--small`` for a quick check).
+``--decode`` times the low-level decoding ridge instead (issue 13): N = 8859 trials, d =
+15724 voxels as features, 3136 SDXL-VAE latent targets (4x28x28), per-target alphas; ours is
+``nfrecon.ridge.fit_ridge`` (the thin basis from the Gram matrix, since N < d).
+
+Run: ``python benchmarks/bench_augment.py [--decode]`` (``--small`` for a quick check).
 """
 
 from __future__ import annotations
@@ -75,7 +79,14 @@ def run_method(method: str, path: Path, workers: int, blas: int | None) -> dict[
 
     X = np.load(path / "X.npy")
     t0 = time.perf_counter()
-    if method == "ours":
+    if method == "ours-decode":
+        from nfrecon.ridge import fit_ridge
+
+        Y = zarr.open_array(str(path / "Y.zarr"))[:]
+        t0 = time.perf_counter()
+        alphas = fit_ridge(X, Y, tuple(ALPHAS), cv=K, target_chunk=512, workers=workers).alpha
+        method = "ours"
+    elif method == "ours":
         from nfstore.augment.synthesis import AugmentConfig, fit_model
 
         cfg = AugmentConfig(pool="-", alphas=tuple(ALPHAS), cv=K, workers=workers,
@@ -131,9 +142,13 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--skip", nargs="*", default=[])
     p.add_argument("--blas", type=int)
+    p.add_argument("--decode", action="store_true")
     args = p.parse_args()
     if args.child:
         print(json.dumps(run_method(args.child, args.path, args.workers, args.blas)))
+        return
+    if args.decode:
+        decode(args)
         return
     n, d, v = (1500, 256, 2048) if args.small else (8859, 1280, 15724)
     path = data_dir(n, d, v)
@@ -175,6 +190,26 @@ def main() -> None:
         if h.exists():
             agree = np.isclose(np.load(path / "alphas_ours.npy"), np.load(h), rtol=1e-6).mean()
             print(f"per-voxel alphas equal to himalaya's for {100 * agree:.2f}% of voxels")
+
+
+def decode(args: argparse.Namespace) -> None:
+    """voxels -> latent targets at NSD scale: ours vs himalaya, time and peak memory."""
+    n, d, v = (600, 2000, 512) if args.small else (8859, 15724, 3136)
+    path = data_dir(n, d, v)
+    print(f"decoding ridge: N={n} trials, d={d} voxels, {v} targets, {K}-fold CV, "
+          f"{len(ALPHAS)} alphas, per-target alphas")
+    res = {m: child(m, path, 2 if m == "ours-decode" else 1, args.timeout)
+           for m in ("ours-decode", "himalaya") if m not in args.skip}
+    for m, r in res.items():
+        print(f"  {m:12s}: " + (f"{r['seconds']:7.1f} s, peak RSS {r['peak_rss_gib']:.2f} GiB"
+                               if r else f"did not finish within {args.timeout:.0f} s"))
+    ours, him = res.get("ours-decode"), res.get("himalaya")
+    if ours and him:
+        print(f"himalaya / ours: {him['seconds'] / ours['seconds']:.2f}x the time, "
+              f"{him['peak_rss_gib'] / ours['peak_rss_gib']:.2f}x the memory")
+        agree = np.isclose(np.load(path / "alphas_ours.npy"),
+                           np.load(path / "alphas_himalaya.npy"), rtol=1e-6).mean()
+        print(f"per-target alphas equal to himalaya's for {100 * agree:.2f}% of targets")
 
 
 if __name__ == "__main__":

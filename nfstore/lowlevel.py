@@ -9,12 +9,14 @@
   downsampling, 8 for SDXL: 224 px gives 4x28x28 = 3136 values), flattened (channel, y, x);
   attributes hold ``scaling_factor``, ``latent_shape`` and ``vae_scale_factor``.
 
-Both tables are built aside and swapped in (one call; a killed run leaves the store as it was).
+Both tables are built under ``_staging`` batch by batch (a killed run resumes after its last
+finished batch) and swapped in when complete.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +49,11 @@ def upsample(flat: np.ndarray, size: int, out_size: int) -> np.ndarray:
                      for im in imgs])
 
 
-def embed_pixels(location: str | Path, size: int = 32, batch: int = 256) -> dict[str, float]:
+def embed_pixels(location: str | Path, size: int = 32, batch: int = 256,
+                 progress: bool = False) -> dict[str, float]:
     """Cache the downsampled pixels of every dataset stimulus that has an image."""
+    import hashlib
+
     import nfstore
 
     if not 4 <= size <= 256:
@@ -56,23 +61,17 @@ def embed_pixels(location: str | Path, size: int = 32, batch: int = 256) -> dict
     t0 = time.perf_counter()
     path = _layout.local_store_path(location)
     store = nfstore.open_store(path)
-    ids: list[str] = []
-    rows: list[np.ndarray] = []
-    for part in _stimuli_with_images(store, batch):
-        px = np.asarray(store.images(part, size=(4 * size, 4 * size)).values)
-        rows.append(downsample(px, size))
-        ids += part.tolist()
-    X = np.concatenate(rows) if rows else np.zeros((0, size * size * 3), np.float32)
-    import hashlib
-
     prep = {"size": size, "resample": "PIL BOX (area) from the stimulus image (one-file "
             "datasets first resized to 4x the size, PIL bicubic)",
             "layout": "row-major (y, x, rgb), values in [0, 1]"}
-    _write_table(path, PIXELS, ids, X, {
+    n, done = _build_table(path, PIXELS, _stimuli_with_images(store, batch), size * size * 3,
+                           lambda part: downsample(np.asarray(store.images(
+                               part, size=(4 * size, 4 * size)).values), size), {
         "size": size, "preprocessing": prep,
         "weights": {"layout": "none (no network)", "path": "", "files": []},
-        "weights_sha256": hashlib.sha256(repr(sorted(prep.items())).encode()).hexdigest()})
-    return {"stimuli": len(ids), "seconds": time.perf_counter() - t0}
+        "weights_sha256": hashlib.sha256(repr(sorted(prep.items())).encode()).hexdigest()},
+        progress)
+    return {"stimuli": n, "resumed": done, "seconds": time.perf_counter() - t0}
 
 
 def _stimuli_with_images(store, batch: int) -> list[np.ndarray]:  # noqa: ANN001
@@ -85,22 +84,48 @@ def _stimuli_with_images(store, batch: int) -> list[np.ndarray]:  # noqa: ANN001
     return out
 
 
-def _write_table(path: Path, model: str, ids: list[str], X: np.ndarray,
-                 attrs: dict) -> None:
-    """``/embeddings/<model>``: ``stimulus`` and ``embedding`` (row, feature), staged."""
+def _build_table(path: Path, model: str, parts: list[np.ndarray], n_features: int,
+                 featurize: Callable[[np.ndarray], np.ndarray], attrs: dict,
+                 progress: bool = False) -> tuple[int, int]:
+    """``/embeddings/<model>`` (``stimulus``, ``embedding`` (row, feature) float32), built
+    under ``_staging`` batch by batch and committed when complete. A run that was killed
+    resumes after its last finished batch if the stimuli and ``attrs["weights_sha256"]`` are
+    the same; otherwise it starts again. Returns (rows, rows resumed).
+    """
+    import hashlib
+
+    from tqdm.auto import tqdm
+
+    ids = [s for part in parts for s in part.tolist()]
+    key = hashlib.sha256(repr((ids, attrs["weights_sha256"], n_features)).encode()).hexdigest()
     with _layout.writing(path, f"nf embed --model {model}"):
         staged = _layout.staging_path(path, f"embeddings.{model}")
-        _layout.discard(staged)
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        g = zarr.open_group(str(staged), mode="w", zarr_format=3)
-        g.create_array("stimulus", shape=(len(ids),), dtype=str, dimension_names=("stimulus",))
-        g["stimulus"][:] = np.array(ids, dtype=object)
-        g.create_array("embedding", data=X, chunks=(256, X.shape[1]),
-                       dimension_names=("stimulus", "feature"))
-        g.attrs.update({"model": model, "dtype": "float32", "feature_shape": [X.shape[1]],
-                        "count": len(ids), "nf_version": __version__, **attrs})
+        g = zarr.open_group(str(staged), mode="r+") if staged.is_dir() else None
+        if g is None or g.attrs.get("build_key") != key:
+            _layout.discard(staged)
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            g = zarr.open_group(str(staged), mode="w", zarr_format=3)
+            g.create_array("stimulus", shape=(len(ids),), dtype=str,
+                           dimension_names=("stimulus",))
+            g["stimulus"][:] = np.array(ids, dtype=object)
+            g.create_array("embedding", shape=(len(ids), n_features), dtype="float32",
+                           chunks=(256, n_features), dimension_names=("stimulus", "feature"))
+            g.attrs.update({"model": model, "dtype": "float32", "feature_shape": [n_features],
+                            "count": len(ids), "nf_version": __version__, **attrs,
+                            "build_key": key, "rows_done": 0})
+        done = pos = int(g.attrs["rows_done"])
+        start = 0
+        for part in tqdm(parts, desc=model, unit="batch", disable=not progress):
+            end = start + len(part)
+            if end > pos:
+                g["embedding"][start:end] = featurize(part)
+                g.attrs["rows_done"] = pos = end  # commit point: a kill resumes after it
+            start = end
+        for k in ("build_key", "rows_done"):
+            del g.attrs[k]
         _layout.ensure_group(path, "embeddings")
         _layout.commit(path, staged, f"embeddings/{model}")
+    return len(ids), done
 
 
 def load_vae(weights: str | Path, device: str = "cpu"):  # noqa: ANN201
@@ -121,8 +146,6 @@ def embed_vae_latents(location: str | Path, weights: str | Path, latent_size: in
                       batch: int = 16, device: str = "cpu", progress: bool = False
                       ) -> dict[str, float]:
     """Cache the SDXL VAE's raw latents of every dataset stimulus that has an image."""
-    from tqdm.auto import tqdm
-
     import nfstore
     from nfstore.encoders import checksum
 
@@ -134,26 +157,21 @@ def embed_vae_latents(location: str | Path, weights: str | Path, latent_size: in
     vae = load_vae(weights, device)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SDXL's VAE
     px = factor * latent_size
-    ids: list[str] = []
-    rows = []
-    for part in tqdm(_stimuli_with_images(store, batch), desc="sdxl-vae latents",
-                     unit="batch", disable=not progress):
-        imgs = np.asarray(store.images(part, size=(px, px)).values)
-        rows.append(vae_latents(vae, imgs).reshape(len(part), -1))
-        ids += part.tolist()
     shape = [int(vae.config.latent_channels), latent_size, latent_size]
-    X = np.concatenate(rows) if rows else np.zeros((0, int(np.prod(shape))), np.float32)
     files = sorted(f for f in (Path(weights) / "vae").iterdir() if f.is_file())
-    _write_table(path, "sdxl-vae", ids, X, {
-        "latent_shape": shape, "scaling_factor": float(vae.config.scaling_factor),
-        "image_size": px, "vae_scale_factor": factor,
-        "preprocessing": {"resize": f"{px} px (store.images)", "range": "[-1, 1]",
-                          "latents": "latent_dist.mean, raw (not multiplied by scaling_factor)"},
-        "weights": {"layout": "diffusers SDXL folder (vae/)", "path": str(Path(weights)),
-                    "files": [f.name for f in files]},
-        "weights_sha256": checksum(tuple(files))})
-    dt = time.perf_counter() - t0
-    return {"stimuli": len(ids), "seconds": dt}
+    n, done = _build_table(
+        path, "sdxl-vae", _stimuli_with_images(store, batch), int(np.prod(shape)),
+        lambda part: vae_latents(vae, np.asarray(store.images(part, size=(px, px)).values)
+                                 ).reshape(len(part), -1), {
+            "latent_shape": shape, "scaling_factor": float(vae.config.scaling_factor),
+            "image_size": px, "vae_scale_factor": factor,
+            "preprocessing": {"resize": f"{px} px (store.images)", "range": "[-1, 1]",
+                              "latents": "latent_dist.mean, raw (not multiplied by "
+                                         "scaling_factor)"},
+            "weights": {"layout": "diffusers SDXL folder (vae/)", "path": str(Path(weights)),
+                        "files": [f.name for f in files]},
+            "weights_sha256": checksum(tuple(files))}, progress)
+    return {"stimuli": n, "resumed": done, "seconds": time.perf_counter() - t0}
 
 
 def vae_latents(vae, images: np.ndarray) -> np.ndarray:  # noqa: ANN001

@@ -30,8 +30,9 @@ class Basis:
     ----------
     mean : array of shape (n_features,)
         Column means removed from X (the intercept's counterpart).
-    V : array of shape (n_features, n_features)
-    s2 : array of shape (n_features,)
+    V : array of shape (n_features, k)
+        ``k = n_features``, or the rank for fewer samples than features (thin basis)
+    s2 : array of shape (k,)
         Eigenvalues (squared singular values), clipped at 0.
     """
 
@@ -41,9 +42,20 @@ class Basis:
 
 
 def basis(X: np.ndarray) -> Basis:
-    """Eigenbasis of ``X`` (n_samples, n_features) centered on its column means."""
+    """Eigenbasis of ``X`` (n_samples, n_features) centered on its column means.
+
+    With fewer samples than features (decoding: voxels -> targets) the thin basis comes from
+    the (n_samples, n_samples) Gram matrix instead, ``V = Xc.T @ U / s`` over its non-zero
+    eigenvalues: the ridge solution lies in the row space of ``Xc``, so the result is the
+    same at O(n^2 d) instead of O(d^3) work and (d, n) instead of (d, d) memory.
+    """
     mean = X.mean(0, dtype=np.float64).astype(X.dtype)
     Xc = X - mean
+    if X.shape[0] < X.shape[1]:
+        s2, U = np.linalg.eigh((Xc @ Xc.T).astype(np.float64))
+        keep = s2 > max(s2.max(), 0) * 1e-7
+        V = Xc.T @ (U[:, keep] / np.sqrt(s2[keep])).astype(X.dtype)
+        return Basis(mean, V, s2[keep].astype(X.dtype))
     s2, V = np.linalg.eigh(Xc.T @ Xc)
     return Basis(mean, V.astype(X.dtype), np.clip(s2, 0, None).astype(X.dtype))
 

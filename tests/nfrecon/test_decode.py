@@ -16,10 +16,11 @@ from nfrecon.decode import decode_ridge, fit_refinement, predict, refine
 from nfrecon.ridge import fit_ridge
 
 
-def test_fit_ridge_matches_scikit_learn() -> None:
+@pytest.mark.parametrize("n_features", [40, 300])  # 300 > 120 samples: the thin basis
+def test_fit_ridge_matches_scikit_learn(n_features: int) -> None:
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((120, 40))
-    Y = X @ rng.standard_normal((40, 9)) + 3 * rng.standard_normal((120, 9))
+    X = rng.standard_normal((120, n_features))
+    Y = X[:, :40] @ rng.standard_normal((40, 9)) + 3 * rng.standard_normal((120, 9))
     grid = (1.0, 10.0, 100.0, 1000.0)
     fit = fit_ridge(X, Y, alphas=grid, cv=5, target_chunk=4)  # 3 Dask tasks
     assert len(set(fit.alpha.tolist())) > 1  # per-target alphas

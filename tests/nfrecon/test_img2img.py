@@ -157,3 +157,35 @@ def test_latent_ridge_never_reads_test_rows(store: Path) -> None:
     after = np.asarray(nfstore.open_store(store).decoded("lat2", "nsd/subj01").values)
     np.testing.assert_array_equal(before, after)
     assert np.isfinite(after).all() and before.shape[1] == 1024
+
+
+def test_latent_cache_resumes_after_an_interruption(train_store_ro: Path, tmp_path: Path,
+                                                    models: dict[str, Path],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import nfstore.lowlevel as L
+
+    clean = Path(shutil.copytree(train_store_ro, tmp_path / "clean.zarr"))
+    embed_vae_latents(clean, models["sdxl"], latent_size=16, batch=8)
+    path = Path(shutil.copytree(train_store_ro, tmp_path / "nf.zarr"))
+    real, calls = L.vae_latents, []
+
+    def dies_at_the_third_batch(vae, images):  # noqa: ANN001, ANN202
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as if the process were killed here
+        return real(vae, images)
+
+    monkeypatch.setattr(L, "vae_latents", dies_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_vae_latents(path, models["sdxl"], latent_size=16, batch=8)
+    assert not (path / "embeddings" / "sdxl-vae").exists()  # nothing half-written in place
+    calls.clear()
+    monkeypatch.setattr(L, "vae_latents", lambda vae, images: calls.append(1) or real(vae,
+                                                                                     images))
+    r = embed_vae_latents(path, models["sdxl"], latent_size=16, batch=8)
+    assert r["resumed"] == 16 and len(calls) == len(L._stimuli_with_images(
+        nfstore.open_store(path), 8)) - 2  # the two finished batches are not redone
+    a = nfstore.open_store(path).embeddings("sdxl-vae")
+    b = nfstore.open_store(clean).embeddings("sdxl-vae")
+    np.testing.assert_array_equal(a.values, b.values)
+    assert "rows_done" not in a.attrs and a.attrs["weights_sha256"] == b.attrs["weights_sha256"]
