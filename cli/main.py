@@ -30,12 +30,13 @@ def _register() -> None:
         commands_demo,
         commands_embed,
         commands_recon,
+        commands_serve,
         commands_store,
         commands_train,
     )
 
     for module in (commands_store, commands_embed, commands_augment, commands_train,
-                   commands_recon, commands_demo):
+                   commands_recon, commands_demo, commands_serve):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -199,7 +199,7 @@ def img2img(pipe: Any) -> Any:
 
 
 def generate(pipe: Any, embeds: np.ndarray, cfg: ReconConfig, seeds: list[list[int]],
-             init: tuple[str, np.ndarray] | None = None) -> np.ndarray:
+             init: tuple[str, np.ndarray] | None = None, on_step: Any = None) -> np.ndarray:
     """Images for a batch of embeddings, ``samples`` each.
 
     Parameters
@@ -224,6 +224,12 @@ def generate(pipe: Any, embeds: np.ndarray, cfg: ReconConfig, seeds: list[list[i
     common = dict(prompt=[""] * B, num_images_per_prompt=N, ip_adapter_image_embeds=[e],
                   num_inference_steps=cfg.steps, guidance_scale=cfg.guidance, generator=gens,
                   output_type="np")
+    if on_step is not None:
+        def step_end(pipe: Any, i: int, t: Any, kw: dict) -> dict:
+            on_step(i + 1, cfg.steps)
+            return kw
+
+        common["callback_on_step_end"] = step_end
     if init is None:
         out = pipe(height=cfg.size, width=cfg.size, **common).images
     else:
@@ -324,13 +330,15 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
                 from_embeddings: bool = False, limit: int | None = None,
                 progress: bool = False, on_row: Any = None,
                 sdxl_config: str | Path | None = None, init: str | None = None,
-                init_kind: str = "auto") -> ReconSummary:
+                init_kind: str = "auto", stimuli: list[str] | None = None,
+                on_step: Any = None) -> ReconSummary:
     """Reconstruct the ``split`` rows of decoded set ``decoded`` (or, ``from_embeddings``,
     the true cached embeddings of the same stimuli: the oracle row). ``sdxl_config``: the
     config folder of a single-file ``sdxl`` (see `load_pipeline`). ``init``: img2img from a
     low-level set (:mod:`nfrecon.init_images`; ``init_kind`` auto, images or latents) at
     ``cfg.strength``; ``cfg.blend > 0`` also
-    writes the pixel blend with it as the set ``<name>-blend<w>``."""
+    writes the pixel blend with it as the set ``<name>-blend<w>``. ``stimuli``: only these
+    rows; ``on_step(step, steps)`` after every denoising step (``nf serve`` job progress)."""
     from tqdm.auto import tqdm
 
     from nfrecon.init_images import (
@@ -364,7 +372,10 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
     with _layout.writing(path, f"nf reconstruct --name {name}"):
         for key in keys:
             d = store.decoded(decoded, key)
-            rows = np.flatnonzero(d["split"].values == split)[:limit]
+            keep = d["split"].values == split
+            if stimuli is not None:
+                keep &= np.isin(d.stimulus.values, list(stimuli))
+            rows = np.flatnonzero(keep)[:limit]
             if rows.size == 0:
                 raise StoreError(f"{key}: decoded set {decoded!r} has no {split} rows")
             stim = d.stimulus.values[rows]
@@ -395,7 +406,7 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
                 seeds = [[image_seed(cfg.seed, int(rows[r]), s, cfg.samples)
                           for s in range(cfg.samples)] for r in range(a, b)]
                 imgs = generate(pipe, E[a:b], cfg, seeds,
-                                None if start is None else (start[0], start[1][a:b]))
+                                None if start is None else (start[0], start[1][a:b]), on_step)
                 chosen, scores = choose(imgs, E[a:b], enc)
                 g["images"][a:b] = imgs
                 g["chosen"][a:b] = chosen

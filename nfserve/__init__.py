@@ -1,0 +1,1 @@
+"""``nf serve``: a local web page over the store (FastAPI + Jinja2, server-rendered)."""

@@ -1,0 +1,42 @@
+"""Start ``nf serve``: validate options, print the URL (and the job token), run uvicorn."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import nfstore
+from nfstore.errors import OptionError
+
+
+def run(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
+        ip_adapter: str | None, checkpoint: str | None, encoder: str | None, size: int,
+        echo: Callable[[str], None] = print) -> None:
+    import uvicorn
+
+    from nfserve.app import ServeConfig, create_app
+
+    path = Path(store)
+    nfstore.open_store(path)  # one-line error if it is not a store
+    if allow_jobs:
+        from nfrecon.reconstruct import locate_ip_adapter, locate_sdxl
+
+        if sdxl is None or ip_adapter is None:
+            raise OptionError("--allow-jobs: needs --sdxl DIR and --ip-adapter DIR")
+        locate_sdxl(sdxl)
+        locate_ip_adapter(ip_adapter)
+        if checkpoint is not None:
+            from nftrain import checkpoint as ck
+
+            ck.load(checkpoint)
+    token = secrets.token_urlsafe(16) if allow_jobs else ""
+    cfg = ServeConfig(path, allow_jobs, Path(sdxl) if sdxl else None,
+                      Path(ip_adapter) if ip_adapter else None,
+                      Path(checkpoint) if checkpoint else None,
+                      Path(encoder) if encoder else None, token, size)
+    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    echo(f"nf serve: {path} at {url}" + ("" if allow_jobs else " (read-only)"))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        echo(f"warning: --host {host} makes the store reachable from the network")
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
