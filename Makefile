@@ -33,6 +33,10 @@ bench: $(VENV)/.test-$(HASH)
 	$(BIN)/python benchmarks/bench_train_quality.py
 	$(BIN)/python benchmarks/bench_reconstruct.py
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_decoder_quality.py --studies
+	$(BIN)/python benchmarks/bench_lowlevel_quality.py
+	$(BIN)/python benchmarks/bench_augment.py --decode
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) nf-demo

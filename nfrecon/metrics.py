@@ -260,8 +260,14 @@ def features(net: Network, images: np.ndarray, variant: str, device: str, batch:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def pixel_metrics(gt: np.ndarray, rec: np.ndarray, variant: str) -> dict[str, np.ndarray]:
-    """PixCorr and SSIM per image for uint8 images (N, H, W, 3)."""
+def pixel_metrics(gt: np.ndarray, rec: np.ndarray, variant: str, batch: int = 64
+                  ) -> dict[str, np.ndarray]:
+    """PixCorr and SSIM per image for uint8 images (N, H, W, 3), ``batch`` images at a time
+    (each is resized to 425 px in float64: 4 MB per image and copy)."""
+    if len(gt) > batch:
+        parts = [pixel_metrics(gt[a:a + batch], rec[a:a + batch], variant, batch)
+                 for a in range(0, len(gt), batch)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if variant == "brain-diffuser":
         g = resize_pil(gt, 425, "bicubic").astype(np.float64) / 255
         r = resize_pil(rec, 425, "bicubic").astype(np.float64) / 255

@@ -192,8 +192,11 @@ def per_image_metrics(view: View, name: str, subject: str) -> dict[str, np.ndarr
         from nfrecon.report import chosen_images, ground_truth
 
         imgs, stim = chosen_images(view.path, name, subject)
-        gt = ground_truth(view.store, stim, imgs.shape[1])
-        out = pixel_metrics(gt, imgs, "mindeye2")
+        try:
+            gt = ground_truth(view.store, stim, imgs.shape[1])
+        except NFError:  # e.g. uploaded betas: no ground-truth picture
+            gt = None
+        out = pixel_metrics(gt, imgs, "mindeye2") if gt is not None and len(stim) else {}
     view._metrics[(name, subject)] = out
     return out
 
