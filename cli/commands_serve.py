@@ -13,17 +13,19 @@ import click
 @click.option("--allow-jobs", is_flag=True, help="Allow reconstruction jobs (token required).")
 @click.option("--sdxl", type=click.Path(), help="SDXL folder for jobs.")
 @click.option("--ip-adapter", type=click.Path(), help="h94/IP-Adapter folder for jobs.")
-@click.option("--checkpoint", type=click.Path(), help="Decoder checkpoint for uploaded betas.")
+@click.option("--checkpoint", "checkpoints", type=click.Path(), multiple=True,
+              help="Decoder checkpoint(s) offered for uploaded betas (repeatable).")
 @click.option("--encoder", type=click.Path(), help="nf embed encoder (best of --samples > 1).")
 @click.option("--size", type=click.IntRange(8), default=256, show_default=True,
               help="Job image size in pixels.")
 def serve(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
-          ip_adapter: str | None, checkpoint: str | None, encoder: str | None,
+          ip_adapter: str | None, checkpoints: tuple[str, ...], encoder: str | None,
           size: int) -> None:
     """Browse STORE in a web browser: subjects, stimuli, reconstructions, metrics."""
     from nfserve.server import run
 
-    run(store, host, port, allow_jobs, sdxl, ip_adapter, checkpoint, encoder, size, click.echo)
+    run(store, host, port, allow_jobs, sdxl, ip_adapter, list(checkpoints), encoder, size,
+        click.echo)
 
 
 COMMANDS = [serve]

@@ -42,7 +42,7 @@ class ServeConfig:
     allow_jobs: bool = False
     sdxl: Path | None = None
     ip_adapter: Path | None = None
-    checkpoint: Path | None = None
+    checkpoints: tuple[Path, ...] = ()
     encoder: Path | None = None
     token: str = ""
     size: int = 256
@@ -164,6 +164,14 @@ def create_app(cfg: ServeConfig, runner: Any = None) -> FastAPI:
         return JSONResponse({"error": "a valid token is required for jobs (printed by nf serve"
                                       " at start; open the printed URL once)"}, status_code=403)
 
+    @app.get("/api/jobs")
+    def api_jobs() -> dict:
+        if not cfg.allow_jobs:
+            raise D.NotFound("jobs are off: start nf serve with --allow-jobs")
+        runner = app.state.runner
+        return {"jobs": [j.public() for j in runner.jobs.values()] if runner else [],
+                "checkpoints": [str(c) for c in cfg.checkpoints]}
+
     @app.get("/jobs", response_class=HTMLResponse)
     def jobs_page(request: Request) -> Response:
         if not cfg.allow_jobs:
@@ -178,7 +186,7 @@ def create_app(cfg: ServeConfig, runner: Any = None) -> FastAPI:
             "jobs": [j.public() for j in runner.jobs.values()] if runner else [],
             "decoded": decoded, "subjects": st.subjects(),
             "token": token if request.cookies.get("nf_token") == token else "",
-            "checkpoint": str(cfg.checkpoint or "")}))
+            "checkpoints": [str(c) for c in cfg.checkpoints]}))
 
     def job_params(steps: int, guidance: float, ip_scale: float, samples: int) -> dict:
         for name, ok, want, got in (("steps", 1 <= steps <= 200, "1..200", steps),
@@ -218,24 +226,28 @@ def create_app(cfg: ServeConfig, runner: Any = None) -> FastAPI:
     async def job_upload(request: Request, subject: str = Form(...),
                          file: UploadFile = File(...), steps: int = Form(30),
                          guidance: float = Form(5.0), ip_scale: float = Form(1.0),
-                         samples: int = Form(1),
+                         samples: int = Form(1), checkpoint: int = Form(0),
                          token_: str | None = Form(None, alias="token")) -> Response:
         runner = require_jobs(request, token_)
-        if cfg.checkpoint is None:
+        if not cfg.checkpoints:
             raise D.BadRequest("upload: nf serve was started without --checkpoint")
+        if not 0 <= checkpoint < len(cfg.checkpoints):
+            raise D.BadRequest(f"checkpoint: expected 0..{len(cfg.checkpoints) - 1} (one of "
+                               f"nf serve's --checkpoint); got {checkpoint}")
+        ckpt = cfg.checkpoints[checkpoint]
         raw = await file.read(MAX_UPLOAD + 1)
         if len(raw) > MAX_UPLOAD:
             raise D.BadRequest(f"file: larger than {MAX_UPLOAD // 2**20} MiB")
-        betas = check_upload(raw, subject)
+        betas = check_upload(raw, subject, ckpt)
         params = {**job_params(steps, guidance, ip_scale, samples), "subject": subject,
-                  "checkpoint": str(cfg.checkpoint), "betas": betas.tolist()}
+                  "checkpoint": str(ckpt), "betas": betas.tolist()}
         job = runner.submit("upload", params, subject)
         return _job_response(request, job)
 
-    def check_upload(raw: bytes, subject: str) -> np.ndarray:
+    def check_upload(raw: bytes, subject: str, ckpt: Path) -> np.ndarray:
         from nftrain import checkpoint
 
-        model, _, _ = checkpoint.load(cfg.checkpoint)
+        model, _, _ = checkpoint.load(ckpt)
         if subject not in model.spec.subjects:
             raise D.NotFound(f"subject: the checkpoint has no adapter for {subject[:40]!r}; it "
                              f"has {list(model.spec.subjects)}")

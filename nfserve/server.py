@@ -11,7 +11,7 @@ from nfstore.errors import OptionError
 
 
 def run(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
-        ip_adapter: str | None, checkpoint: str | None, encoder: str | None, size: int,
+        ip_adapter: str | None, checkpoints: list[str], encoder: str | None, size: int,
         echo: Callable[[str], None] = print) -> None:
     import uvicorn
 
@@ -26,14 +26,14 @@ def run(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
             raise OptionError("--allow-jobs: needs --sdxl DIR and --ip-adapter DIR")
         locate_sdxl(sdxl)
         locate_ip_adapter(ip_adapter)
-        if checkpoint is not None:
-            from nftrain import checkpoint as ck
+        from nftrain import checkpoint as ck
 
-            ck.load(checkpoint)
+        for c in checkpoints:
+            ck.load(c)  # one-line error for a folder that is not a checkpoint
     token = secrets.token_urlsafe(16) if allow_jobs else ""
     cfg = ServeConfig(path, allow_jobs, Path(sdxl) if sdxl else None,
                       Path(ip_adapter) if ip_adapter else None,
-                      Path(checkpoint) if checkpoint else None,
+                      tuple(Path(c) for c in checkpoints),
                       Path(encoder) if encoder else None, token, size)
     url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
     echo(f"nf serve: {path} at {url}" + ("" if allow_jobs else " (read-only)"))
