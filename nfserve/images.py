@@ -27,13 +27,18 @@ def _size(size: int | None) -> int | None:
     return size
 
 
+@lru_cache(maxsize=8)
+def _store(path: str):  # noqa: ANN202 - one opened Store per served path, not one per image
+    import nfstore
+
+    return nfstore.open_store(path)
+
+
 @lru_cache(maxsize=2048)
 def _stimulus_png(path: str, sid: str, size: int | None) -> bytes:
     from PIL import Image
 
-    import nfstore
-
-    img = np.asarray(nfstore.open_store(path).images([sid]).values[0])
+    img = np.asarray(_store(path).images([sid]).values[0])
     if size is not None:
         img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
     return png(img)
@@ -72,9 +77,7 @@ def _roi_png(path: str, subject: str, roi: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import nfstore
-
-    st = nfstore.open_store(path)
+    st = _store(path)
     ds = st.dataset(subject)
     attrs = st.attrs(subject)
     shape = tuple(int(v) for v in attrs["volume_shape"])[:3]
