@@ -37,6 +37,15 @@ def _swap(name: str, table: dict[str, str]) -> str:
     return name
 
 
+def _level(prefix: dict[str, str], hf: str, ldm: str, first: int, count: int,
+           attention: bool) -> None:
+    """``count`` resnet (+ attention) blocks of one UNet level: ``ldm.{first + j}.0|1``."""
+    for j in range(count):
+        prefix[f"{hf}.resnets.{j}."] = f"{ldm}.{first + j}.0."
+        if attention:
+            prefix[f"{hf}.attentions.{j}."] = f"{ldm}.{first + j}.1."
+
+
 def unet_key_map(keys: list[str], config: dict) -> dict[str, str]:
     """Diffusers UNet key -> LDM key, for ``UNet2DConditionModel`` ``config``."""
     L, n = int(config["layers_per_block"]), len(config["block_out_channels"])
@@ -44,18 +53,11 @@ def unet_key_map(keys: list[str], config: dict) -> dict[str, str]:
     up_attn = ["CrossAttn" in t for t in config["up_block_types"]]
     prefix: dict[str, str] = {}
     for i in range(n):
-        for j in range(L):
-            k = 1 + i * (L + 1) + j
-            prefix[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{k}.0."
-            if down_attn[i]:
-                prefix[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{k}.1."
+        _level(prefix, f"down_blocks.{i}", "input_blocks", 1 + i * (L + 1), L, down_attn[i])
         if i < n - 1:
             prefix[f"down_blocks.{i}.downsamplers.0.conv."] = (
                 f"input_blocks.{(i + 1) * (L + 1)}.0.op.")
-        for j in range(L + 1):
-            prefix[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * (L + 1) + j}.0."
-            if up_attn[i]:
-                prefix[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * (L + 1) + j}.1."
+        _level(prefix, f"up_blocks.{i}", "output_blocks", i * (L + 1), L + 1, up_attn[i])
         if i < n - 1:
             prefix[f"up_blocks.{i}.upsamplers.0."] = (
                 f"output_blocks.{i * (L + 1) + L}.{2 if up_attn[i] else 1}.")
