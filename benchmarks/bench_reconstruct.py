@@ -51,7 +51,7 @@ def setup() -> tuple[Path, dict[str, Path], np.ndarray]:
 def bare(models: dict[str, Path], E: np.ndarray) -> float:
     from diffusers import StableDiffusionXLPipeline
 
-    from nfrecon.reconstruct import image_seed
+    from nfrecon.pipeline import image_seed
 
     t0 = time.perf_counter()
     pipe = StableDiffusionXLPipeline.from_pretrained(str(models["sdxl"]), local_files_only=True)

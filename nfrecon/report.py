@@ -184,27 +184,19 @@ def _retrieval(store: nfstore.Store, group: Any, stim: np.ndarray, seed: int
 
 def vae_roundtrip(sdxl: str | Path, device: str, config: str | Path | None = None) -> Any:
     """SDXL's VAE (local files): uint8 images -> encode -> decode -> uint8 images."""
-    import torch
-    from diffusers import AutoencoderKL
-
-    from nfrecon.reconstruct import locate_sdxl, locate_sdxl_config
+    from nfrecon.pipeline import locate_sdxl, locate_sdxl_config
+    from nfstore.lowlevel import load_vae, vae_decode, vae_latents
 
     where = locate_sdxl(sdxl)
     folder = locate_sdxl_config(where, config)
-    vae = (AutoencoderKL.from_pretrained(str(where), subfolder="vae", local_files_only=True)
-           if folder is None else
-           AutoencoderKL.from_single_file(str(where), config=str(folder), subfolder="vae",
-                                          local_files_only=True))
-    vae = vae.eval().to(device)
+    if folder is None:
+        vae = load_vae(where, device)
+    else:
+        from diffusers import AutoencoderKL
 
-    def roundtrip(images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-        x = (x / 127.5 - 1).to(device)
-        with torch.no_grad():
-            y = vae.decode(vae.encode(x).latent_dist.mean).sample
-        y = ((y.clamp(-1, 1) + 1) * 127.5).round().byte()
-        return y.permute(0, 2, 3, 1).cpu().numpy()
-    return roundtrip
+        vae = AutoencoderKL.from_single_file(str(where), config=str(folder), subfolder="vae",
+                                             local_files_only=True).eval().to(device)
+    return lambda images: vae_decode(vae, vae_latents(vae, images))
 
 
 def _mean_of(rows: list[dict[str, Any]]) -> dict[str, float]:

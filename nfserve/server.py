@@ -20,7 +20,7 @@ def run(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
     path = Path(store)
     nfstore.open_store(path)  # one-line error if it is not a store
     if allow_jobs:
-        from nfrecon.reconstruct import locate_ip_adapter, locate_sdxl
+        from nfrecon.pipeline import locate_ip_adapter, locate_sdxl
 
         if sdxl is None or ip_adapter is None:
             raise OptionError("--allow-jobs: needs --sdxl DIR and --ip-adapter DIR")

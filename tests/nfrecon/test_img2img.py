@@ -12,7 +12,8 @@ import zarr
 
 import nfstore
 from nfrecon.decode import decode_ridge
-from nfrecon.reconstruct import ReconConfig, image_seed, read_reconstructions, reconstruct
+from nfrecon.pipeline import ReconConfig, image_seed
+from nfrecon.reconstruct import read_reconstructions, reconstruct
 from nfrecon.report import chosen_images
 from nfrecon.tiny import write_tiny_models
 from nfstore.lowlevel import embed_pixels, embed_vae_latents

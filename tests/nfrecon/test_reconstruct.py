@@ -16,15 +16,8 @@ import torch
 
 import nfstore
 from nfrecon.decode import decode_ridge
-from nfrecon.reconstruct import (
-    ReconConfig,
-    choose,
-    embed_images,
-    image_seed,
-    load_image_encoder,
-    read_reconstructions,
-    reconstruct,
-)
+from nfrecon.pipeline import ReconConfig, choose, embed_images, image_seed, load_image_encoder
+from nfrecon.reconstruct import read_reconstructions, reconstruct
 from nfrecon.tiny import write_tiny_models
 from tests.conftest import tree_state
 
@@ -195,7 +188,7 @@ def test_nf_synth_models_writes_the_real_layouts(tmp_path: Path) -> None:
     from click.testing import CliRunner
     from nf.main import _register, cli
 
-    from nfrecon.reconstruct import ReconConfig, load_pipeline, locate_ip_adapter, locate_sdxl
+    from nfrecon.pipeline import ReconConfig, load_pipeline, locate_ip_adapter, locate_sdxl
 
     _register()
     res = CliRunner().invoke(cli, ["synth", "models", str(tmp_path / "m")])
