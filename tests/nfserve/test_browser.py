@@ -40,6 +40,10 @@ def server(served: dict[str, Path]):  # noqa: ANN201
          str(served["ip_adapter"]), "--checkpoint", str(served["checkpoint"]), "--size", "32"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        import select
+
+        ready, _, _ = select.select([proc.stdout], [], [], 120)  # bounded wait for the banner
+        assert ready, "nf serve printed nothing within 120 s"
         line = proc.stdout.readline()  # "nf serve: STORE at http://127.0.0.1:PORT/?token=T"
         url = re.search(r"(http://127\.0\.0\.1:\d+/\?token=\S+)", line)
         assert url, line + proc.stdout.read(2000) if proc.poll() is not None else line
