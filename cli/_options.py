@@ -50,3 +50,35 @@ def subjects_option(help_text: str) -> Any:
 store_option = click.option("--store", "store", required=True,
                             type=click.Path(file_okay=False, path_type=str),
                             help="Store folder (created if missing).")
+
+
+def remote_store(command: Any) -> Any:
+    """Let a command read its STORE from a URL: adds ``--storage-option KEY=VALUE``
+    (repeatable; fsspec options of the URL's filesystem, e.g. ``endpoint_url=...``,
+    ``anon=true``, ``client_kwargs.region_name=...``), applied before the command runs."""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args: Any, storage_option: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        from nfstore import _remote
+
+        _remote.configure(str(kwargs["store"]), _remote.parse_storage_options(storage_option))
+        return command(*args, **kwargs)
+
+    return click.option(
+        "--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+        help="For a STORE URL (s3://...): an fsspec option of its filesystem (repeatable), "
+             "e.g. endpoint_url=http://127.0.0.1:9000. Also read: FSSPEC_S3_<OPTION> and the "
+             "backend's own variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).")(run)
+
+
+def pixel_cache_options(command: Any) -> Any:
+    """``--cache-pixels`` and ``--pixel-size`` (``nf ingest``, ``nf embed``)."""
+    command = click.option(
+        "--pixel-size", type=click.IntRange(8, 4096),
+        help="--cache-pixels: resize to N x N (needed where a table's images differ in size, as "
+             "BOLD5000's and GOD's do) [the images' own size].")(command)
+    return click.option(
+        "--cache-pixels", is_flag=True,
+        help="Also copy the stimulus images into the store (/stimuli/<table>/pixels), so a copy "
+             "of the store on object storage serves images without the raw files.")(command)

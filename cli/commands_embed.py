@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from nf._options import pixel_cache_options
 
 
 @click.command("embed")
@@ -33,22 +34,36 @@ import click
               help="Cache penultimate hidden states (IP-Adapter plus) as <model>-tokens.")
 @click.option("--skip-bad", is_flag=True, help="Report unreadable images and go on.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other weights.")
+@pixel_cache_options
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def embed(store: str, model: str, size: int, latent_size: int, weights: str | None,
           stimuli: str,
           pool_dir: str | None,
           pool_name: str, batch_size: int, device: str, workers: int, dtype: str, tokens: bool,
-          skip_bad: bool, overwrite: bool, progress: bool) -> None:
+          skip_bad: bool, overwrite: bool, cache_pixels: bool, pixel_size: int | None,
+          progress: bool) -> None:
     """Embed every stimulus image of STORE not cached yet (resumable).
 
     `--model pixels` caches downsampled RGB pixels (`--size`) of every dataset image instead,
     the low-level target of `nf decode-ridge --target pixels`; `--model sdxl-vae --weights
     SDXL_DIR` caches the SDXL VAE's raw latents (`--latent-size`), the target of
-    `nf decode-ridge --target sdxl-vae`."""
+    `nf decode-ridge --target sdxl-vae`. `--cache-pixels` copies the images of the
+    `--stimuli` tables into the store first (alone, without --weights, it only does that)."""
     from pathlib import Path
 
     from nfstore.errors import OptionError
 
+    if cache_pixels:
+        import nfstore
+        from nfstore._names import DATASETS
+        from nfstore.pixels import cache_pixels as cache
+
+        tables = nfstore.open_store(store).stimulus_tables()
+        pick = (None if stimuli == "all" else [t for t in tables if t not in DATASETS]
+                if stimuli == "pool" else [stimuli])
+        click.echo(cache(store, pick, pixel_size, progress).line())
+        if weights is None and model.startswith("ip-adapter"):
+            return
     if model == "pixels":
         from nfstore.lowlevel import embed_pixels
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from nf._options import ManyValues
+from nf._options import ManyValues, remote_store
 
 SPLIT = click.Choice(["test", "train", "imagery"])
 
@@ -143,6 +143,7 @@ def reconstruct(store: str, decoded: str, sdxl: str, sdxl_config: str | None, ip
 @click.option("--reconstructions", "name", required=True)
 @click.option("--subjects", cls=ManyValues)
 @click.option("--max-rows", type=click.IntRange(1), default=16, show_default=True)
+@remote_store
 def export_images(store: str, out: str, name: str, subjects: tuple[str, ...] | None,
                   max_rows: int) -> None:
     """PNGs of a reconstruction set and a grid figure per subject (ground truth first)."""
@@ -182,6 +183,7 @@ def export_images(store: str, out: str, name: str, subjects: tuple[str, ...] | N
               "diffusers config folder.")
 @click.option("--figures", "figures_dir", type=click.Path(file_okay=False),
               help="Write a reconstruction grid per subject and the metric chart here.")
+@remote_store
 def metrics(store: str, name: str, weights: str, clip: str, variant: str,
             subjects: tuple[str, ...] | None, oracle: str | None, device: str, seed: int,
             out: str | None, table_dir: str | None, label: str, classifier: str | None,

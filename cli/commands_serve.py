@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from nf._options import remote_store
 
 
 @click.command("serve")
@@ -18,6 +19,7 @@ import click
 @click.option("--encoder", type=click.Path(), help="nf embed encoder (best of --samples > 1).")
 @click.option("--size", type=click.IntRange(8), default=256, show_default=True,
               help="Job image size in pixels.")
+@remote_store
 def serve(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
           ip_adapter: str | None, checkpoints: tuple[str, ...], encoder: str | None,
           size: int) -> None:

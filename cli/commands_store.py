@@ -6,7 +6,13 @@ import time
 from pathlib import Path
 
 import click
-from nf._options import ManyValues, store_option, subjects_option
+from nf._options import (
+    ManyValues,
+    pixel_cache_options,
+    remote_store,
+    store_option,
+    subjects_option,
+)
 
 DATASET = click.Choice(["nsd", "bold5000", "god"])
 
@@ -82,11 +88,12 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
                    "nsd, bold5000 default), run (each run by its own statistics, TEST RUNS "
                    "INCLUDED; god default), train-global (all train trials), none.")
 @click.option("--overwrite", is_flag=True, help="Replace subjects already in the store.")
+@pixel_cache_options
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | None,
            sessions: str | None, beta_version: str | None, fmt: str | None, tr: str | None,
            images: str | None, dtype: str, normalization: str | None, overwrite: bool,
-           progress: bool) -> None:
+           cache_pixels: bool, pixel_size: int | None, progress: bool) -> None:
     """Ingest DATASET from RAW_ROOT (original layout) into the store."""
     import nfstore
     from nfstore.ingest import options_from
@@ -99,10 +106,15 @@ def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | 
                              overwrite=overwrite, dtype=dtype, normalization=normalization,
                              progress=progress)
     click.echo(summary.line())
+    if cache_pixels:
+        from nfstore.pixels import cache_pixels as cache
+
+        click.echo(cache(store, [dataset], pixel_size, progress).line())
 
 
 @click.command("info")
 @click.argument("store", type=click.Path())
+@remote_store
 def info(store: str) -> None:
     """Subjects of STORE side by side: trials per split, voxels, ROIs, sessions."""
     import nfstore
@@ -129,6 +141,7 @@ def info(store: str) -> None:
 
 @click.command("validate")
 @click.argument("store", type=click.Path())
+@remote_store
 def validate(store: str) -> None:
     """Check STORE against the store schema and its value rules; exit 1 on any problem."""
     import nfstore
@@ -151,6 +164,7 @@ def validate(store: str) -> None:
 @click.option("--average-repeats", is_flag=True, help="One row per stimulus (mean of repeats).")
 @click.option("--out", required=True, type=click.Path(dir_okay=True),
               help="Output file: .npy (values), .nc (with coordinates) or .zarr.")
+@remote_store
 def query(store: str, subject: str, roi: tuple[str, ...] | None, split: str | None,
           average_repeats: bool, out: str) -> None:
     """Select betas of SUBJECT by ROI and split and write them to --out."""
@@ -172,6 +186,7 @@ def query(store: str, subject: str, roi: tuple[str, ...] | None, split: str | No
               help="Write the full list of copies as JSON.")
 @click.option("--max-distance", type=click.IntRange(0, 64), default=None,
               help="Fingerprint bits within which two images are the same picture [3].")
+@remote_store
 def leakage(store: str, json_out: str | None, max_distance: int | None) -> None:
     """Held-out (test/imagery) stimuli whose picture is also a train stimulus of any subject,
     in a synthetic set or in a pool, by id, identity or content fingerprint."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from nf._options import ManyValues
+from nf._options import ManyValues, remote_store
 
 
 @click.command("train")
@@ -16,6 +16,7 @@ from nf._options import ManyValues
               help="Override config keys, e.g. epochs=5 'subjects=[\"nsd/subj01\"]'.")
 @click.option("--resume", is_flag=True, help="Continue the run in output_dir/last.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@remote_store
 def train(store: str, config_file: str | None, overrides: tuple[str, ...] | None, resume: bool,
           progress: bool) -> None:
     """Train a cross-subject decoder on STORE."""
@@ -43,6 +44,7 @@ def train(store: str, config_file: str | None, overrides: tuple[str, ...] | None
               help="TOML config for the fine-tuning run [the checkpoint's, with new subjects].")
 @click.option("--set", "overrides", cls=ManyValues, split_commas=False, metavar="KEY=VALUE")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@remote_store
 def finetune(store: str, ckpt: str, subjects: tuple[str, ...], fraction: float,
              config_file: str | None, overrides: tuple[str, ...] | None, progress: bool) -> None:
     """Train only new subjects' adapters; backbone and head of --checkpoint stay frozen."""
@@ -65,6 +67,7 @@ def finetune(store: str, ckpt: str, subjects: tuple[str, ...], fraction: float,
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--baseline", type=click.Choice(["ridge"]),
               help="Also score a closed-form ridge per subject on the same candidates.")
+@remote_store
 def evaluate(store: str, ckpt: str, split: str, subjects: tuple[str, ...] | None,
              out: Path | None, device: str, baseline: str | None) -> None:
     """Retrieval top-1/top-5 (both directions) and cosine on SPLIT, repeat-averaged."""

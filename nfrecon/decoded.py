@@ -17,9 +17,9 @@ import xarray as xr
 import zarr
 
 from nfstore import _layout
+from nfstore._names import DECODED_GROUP
 from nfstore._version import __version__
 from nfstore.errors import OptionError
-from nfstore.store import DECODED_GROUP
 
 
 def check_name(name: str, option: str = "--name") -> str:

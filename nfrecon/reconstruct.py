@@ -27,10 +27,9 @@ from nfrecon.pipeline import (
     load_pipeline,
 )
 from nfstore import _layout
+from nfstore._names import RECON_GROUP
 from nfstore._version import __version__
 from nfstore.errors import OptionError, StoreError
-
-RECON_GROUP = "reconstructions"
 
 
 @dataclass
@@ -190,32 +189,29 @@ def reconstruct(location: str | Path, decoded: str, sdxl: str | Path, ip_adapter
     return summary
 
 
-def read_reconstructions(location: str | Path, name: str, subject: str) -> dict[str, Any]:
+def read_reconstructions(location: str | Path | nfstore.Store, name: str, subject: str
+                         ) -> dict[str, Any]:
     """``images`` (row, sample, y, x, rgb) lazily (dask), ``stimulus``, ``chosen``, ``scores``,
-    ``attrs`` of a reconstruction set."""
+    ``attrs`` of a reconstruction set (``location``: a path, URL or opened store)."""
     import dask.array as da
-    import zarr
 
-    root = zarr.open_group(str(location), mode="r")
+    store = nfstore.open_store(location, check=False)
     key = f"{RECON_GROUP}/{name}/{subject}"
-    if key not in root:
-        raise StoreError(f"--reconstructions: no set {name!r} for {subject} in {location}")
-    g = root[key]
+    if not store.has(key):
+        raise StoreError(f"--reconstructions: no set {name!r} for {subject} in "
+                         f"{store.location}")
+    g = store.group(key)
     return {"images": da.from_zarr(g["images"]), "stimulus": np.array(g["stimulus"][:].tolist(),
                                                                       dtype=object),
             "chosen": g["chosen"][:], "scores": g["scores"][:], "attrs": dict(g.attrs)}
 
 
-def recon_subjects(location: str | Path, name: str, subjects: list[str] | None = None
-                   ) -> list[str]:
+def recon_subjects(location: str | Path | nfstore.Store, name: str,
+                   subjects: list[str] | None = None) -> list[str]:
     """Subjects of reconstruction set ``name`` (``subjects`` if given); a one-line error if the
     set does not exist."""
-    import zarr
-
-    root = zarr.open_group(str(location), mode="r")
-    base = f"{RECON_GROUP}/{name}"
-    if base not in root:
-        raise nfstore.QueryError(f"--reconstructions: no set {name!r} in {location}")
-    return list(subjects) if subjects else [
-        f"{d}/{s}" for d in sorted(root[base].group_keys())
-        for s in sorted(root[f"{base}/{d}"].group_keys())]
+    store = nfstore.open_store(location, check=False)
+    sets = store.reconstruction_sets()
+    if name not in sets:
+        raise nfstore.QueryError(f"--reconstructions: no set {name!r} in {store.location}")
+    return list(subjects) if subjects else sets[name]

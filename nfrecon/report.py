@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from nfstore import _layout
 from nfstore._version import __version__
 
 
-def chosen_images(location: str | Path, name: str, subject: str) -> tuple[np.ndarray,
-                                                                          np.ndarray]:
+def chosen_images(location: str | Path | nfstore.Store, name: str, subject: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """The chosen sample of every row: uint8 (n, H, W, 3), and the stimulus ids (n,)."""
     r = read_reconstructions(location, name, subject)
     imgs = np.asarray(r["images"])
@@ -93,18 +94,17 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
     (a diffusers folder, or a single checkpoint with its ``sdxl_config`` folder) adds the VAE
     round trip of the ground truth (the low-level ceiling).
     """
-    import zarr
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     if variant not in M.VARIANTS:
         raise nfstore.OptionError(f"--variant: expected one of {list(M.VARIANTS)}; got "
                                   f"{variant!r}")
-    path = _layout.local_store_path(location)
-    store = nfstore.open_store(path)
-    root = zarr.open_group(str(path), mode="r")
+    store = nfstore.open_store(location)
+    # per-image values go into a local store; a store read from a URL is only read
+    path = None if store.remote else _layout.local_store_path(store.location)
     base = f"{RECON_GROUP}/{name}"
-    keys = recon_subjects(path, name, subjects)
+    keys = recon_subjects(store, name, subjects)
     networks = M.load_networks(M.weight_paths(weights, variant), clip, device)
     vae = vae_roundtrip(sdxl, device, sdxl_config) if sdxl else None
 
@@ -120,25 +120,26 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
                               "datasets": {}, "overall": {}, "baselines": {}}
     n_images = 0
     pooled: dict[str, dict[str, np.ndarray]] = {}
-    bar = tqdm(total=sum(int(root[f"{base}/{k}/stimulus"].shape[0]) for k in keys),
+    bar = tqdm(total=sum(int(store.group(f"{base}/{k}")["stimulus"].shape[0]) for k in keys),
                desc=f"metrics {name}", unit="img", disable=not progress)
-    with _layout.writing(path, f"nf metrics {name}"):
+    with _layout.writing(path, f"nf metrics {name}") if path else nullcontext():
         for key in keys:
-            rec, stim = chosen_images(path, name, key)
+            rec, stim = chosen_images(store, name, key)
             gt = ground_truth(store, stim, rec.shape[1])
             vals = score(gt, rec)
             pooled[key] = vals
-            _store_per_image(path, name, key, variant, vals)
+            if path is not None:
+                _store_per_image(path, name, key, variant, vals)
             report["subjects"][key] = summarize(vals, seed)
-            report.setdefault("retrieval", {})[key] = _retrieval(store, root[f"{base}/{key}"],
-                                                                 stim, seed)
+            report.setdefault("retrieval", {})[key] = _retrieval(
+                store, store.group(f"{base}/{key}"), stim, seed)
             rows = {"shuffled reconstructions": rec[derangement(len(rec), seed)],
                     "mean train image": np.broadcast_to(
                         mean_train_image(store, key, rec.shape[1]), rec.shape).copy()}
             if vae is not None:
                 rows["VAE round trip (low-level ceiling)"] = vae(gt)
             if oracle:
-                orec, ostim = chosen_images(path, oracle, key)
+                orec, ostim = chosen_images(store, oracle, key)
                 if list(ostim) == list(stim):
                     rows["oracle (true embeddings)"] = orec
             for label, imgs in rows.items():
@@ -158,6 +159,8 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
                           for m in pooled[ks[0]]} for g, ks in groups.items() if ks}
     for label, per in report["baselines"].items():
         per["overall"] = _mean_of([v for k, v in per.items() if k != "overall"])
+    report["per_image_values"] = (f"stored at {RECON_GROUP}/{name}/<subject>/metrics/{variant}"
+                                  if path else "not stored: the store was read from a URL")
     report["seconds"] = time.perf_counter() - t0
     report["images_per_second"] = n_images / max(report["seconds"], 1e-9)
     return report
@@ -309,7 +312,7 @@ def write_figures(report: dict[str, Any], location: str | Path, out: str | Path)
     store = nfstore.open_store(location)
     files = []
     for key in report["subjects"]:
-        r = read_reconstructions(location, report["reconstructions"], key)
+        r = read_reconstructions(store, report["reconstructions"], key)
         imgs = np.asarray(r["images"][:8])
         gt = ground_truth(store, r["stimulus"][:8], imgs.shape[2])
         p = out / f"{key.replace('/', '_')}_grid.png"

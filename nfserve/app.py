@@ -38,7 +38,7 @@ SSE_SECONDS = 1800       # an event stream ends after this long (bounded loop)
 class ServeConfig:
     """``nf serve`` options (see ``nf serve --help``)."""
 
-    store: Path
+    store: Any  # path, URL or opened nfstore.Store
     allow_jobs: bool = False
     sdxl: Path | None = None
     ip_adapter: Path | None = None
@@ -50,7 +50,7 @@ class ServeConfig:
 
 def create_app(cfg: ServeConfig, runner: Any = None) -> FastAPI:
     """The app over ``cfg.store``; ``runner`` is the job runner (made on startup if jobs)."""
-    view = D.View(Path(cfg.store))
+    view = D.View(cfg.store)
     app = FastAPI(title="NeuroFusion", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     tpl = Jinja2Templates(directory=str(HERE / "templates"))
@@ -62,7 +62,7 @@ def create_app(cfg: ServeConfig, runner: Any = None) -> FastAPI:
         if cfg.allow_jobs and app.state.runner is None:
             from nfserve.jobs import JobRunner
 
-            app.state.runner = JobRunner(view.path, cfg.sdxl, cfg.ip_adapter)
+            app.state.runner = JobRunner(Path(view.path), cfg.sdxl, cfg.ip_adapter)
 
     @app.on_event("shutdown")
     def _stop() -> None:

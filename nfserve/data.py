@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import nfstore
+from nfstore._names import RECON_GROUP, STIMULI_GROUP
 from nfstore.errors import NFError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -48,12 +48,17 @@ def check_page(page: int) -> int:
 class View:
     """The store behind the site, opened once; small caches of what pages need."""
 
-    path: Path
+    location: Any  # path, URL or opened nfstore.Store
     store: Any = None
+    path: str = ""  # the store's location, as shown
     _metrics: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.store = nfstore.open_store(self.path)
+        from nfserve.images import register
+
+        self.store = nfstore.open_store(self.location)
+        self.path = self.store.location
+        register(self.store)
 
     # ----------------------------------------------------------------- lookups
     def subject(self, dataset: str, subject: str) -> str:
@@ -75,17 +80,7 @@ class View:
         return table, ids[sid]
 
     def recon_sets(self) -> dict[str, list[str]]:
-        import zarr
-
-        root = zarr.open_group(str(self.path), mode="r")
-        if "reconstructions" not in root:
-            return {}
-        out = {}
-        for name in sorted(root["reconstructions"].group_keys()):
-            g = root[f"reconstructions/{name}"]
-            out[name] = [f"{d}/{s}" for d in sorted(g.group_keys())
-                         for s in sorted(g[d].group_keys())]
-        return out
+        return self.store.reconstruction_sets()
 
     def recon(self, name: str, subject: str | None) -> tuple[str, list[str]]:
         sets = self.recon_sets()
@@ -97,14 +92,15 @@ class View:
 
 
 @lru_cache(maxsize=64)
-def _index_cached(path: str, table: str, stamp: float) -> dict[str, int]:
-    store = nfstore.open_store(path)
+def _index_cached(path: str, table: str, stamp: str) -> dict[str, int]:
+    from nfserve.images import opened
+
+    store = opened(path)
     return {s: i for i, s in enumerate(store.stimuli(table)["stimulus"].values.tolist())}
 
 
 def stimulus_index(view: View, table: str) -> dict[str, int]:
-    stamp = (view.path / "stimuli" / table).stat().st_mtime
-    return _index_cached(str(view.path), table, stamp)
+    return _index_cached(view.path, table, view.store.stamp(f"{STIMULI_GROUP}/{table}"))
 
 
 # --------------------------------------------------------------------- pages
@@ -125,7 +121,7 @@ def overview(view: View) -> dict[str, Any]:
     for name, subs in view.recon_sets().items():
         from nfrecon.reconstruct import read_reconstructions
 
-        a = read_reconstructions(view.path, name, subs[0])["attrs"] if subs else {}
+        a = read_reconstructions(view.store, name, subs[0])["attrs"] if subs else {}
         recon[name] = {"subjects": subs, "source": a.get("source"), "decoded": a.get("decoded"),
                        "init": a.get("init"), "blend": a.get("blend")}
     pools = [t for t in st.stimulus_tables() if t not in ("nsd", "bold5000", "god")]
@@ -175,23 +171,20 @@ def stimulus_page(view: View, sid: str) -> dict[str, Any]:
 def per_image_metrics(view: View, name: str, subject: str) -> dict[str, np.ndarray]:
     """Stored ``nf metrics`` values (mindeye2 variant first), else PixCorr and SSIM computed
     here once (cached in memory; the store is never written)."""
-    import zarr
-
     if (name, subject) in view._metrics:
         return view._metrics[(name, subject)]
-    root = zarr.open_group(str(view.path), mode="r")
-    base = f"reconstructions/{name}/{subject}/metrics"
+    base = f"{RECON_GROUP}/{name}/{subject}/metrics"
     out: dict[str, np.ndarray] = {}
-    if base in root:
-        variants = sorted(root[base].group_keys(), key=lambda v: v != "mindeye2")
+    if view.store.has(base):
+        variants = sorted(view.store.group(base).group_keys(), key=lambda v: v != "mindeye2")
         if variants:
-            g = root[f"{base}/{variants[0]}"]
+            g = view.store.group(f"{base}/{variants[0]}")
             out = {k: np.asarray(g[k][:]) for k in g.array_keys()}
     if not out:
         from nfrecon.metrics import pixel_metrics
         from nfrecon.report import chosen_images, ground_truth
 
-        imgs, stim = chosen_images(view.path, name, subject)
+        imgs, stim = chosen_images(view.store, name, subject)
         try:
             gt = ground_truth(view.store, stim, imgs.shape[1])
         except NFError:  # e.g. uploaded betas: no ground-truth picture
@@ -207,7 +200,7 @@ def gallery(view: View, name: str, subject: str | None, sort: str | None = None,
 
     name, subs = view.recon(name, subject)
     subject = subject or subs[0]
-    r = read_reconstructions(view.path, name, subject)
+    r = read_reconstructions(view.store, name, subject)
     metrics = per_image_metrics(view, name, subject)
     n = len(r["stimulus"])
     if sort is not None and sort not in metrics:
@@ -240,7 +233,7 @@ def compare(view: View, a: str, b: str, subject: str | None, page: int = 1) -> d
     if not common:
         raise NotFound(f"sets {a!r} and {b!r} share no subject")
     subject = subject or common[0]
-    ra, rb = (read_reconstructions(view.path, x, subject) for x in (a, b))
+    ra, rb = (read_reconstructions(view.store, x, subject) for x in (a, b))
     ib = {s: i for i, s in enumerate(rb["stimulus"])}
     pairs = [(i, ib[s]) for i, s in enumerate(ra["stimulus"]) if s in ib]
     ma, mb = per_image_metrics(view, a, subject), per_image_metrics(view, b, subject)

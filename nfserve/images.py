@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
 from nfserve.data import BadRequest, NotFound, View
+from nfstore._names import RECON_GROUP
 
 MAX_SIZE = 1024
 
@@ -27,18 +29,29 @@ def _size(size: int | None) -> int | None:
     return size
 
 
-@lru_cache(maxsize=8)
-def _store(path: str):  # noqa: ANN202 - one opened Store per served path, not one per image
-    import nfstore
+_OPENED: dict[str, Any] = {}  # location -> the Store the site opened (with its options)
 
-    return nfstore.open_store(path)
+
+def register(store: Any) -> None:
+    """Remember the site's opened store, so the cached readers below reach it by location
+    (a URL store keeps its storage options)."""
+    _OPENED[store.location] = store
+
+
+def opened(path: str):  # noqa: ANN201 - one opened Store per served location, not one per image
+    if path not in _OPENED:
+        import nfstore
+
+        _OPENED[path] = nfstore.openopened(path)
+    return _OPENED[path]
+
 
 
 @lru_cache(maxsize=2048)
 def _stimulus_png(path: str, sid: str, size: int | None) -> bytes:
     from PIL import Image
 
-    img = np.asarray(_store(path).images([sid]).values[0])
+    img = np.asarray(opened(path).images([sid]).values[0])
     if size is not None:
         img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
     return png(img)
@@ -46,15 +59,14 @@ def _stimulus_png(path: str, sid: str, size: int | None) -> bytes:
 
 def stimulus_png(view: View, sid: str, size: int | None) -> bytes:
     view.stimulus(sid)  # validated: known id
-    return _stimulus_png(str(view.path), sid, _size(size))
+    return _stimulus_png(view.path, sid, _size(size))
 
 
 @lru_cache(maxsize=4096)
-def _recon_png(path: str, name: str, subject: str, row: int, sample: int, stamp: float
+def _recon_png(path: str, name: str, subject: str, row: int, sample: int, stamp: str
                ) -> bytes:
-    import zarr
 
-    arr = zarr.open_array(f"{path}/reconstructions/{name}/{subject}/images", mode="r")
+    arr = opened(path).group(f"{RECON_GROUP}/{name}/{subject}")["images"]
     if not (0 <= row < arr.shape[0] and 0 <= sample < arr.shape[1]):
         raise NotFound(f"row {row} / sample {sample} is not in set {name!r} ({subject}): it has "
                        f"{arr.shape[0]} rows and {arr.shape[1]} samples")
@@ -63,8 +75,8 @@ def _recon_png(path: str, name: str, subject: str, row: int, sample: int, stamp:
 
 def recon_png(view: View, name: str, subject: str, row: int, sample: int) -> bytes:
     view.recon(name, subject)
-    stamp = (view.path / "reconstructions" / name / subject).stat().st_mtime
-    return _recon_png(str(view.path), name, subject, row, sample, stamp)
+    stamp = view.store.stamp(f"{RECON_GROUP}/{name}/{subject}")
+    return _recon_png(view.path, name, subject, row, sample, stamp)
 
 
 @lru_cache(maxsize=64)
@@ -77,7 +89,7 @@ def _roi_png(path: str, subject: str, roi: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    st = _store(path)
+    st = opened(path)
     ds = st.dataset(subject)
     attrs = st.attrs(subject)
     shape = tuple(int(v) for v in attrs["volume_shape"])[:3]
@@ -112,4 +124,4 @@ def roi_png(view: View, key: str, roi: str) -> bytes:
         raise NotFound(f"ROI {roi[:60]!r} is not defined for {key}")
     if not view.store.attrs(key).get("volume_shape"):
         raise NotFound(f"{key} has no voxel grid to draw")
-    return _roi_png(str(view.path), key, roi)
+    return _roi_png(view.path, key, roi)

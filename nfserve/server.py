@@ -17,8 +17,11 @@ def run(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
 
     from nfserve.app import ServeConfig, create_app
 
-    path = Path(store)
-    nfstore.open_store(path)  # one-line error if it is not a store
+    opened = nfstore.open_store(store)  # one-line error if it is not a store
+    path = opened.location
+    if allow_jobs and opened.remote:
+        raise OptionError(f"--allow-jobs: jobs write reconstruction sets into the store, which "
+                          f"needs a local folder; {path} is a URL (serve it read-only)")
     if allow_jobs:
         from nfrecon.pipeline import locate_ip_adapter, locate_sdxl
 
@@ -31,7 +34,7 @@ def run(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
         for c in checkpoints:
             ck.load(c)  # one-line error for a folder that is not a checkpoint
     token = secrets.token_urlsafe(16) if allow_jobs else ""
-    cfg = ServeConfig(path, allow_jobs, Path(sdxl) if sdxl else None,
+    cfg = ServeConfig(opened, allow_jobs, Path(sdxl) if sdxl else None,
                       Path(ip_adapter) if ip_adapter else None,
                       tuple(Path(c) for c in checkpoints),
                       Path(encoder) if encoder else None, token, size)

@@ -42,6 +42,8 @@ DATASETS: Final = ("nsd", "bold5000", "god")
 STIMULI_GROUP: Final = "stimuli"
 STAGING_GROUP: Final = "_staging"
 TRASH_GROUP: Final = "_trash"
+DECODED_GROUP: Final = "decoded"
+RECON_GROUP: Final = "reconstructions"
 
 # subject-group status attribute
 STATUS_ATTR: Final = "nf_status"

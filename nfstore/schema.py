@@ -8,7 +8,6 @@ on every open); :func:`validate_store` adds the value checks of ``x-nf-checks`` 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -151,10 +150,13 @@ def _interrupted_swaps(store: Store) -> list[str]:
     """Previous versions left aside by a write that was killed between its two renames."""
     from nfstore._names import TRASH_GROUP
 
-    trash = Path(store.location) / TRASH_GROUP
-    if "://" in store.location or not trash.is_dir():
-        return []
-    left = sorted(p.relative_to(trash).as_posix().split("@")[0] for p in trash.rglob("*@*"))
+    trash = f"{store.fs_path}/{TRASH_GROUP}"
+    try:
+        found = store.fs.find(trash, withdirs=True)
+    except FileNotFoundError:
+        found = []
+    left = sorted({p[len(trash) + 1:].split("@")[0] for p in found
+                   if "@" in p.rsplit("/", 1)[-1]})
     if not left:
         return []
     return [f"{store.location}/{TRASH_GROUP}: interrupted write of {', '.join(left)} (the "
@@ -190,14 +192,16 @@ def _subject_values(store: Store, key: str, tables: dict[str, set[str]]) -> list
 
 
 def _missing_chunks(store: Store, key: str) -> list[str]:
-    """Betas chunks absent from a local store (a chunk never written reads as NaN)."""
-    path = Path(store.location) / key / BETAS
-    if not path.is_dir():
-        return []
+    """Betas chunks absent from the store (a chunk never written reads as NaN); one listing
+    of the array's chunk keys, local or remote."""
     arr = store._root[f"{key}/{BETAS}"]
     grid = [math.ceil(s / c) for s, c in zip(arr.shape, arr.chunks)]
     expected = int(np.prod(grid))
-    found = sum(1 for p in (path / "c").rglob("*") if p.is_file()) if (path / "c").is_dir() else 0
+    chunks = f"{store.fs_path}/{key}/{BETAS}/c"
+    try:
+        found = len(store.fs.find(chunks))
+    except FileNotFoundError:
+        found = 0
     if found < expected:
         return [f"{store.location}/{key}/{BETAS}: expected {expected} chunks; found {found} "
                 f"(an ingest was cut short?)"]

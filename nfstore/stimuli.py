@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -187,4 +188,8 @@ def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequenc
     zarr.open_group(str(staged), mode="r+").attrs.update(
         {"dataset": table.dataset, "raw_root": str(table.root), "nf_version": __version__,
          "fingerprint": f"imagehash.phash 64-bit; duplicates within {identity.MAX_DISTANCE} bits"})
+    from nfstore.pixels import PIXELS
+
+    if (previous / PIXELS).is_dir():  # the pixel cache moves with its table (rows by id)
+        os.rename(previous / PIXELS, staged / PIXELS)
     _layout.commit(store, staged, key)

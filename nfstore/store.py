@@ -15,15 +15,16 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from nfstore import _layout
+from nfstore import _remote
 from nfstore._names import (
     BETAS,
     COMPLETE,
     DATASETS,
+    DECODED_GROUP,
+    RECON_GROUP,
     ROI,
     ROI_MASK,
     SCHEMA_VERSION,
-    SOURCE,
     SPLIT,
     SPLITS,
     STAGING_GROUP,
@@ -33,35 +34,51 @@ from nfstore._names import (
     TRIAL,
     VOXEL,
 )
+from nfstore._query import average_repeats_of, plain_strings
 from nfstore.errors import QueryError, SchemaError, StoreError
 from nfstore.identity import identities
-from nfstore.stimuli import lazy_pixels
-
-DECODED_GROUP = "decoded"
 
 
-def open_store(location: str | os.PathLike[str], *, check: bool = True) -> Store:
+def open_store(location: str | os.PathLike[str] | Store, *, check: bool = True,
+               storage_options: dict[str, Any] | None = None) -> Store:
     """Open a store lazily and check it against the store schema (metadata only).
 
     Parameters
     ----------
-    location : path or fsspec URL
+    location : path, fsspec URL (``s3://bucket/nf.zarr``) or an opened :class:`Store`
+        (returned as it is, so functions taking a location also take a remote store opened
+        with its options)
     check : bool
         Validate the layout and metadata against ``schemas/store-v1.schema.json``.
+    storage_options : dict, optional
+        Passed to fsspec for a URL (``endpoint_url``, ``key``, ``secret``, ``anon``...).
     """
-    return Store(location, check=check)
+    if isinstance(location, Store):
+        return location
+    return Store(location, check=check, storage_options=storage_options)
 
 
 class Store:
     """A NeuroFusion feature store (see ``DESIGN.md``, store contract)."""
 
-    def __init__(self, location: str | os.PathLike[str], *, check: bool = True) -> None:
+    def __init__(self, location: str | os.PathLike[str], *, check: bool = True,
+                 storage_options: dict[str, Any] | None = None) -> None:
         self.location = os.fspath(location)
+        self.storage_options = dict(storage_options or {})
+        self.remote = _remote.is_url(self.location)
+        # listings (chunk files, staging) and zarr's reads go through the same location
+        self.fs, self.fs_path = _remote.filesystem(self.location, self.storage_options)
+        self._zstore = _remote.zarr_store(self.location, self.storage_options)
         try:
-            self._root = zarr.open_group(self.location, mode="r")
+            self._root = zarr.open_group(self._zstore, mode="r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
             raise SchemaError(f"{self.location}: expected a NeuroFusion store; found no zarr "
                               f"group there") from err
+        except Exception as err:  # a remote backend's own errors (credentials, endpoint)
+            if not self.remote:
+                raise
+            raise StoreError(f"{self.location}: could not be opened: {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}") from None
         version = self._root.attrs.get("nf_schema_version")
         if version != SCHEMA_VERSION:
             raise SchemaError(f"{self.location}: expected nf_schema_version {SCHEMA_VERSION}; "
@@ -93,11 +110,16 @@ class Store:
 
     def incomplete(self) -> dict[str, str]:
         """Ingests in progress or interrupted: subject key -> blocks done."""
+        import json
+
         out = {}
-        staging = Path(self.location) / STAGING_GROUP
-        for progress in sorted(staging.glob("*/*.json")) if staging.is_dir() else []:
-            state = _layout.read_json(progress) or {}
-            key = progress.relative_to(staging).with_suffix("").as_posix()
+        staging = f"{self.fs_path}/{STAGING_GROUP}"
+        for progress in sorted(self.fs.glob(f"{staging}/*/*.json")):
+            try:
+                state = json.loads(_remote.read_text(self.fs, progress) or "{}")
+            except ValueError:
+                state = {}
+            key = progress[len(staging) + 1:].removesuffix(".json")
             out[key] = f"{len(state.get('blocks_done', []))} blocks written"
         return out
 
@@ -115,11 +137,11 @@ class Store:
         """The whole subject group as a lazy :class:`xarray.Dataset` (betas + coordinates)."""
         if subject not in self._open:  # checked and opened once per Store
             self._require(subject)
-            ds = xr.open_zarr(self.location, group=subject, consolidated=False, chunks={},
+            ds = xr.open_zarr(self._zstore, group=subject, consolidated=False, chunks={},
                               zarr_format=3)
             # small coordinates in memory: selections never touch beta chunks
             small = {c: ds[c].load() for c in ds.coords if c != BETAS}
-            self._open[subject] = ds.assign_coords({c: _plain_strings(v) for c, v in small.items()})
+            self._open[subject] = ds.assign_coords({c: plain_strings(v) for c, v in small.items()})
         return self._open[subject]
 
     def rois(self, subject: str) -> list[str]:
@@ -224,9 +246,9 @@ class Store:
         return names
 
     def _synthetic(self, subject: str, name: str, voxels: np.ndarray | None) -> xr.DataArray:
-        ds = xr.open_zarr(self.location, group=f"{subject}/synthetic/{name}",
+        ds = xr.open_zarr(self._zstore, group=f"{subject}/synthetic/{name}",
                           consolidated=False, chunks={}, zarr_format=3)
-        ds = ds.assign_coords({c: _plain_strings(ds[c].load()) for c in ds.coords})
+        ds = ds.assign_coords({c: plain_strings(ds[c].load()) for c in ds.coords})
         x = ds[BETAS]
         measured = self.dataset(subject)
         x = x.assign_coords({c: (VOXEL, measured[c].values) for c in measured.coords
@@ -244,9 +266,9 @@ class Store:
         if dataset not in self._children(STIMULI_GROUP):
             raise QueryError(f"stimuli: {dataset!r} has no stimulus table in {self.location}; "
                              f"available: {self._children(STIMULI_GROUP)}")
-        ds = xr.open_zarr(self.location, group=f"{STIMULI_GROUP}/{dataset}",
+        ds = xr.open_zarr(self._zstore, group=f"{STIMULI_GROUP}/{dataset}",
                           consolidated=False, zarr_format=3).load()
-        ds = ds.assign_coords({c: _plain_strings(ds[c]) for c in ds.coords})
+        ds = ds.assign_coords({c: plain_strings(ds[c]) for c in ds.coords})
         ids = ds[STIMULUS].values.tolist()
         if "identity" not in ds:  # a table written before identities existed
             ds = ds.assign_coords(identity=(STIMULUS, identities(dataset, ids)))
@@ -287,28 +309,22 @@ class Store:
     def images(self, stimuli: Any, size: tuple[int, int] | None = None) -> xr.DataArray:
         """Pixels of the given stimuli, lazily: DataArray (stimulus, y, x, rgb) uint8.
 
+        Read from the store's pixel cache (``/stimuli/<table>/pixels``, :mod:`nfstore.pixels`)
+        where it holds the stimuli, else from the raw dataset files.
+
         Parameters
         ----------
-        stimuli : sequence of str or DataArray of stimulus ids
+        stimuli : sequence of str or DataArray of stimulus ids (of one dataset or pool)
         size : (height, width), optional
             Resize one-image-per-file datasets whose images differ in size.
         """
-        ids = np.asarray(getattr(stimuli, "values", stimuli), dtype=object).ravel()
-        datasets = {str(s).split("/", 1)[0] for s in ids}
-        if len(datasets) != 1:
-            raise QueryError(f"images: expected stimuli of one dataset; got {sorted(datasets)}")
-        import pandas as pd
+        from nfstore.pixels import select_pixels
 
-        name = datasets.pop()
-        tab = self.stimuli(name)
-        pos = pd.Index(tab[STIMULUS].values).get_indexer(ids)
-        if (pos < 0).any():
-            missing = ids[pos < 0][:3].tolist()
-            raise QueryError(f"images: stimuli {missing} are not in the stimulus table")
-        raw_root = Path(self._root[f"{STIMULI_GROUP}/{name}"].attrs["raw_root"])
-        pixels = lazy_pixels(tab["file"].values[pos], tab["index"].values[pos], raw_root, size)
-        return xr.DataArray(pixels, dims=(STIMULUS, "y", "x", "rgb"),
-                            coords={STIMULUS: ids}, name="pixels")
+        return select_pixels(self, stimuli, size)
+
+    def raw_root(self, table: str) -> Path:
+        """The raw dataset folder (or pool folder) the stimulus table's files are relative to."""
+        return Path(self.stimuli(table).attrs["raw_root"])
 
     def embedding_models(self) -> list[str]:
         """Names of the cached embedding models (``nf embed``)."""
@@ -378,13 +394,52 @@ class Store:
         if subject not in subjects:
             raise QueryError(f"--subjects: {subject!r} has no rows in decoded set {name!r}; "
                              f"it has {subjects}")
-        ds = xr.open_zarr(self.location, group=f"{DECODED_GROUP}/{name}/{subject}",
+        ds = xr.open_zarr(self._zstore, group=f"{DECODED_GROUP}/{name}/{subject}",
                           consolidated=False, chunks={}, zarr_format=3)
-        coords = {c: _plain_strings(ds[c].load()).values for c in ds.coords}
+        coords = {c: plain_strings(ds[c].load()).values for c in ds.coords}
         return xr.DataArray(ds["embedding"].data, dims=(STIMULUS, "feature"),
                             coords={STIMULUS: coords.pop(STIMULUS),
                                     **{c: (STIMULUS, v) for c, v in coords.items()}},
                             name=name, attrs=dict(ds.attrs))
+
+    # ----------------------------------------------------------------- raw access
+    def group(self, key: str) -> zarr.Group:
+        """The read-only zarr group at ``key`` (``reconstructions/NAME/nsd/subj01``, ...), for
+        the packages that read arrays the accessors above do not wrap; a missing group is a
+        :class:`QueryError`."""
+        parts = key.strip("/").split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise QueryError(f"{key!r}: expected a group path inside the store")
+        key = "/".join(parts)
+        if key not in self._root:
+            raise QueryError(f"{self.location}: has no group {key!r}")
+        return self._root[key]
+
+    def has(self, key: str) -> bool:
+        """True if the store holds a group or array at ``key``."""
+        return key.strip("/") in self._root
+
+    def betas_array(self, subject: str, synthetic: str | None = None) -> zarr.Array:
+        """The subject's (or one synthetic set's) ``betas`` zarr array (trial, voxel), for
+        chunk-aligned reads (the trainer's loader)."""
+        self._require(subject)
+        key = subject if synthetic is None else f"{subject}/synthetic/{synthetic}"
+        return self.group(key)[BETAS]
+
+    def reconstruction_sets(self) -> dict[str, list[str]]:
+        """Reconstruction set name -> its subjects (``nf reconstruct``, ``nf decode-ridge``)."""
+        base = RECON_GROUP
+        return {name: [f"{d}/{s}" for d in self._children(f"{base}/{name}")
+                       for s in self._children(f"{base}/{name}/{d}")]
+                for name in self._children(base)}
+
+    def stamp(self, key: str) -> str:
+        """A marker that changes when the group at ``key`` is rewritten (the modification time
+        of its metadata document), for caches of derived values."""
+        try:
+            return str(self.fs.modified(f"{self.fs_path}/{key.strip('/')}/zarr.json"))
+        except (FileNotFoundError, NotImplementedError):
+            return ""
 
     # ----------------------------------------------------------------- summary
     def info(self) -> dict[str, dict[str, Any]]:
@@ -401,31 +456,3 @@ class Store:
                         "synthetic": {n: int(self._root[f"{key}/synthetic/{n}/{BETAS}"].shape[0])
                                       for n in self.synthetic_sets(key)}}
         return out
-
-
-def _plain_strings(x: xr.DataArray) -> xr.DataArray:
-    """Zarr string arrays come back as numpy StringDType; users expect object arrays of str."""
-    if x.dtype.kind == "T":
-        return x.copy(data=np.array(x.values.tolist(), dtype=object))
-    return x
-
-
-def average_repeats_of(x: xr.DataArray) -> xr.DataArray:
-    """Average trials sharing a stimulus: DataArray (trial, voxel), one row per stimulus.
-
-    Rows are ordered by stimulus id; coordinates ``stimulus``, ``split``, ``n_repeats`` and
-    ``source`` are kept (a stimulus' trials share one split).
-    """
-    stim = x[STIMULUS].values
-    if stim.size == 0:
-        return x
-    groups = xr.DataArray(stim, dims=TRIAL, name=STIMULUS)
-    keep = [c for c in (SPLIT, SOURCE) if c in x.coords]
-    # skipna=False: a non-finite trial makes its average non-finite, never silently dropped
-    mean = x.drop_vars([c for c in x.coords if x[c].dims == (TRIAL,)]).groupby(groups).mean(
-        skipna=False)
-    uniq, first, counts = np.unique(stim, return_index=True, return_counts=True)
-    mean = mean.rename({STIMULUS: TRIAL}).drop_vars(TRIAL)
-    coords = {STIMULUS: (TRIAL, uniq.astype(object)), "n_repeats": (TRIAL, counts)}
-    coords.update({c: (TRIAL, x[c].values[first]) for c in keep})
-    return mean.assign_coords(coords).transpose(TRIAL, VOXEL)

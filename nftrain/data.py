@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from nfstore._names import BETAS, ROI, ROI_MASK, SPLIT, STIMULUS
+from nfstore._names import ROI, ROI_MASK, SPLIT, STIMULUS
 from nfstore.errors import OptionError, QueryError, StoreError
 from nftrain.config import TrainConfig
 
@@ -27,7 +27,7 @@ READ_BATCH = 16  # zarr chunks decoded per trip through its codec pipeline
 class Source:
     """Rows of one betas array (measured, or a synthetic set) used for one subject."""
 
-    path: str
+    array: zarr.Array     # opened once through the store (local or remote)
     rows: np.ndarray      # (n,) row indices, sorted
     targets: np.ndarray   # (n,) indices into the embedding table
     chunk: int            # trial chunk length of the array
@@ -157,8 +157,7 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
 
     subjects = []
     for index, (key, rows, stims) in enumerate(per_subject):
-        arr = store._root[f"{key}/{BETAS}"]
-        path = f"{store.location}/{key}/{BETAS}"
+        arr = _open_betas(store, key)
         is_val = np.array([groups[table[s]] in val_groups for s in stims], dtype=bool)
         if cfg.train_fraction < 1:  # keep a share of the training stimuli (val untouched)
             own = np.unique(stims[~is_val])
@@ -167,7 +166,7 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
             drop = ~is_val & ~np.isin(stims, list(keep))
             rows, stims, is_val = rows[~drop], stims[~drop], is_val[~drop]
         tgt = np.array([table[s] for s in stims], dtype=np.int64)
-        train = [Source(path, rows[~is_val], tgt[~is_val], arr.chunks[0])]
+        train = [Source(arr, rows[~is_val], tgt[~is_val], arr.chunks[0])]
         n_syn_max = int(cfg.synthetic_share / (1 - cfg.synthetic_share) * (~is_val).sum())
         for name in names[key]:
             ids = syn_rows[(key, name)]
@@ -179,11 +178,11 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
             keep = np.sort(usable[np.random.default_rng([cfg.seed, 2, index]).permutation(
                 usable.size)[:n_syn_max]])
             n_syn_max -= keep.size
-            sarr = store._root[f"{key}/synthetic/{name}/{BETAS}"]
-            train.append(Source(f"{store.location}/{key}/synthetic/{name}/{BETAS}", keep,
+            sarr = _open_betas(store, key, name)
+            train.append(Source(sarr, keep,
                                 np.array([table[s] for s in ids[keep]], np.int64),
                                 sarr.chunks[0]))
-        val = (Source(path, rows[is_val], tgt[is_val], arr.chunks[0]),)
+        val = (Source(arr, rows[is_val], tgt[is_val], arr.chunks[0]),)
         voxels = _voxels(store, key, cfg.roi_for(key))
         n_vox = int(arr.shape[1]) if voxels is None else int(voxels.size)
         if n_vox == 0:
@@ -194,6 +193,14 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
     excl = {"keep_test_duplicates": cfg.keep_test_duplicates,
             "held_out_copies": len(excluded), **counts}
     return Dataset(subjects, stimuli, embeddings, fingerprint, groups, excl)
+
+
+def _open_betas(store, key: str, synthetic: str | None = None) -> zarr.Array:  # noqa: ANN001
+    """The betas array, opened so that reads decode a slab's chunks in batches (zarr's default
+    is one chunk per trip through its async codec pipeline: about twice the time here); the
+    pipeline takes the setting when the array is opened, so the change stays scoped."""
+    with zarr.config.set({"codec_pipeline.batch_size": READ_BATCH}):
+        return store.betas_array(key, synthetic)
 
 
 def _blocks(position: int, sources: tuple[Source, ...]) -> list[tuple[int, int, int]]:
@@ -218,14 +225,11 @@ def read_block(subject: SubjectData, src: Source, chunk: int) -> tuple[np.ndarra
     sel = (src.rows >= chunk * src.chunk) & (src.rows < (chunk + 1) * src.chunk)
     rows = src.rows[sel]
     lo, hi = int(rows.min()), int(rows.max()) + 1
-    # decode the slab's chunks in batches (zarr's default is one chunk per trip through its
-    # async codec pipeline: about twice the time here); scoped, no global change
-    with zarr.config.set({"codec_pipeline.batch_size": READ_BATCH}):
-        arr = zarr.open_array(src.path, mode="r")
-        if subject.voxels is None:  # one contiguous slab (zarr's fast path), rows in numpy
-            slab = arr[lo:hi]
-        else:
-            slab = arr.get_orthogonal_selection((slice(lo, hi), subject.voxels))
+    arr = src.array
+    if subject.voxels is None:  # one contiguous slab (zarr's fast path), rows in numpy
+        slab = arr[lo:hi]
+    else:
+        slab = arr.get_orthogonal_selection((slice(lo, hi), subject.voxels))
     x = np.asarray(slab, dtype=np.float32)[rows - lo]
     return x, src.targets[sel]
 

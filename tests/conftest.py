@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -153,3 +155,58 @@ def world_ro(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def world(world_ro: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
     """A private copy of the world store, free to modify."""
     return {**world_ro, "store": _copy(world_ro["store"], tmp_path / "nf.zarr")}
+
+
+@pytest.fixture(scope="session")
+def served(train_store_ro: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The train store with decoded, blurry and reconstruction sets, a checkpoint and the tiny
+    models (nf serve, remote-store tests)."""
+    from nfrecon.decode import decode_ridge
+    from nfrecon.reconstruct import ReconConfig, reconstruct
+    from nfrecon.tiny import write_tiny_models
+    from nfstore.lowlevel import embed_pixels
+    from nftrain.config import build
+    from nftrain.train import train
+
+    base = tmp_path_factory.mktemp("served")
+    store = Path(shutil.copytree(train_store_ro, base / "nf.zarr"))
+    models = write_tiny_models(base / "models")
+    decode_ridge(store, "nsd/subj01", "ridge")
+    embed_pixels(store, size=16)
+    decode_ridge(store, "nsd/subj01", "blurry", embedding="pixels", rescale=True, image_size=32)
+    cfg = ReconConfig(steps=2, size=32, batch=4)
+    reconstruct(store, "ridge", models["sdxl"], models["ip_adapter"], "recon", cfg)
+    reconstruct(store, "ridge", models["sdxl"], models["ip_adapter"], "recon-i2i", cfg,
+                init="blurry")
+    ckpt = train(store, build(dict(subjects=["nsd/subj01"], adapter_dim=32, width=32, depth=1,
+                                   batch_size=16, epochs=1, output_dir=str(base / "run"))))
+    return {"store": store, "checkpoint": ckpt.output_dir / "best", **models}
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[dict[str, Any]]:
+    """An S3-compatible server (moto's) on 127.0.0.1, stopped after the session; yields the
+    endpoint, a bucket and fsspec storage options."""
+    import socket
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                 aws_secret_access_key="testing", region_name="us-east-1"
+                 ).create_bucket(Bucket="nf-test")
+    fs = s3fs.S3FileSystem(**options)
+    try:
+        yield {"endpoint": endpoint, "bucket": "nf-test", "options": options, "fs": fs}
+    finally:
+        server.stop()

@@ -99,7 +99,7 @@ def test_loader_reads_every_train_trial_once_never_test(train_store_ro: Path, sm
     assert order == [b.targets.tolist() for b in batches(data, cfg, epoch=0)]  # seeded
     assert order != [b.targets.tolist() for b in batches(data, cfg, epoch=1)]
     syn = [s for s in data.subjects if s.key == "nsd/subj01"][0].train[1]
-    assert "synthetic/syn" in syn.path and syn.rows.size == 40
+    assert "synthetic/syn" in syn.array.path and syn.rows.size == 40
 
 
 def test_loader_memory_is_bounded_by_cache_mb(tmp_path: Path) -> None:
