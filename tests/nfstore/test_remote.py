@@ -222,7 +222,6 @@ def test_errors_at_the_boundary(pair: dict[str, Any], s3: dict) -> None:
 
 def test_cli_cache_pixels_flags(pair: dict[str, Any], tmp_path: Path) -> None:
     from click.testing import CliRunner
-
     from nf.main import _register, cli
 
     _register()
