@@ -89,11 +89,16 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
                    "INCLUDED; god default), train-global (all train trials), none.")
 @click.option("--overwrite", is_flag=True, help="Replace subjects already in the store.")
 @pixel_cache_options
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Dask distributed scheduler (tcp://host:8786): blocks (NSD sessions) of every "
+                   "subject become tasks; workers must see RAW_ROOT and the store at the same "
+                   "paths (a shared filesystem).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | None,
            sessions: str | None, beta_version: str | None, fmt: str | None, tr: str | None,
            images: str | None, dtype: str, normalization: str | None, overwrite: bool,
-           cache_pixels: bool, pixel_size: int | None, progress: bool) -> None:
+           cache_pixels: bool, pixel_size: int | None, scheduler: str | None,
+           progress: bool) -> None:
     """Ingest DATASET from RAW_ROOT (original layout) into the store."""
     import nfstore
     from nfstore.ingest import options_from
@@ -104,7 +109,7 @@ def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | 
                            images=images, sessions=tuple(ranges) if ranges else None)
     summary = nfstore.ingest(dataset, raw_root, store, subjects=subjects, options=options,
                              overwrite=overwrite, dtype=dtype, normalization=normalization,
-                             progress=progress)
+                             progress=progress, scheduler=scheduler)
     click.echo(summary.line())
     if cache_pixels:
         from nfstore.pixels import cache_pixels as cache

@@ -81,7 +81,8 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
            subjects: Sequence[str] | None = None, options: Any = None,
            overwrite: bool = False, dtype: str = "float32", voxel_chunk: int = VOXEL_CHUNK,
            normalization: str | None = None, progress: bool = False,
-           on_block: Callable[[str, str], None] | None = None) -> IngestSummary:
+           on_block: Callable[[str, str], None] | None = None,
+           scheduler: str | None = None) -> IngestSummary:
     """Ingest subjects of ``dataset`` from ``raw_root`` into ``store``.
 
     Parameters
@@ -107,6 +108,13 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
         Show a progress bar.
     on_block : callable, optional
         Called with ``(subject_key, block_label)`` after each block is durably written.
+    scheduler : str, optional
+        Address of a Dask distributed scheduler (``tcp://host:8786``): every block (an NSD
+        session, a BOLD5000 session, a GOD block of runs) of every subject becomes a task that a
+        worker loads, normalizes and writes into the staged subject; the workers read
+        ``raw_root`` and write the store at the same paths as here (a shared filesystem). This
+        process checks, keeps the progress files and commits, as without a scheduler, so the
+        values are the same and a killed run resumes the same way.
     """
     t0 = time.perf_counter()
     reader = get_reader(dataset)
@@ -132,8 +140,9 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     created = _layout.ensure_store(path)
     try:
         with _layout.writing(path, f"nf ingest {dataset}"):
-            summary = _write_subjects(path, dataset, root, raws, table, overwrite, dtype,
-                                      voxel_chunk, progress, on_block)
+            run = _Run(dataset, root.resolve(), options, normalization, scheduler)
+            summary = _write_subjects(path, run, raws, table, overwrite, dtype, voxel_chunk,
+                                      progress, on_block)
     except NFError:
         if created and not any(path.glob(f"{dataset}/*/zarr.json")) and not any(
                 (path / STAGING_GROUP).glob("*/*.json")):
@@ -143,22 +152,34 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     return summary
 
 
-def _write_subjects(path: Path, dataset: str, root: Path, raws: list[RawSubject],
-                    table: StimulusTable, overwrite: bool, dtype: str, voxel_chunk: int,
-                    progress: bool, on_block: Callable[[str, str], None] | None
-                    ) -> IngestSummary:
+@dataclass(frozen=True)
+class _Run:
+    """What a worker needs to reopen a subject: the reader's inputs, not the opened files."""
+
+    dataset: str
+    root: Path
+    options: Any
+    normalization: str | None
+    scheduler: str | None = None
+
+
+def _write_subjects(path: Path, run: _Run, raws: list[RawSubject], table: StimulusTable,
+                    overwrite: bool, dtype: str, voxel_chunk: int, progress: bool,
+                    on_block: Callable[[str, str], None] | None) -> IngestSummary:
     """Stage and commit each subject in turn (the caller holds the write lock).
 
     Each subject is committed when complete, so a failure in a later subject keeps the
     earlier ones. A user error (bad file) discards the failing subject's staged blocks; an
     interrupt, a full disk or a memory error keeps them, and rerunning resumes.
     """
+    dataset, root = run.dataset, run.root
     raws, skipped = _check_existing(path, dataset, raws, overwrite, dtype, voxel_chunk)
     summary = IngestSummary(dataset, skipped=skipped)
     bar = _progress_bar(sum(len(r.blocks) for r in raws), progress)
     committed_any = False
     # image fingerprints are computed in a thread while the first subject's betas are staged
     pool = ThreadPoolExecutor(max_workers=1)
+    client = _client(run.scheduler)
     referenced = sorted({i for raw in raws for i in pd.unique(raw.trials["stimulus"])})
     prints = pool.submit(fingerprints_to_compute, path, table, referenced)
     try:
@@ -167,7 +188,7 @@ def _write_subjects(path: Path, dataset: str, root: Path, raws: list[RawSubject]
             staged = _layout.staging_path(path, key)
             try:
                 resumed = _stage(raw, staged, dtype, voxel_chunk, str(root.resolve()), bar,
-                                 on_block, key)
+                                 on_block, key, (client, run))
             except NFError:
                 _layout.discard(staged)  # a user error leaves no trace of this subject
                 raise
@@ -192,6 +213,8 @@ def _write_subjects(path: Path, dataset: str, root: Path, raws: list[RawSubject]
     finally:
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
+        if client is not None:
+            client.close()
     return summary
 
 
@@ -308,7 +331,8 @@ def _fingerprint(raw: RawSubject, dtype: str, voxel_chunk: int) -> str:
 
 
 def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root: str,
-           bar: Any, on_block: Callable[[str, str], None] | None, key: str) -> bool:
+           bar: Any, on_block: Callable[[str, str], None] | None, key: str,
+           cluster: tuple[Any, _Run | None] = (None, None)) -> bool:
     """Write ``raw`` into ``staged`` block by block; returns True if it resumed earlier work."""
     progress_file = staged.with_suffix(".json")
     fingerprint = _fingerprint(raw, dtype, voxel_chunk)
@@ -338,24 +362,44 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
         if on_block is not None:
             on_block(key, block.label)
 
-    # three-stage pipeline: load (thread) -> normalize (here) -> write (thread)
+    client, run = cluster
+    if client is not None:
+        _stage_on_cluster(client, run, raw, todo, str((staged / BETAS).resolve()), stats,
+                          dtype, done)
+    else:
+        _stage_here(raw, todo, betas, stats, fit, none, dtype, done)
+    group = zarr.open_group(str(staged), mode="r+")
+    norm = dict(raw.normalization, zero_std_pairs=int(state["zero_std"]))
+    group.attrs.update({"normalization": norm, "ingest_fingerprint": fingerprint,
+                        STATUS_ATTR: COMPLETE})
+    return resumed
+
+
+def _normalized(raw: RawSubject, block: Block, x: np.ndarray, stats: Any, fit: np.ndarray,
+                none: bool) -> tuple[np.ndarray, int]:
+    """The block's z-scored betas and its count of zero-std (group, voxel) pairs."""
+    want = (block.stop - block.start, raw.n_voxels)
+    if x.shape != want:
+        raise ReaderError(f"{block.files[0]}: expected betas of shape {want}; found {x.shape}")
+    rows = slice(block.start, block.stop)
+    if none:
+        return np.asarray(x, np.float32), 0
+    if stats is not None:
+        return apply_stats(x, raw.norm_group[rows], stats)
+    return zscore_groups(x, raw.norm_group[rows], fit[rows],
+                         ddof=int(raw.normalization.get("ddof", 0)))
+
+
+def _stage_here(raw: RawSubject, todo: list[Block], betas: Any, stats: Any, fit: np.ndarray,
+                none: bool, dtype: str, done: Callable[[Block, int], None]) -> None:
+    """Three-stage pipeline: load (thread) -> normalize (here) -> write (thread)."""
     with ThreadPoolExecutor(max_workers=1) as writer:
         previous = None
         for block, x in _prefetched(todo):
-            want = (block.stop - block.start, raw.n_voxels)
-            if x.shape != want:
-                raise ReaderError(f"{block.files[0]}: expected betas of shape {want}; found "
-                                  f"{x.shape}")
-            rows = slice(block.start, block.stop)
-            if none:
-                z, n_zero = np.asarray(x, np.float32), 0
-            elif stats is not None:
-                z, n_zero = apply_stats(x, raw.norm_group[rows], stats)
-            else:
-                z, n_zero = zscore_groups(x, raw.norm_group[rows], fit[rows],
-                                          ddof=int(raw.normalization.get("ddof", 0)))
+            z, n_zero = _normalized(raw, block, x, stats, fit, none)
             del x
-            future = writer.submit(betas.__setitem__, rows, z.astype(dtype, copy=False))
+            future = writer.submit(betas.__setitem__, slice(block.start, block.stop),
+                                   z.astype(dtype, copy=False))
             if previous is not None:
                 previous[0].result()
                 done(*previous[1:])
@@ -363,11 +407,58 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
         if previous is not None:
             previous[0].result()
             done(*previous[1:])
-    group = zarr.open_group(str(staged), mode="r+")
-    norm = dict(raw.normalization, zero_std_pairs=int(state["zero_std"]))
-    group.attrs.update({"normalization": norm, "ingest_fingerprint": fingerprint,
-                        STATUS_ATTR: COMPLETE})
-    return resumed
+
+
+def _client(scheduler: str | None) -> Any:
+    if not scheduler:
+        return None
+    from distributed import Client
+
+    try:
+        return Client(scheduler, timeout="30s")
+    except OSError as err:
+        raise OptionError(f"--scheduler: no Dask scheduler answered at {scheduler} ({err})"
+                          ) from None
+
+
+def _stage_on_cluster(client: Any, run: _Run, raw: RawSubject, todo: list[Block],
+                      betas: str, stats: Any, dtype: str,
+                      done: Callable[[Block, int], None]) -> None:
+    """One task per block: a worker reopens the subject, loads, normalizes and writes the
+    block's rows (whole trial chunks, so tasks never share a chunk); this process records each
+    block as it completes."""
+    from distributed import as_completed
+
+    n_of = {id(b): n for n, b in enumerate(raw.blocks)}
+    stats_f = client.scatter(stats, broadcast=True) if stats is not None else None
+    futures = {client.submit(_write_block, run, raw.subject, n_of[id(b)], betas, stats_f,
+                             dtype, pure=False): b for b in todo}
+    try:
+        for future in as_completed(futures):
+            done(futures[future], future.result())
+    finally:
+        client.cancel(list(futures))
+
+
+_OPENED: dict[tuple[Any, ...], RawSubject] = {}  # per worker process: subjects reopened
+
+
+def _write_block(run: _Run, subject: str, n: int, betas: str, stats: Any, dtype: str) -> int:
+    """A cluster task: write block ``n`` of ``subject``; returns its zero-std pair count."""
+    key = (run.dataset, str(run.root), subject, repr(run.options), run.normalization)
+    if key not in _OPENED:
+        raw = get_reader(run.dataset).open_subject(run.root, subject, run.options)
+        set_normalization(raw, run.normalization)
+        _OPENED.clear()  # one subject at a time is enough: blocks come subject by subject
+        _OPENED[key] = raw
+    raw = _OPENED[key]
+    block = raw.blocks[n]
+    fit = raw.norm_fit if raw.norm_fit is not None else (raw.trials["split"] == "train"
+                                                          ).to_numpy()
+    none = raw.normalization.get("method") == "none"
+    z, n_zero = _normalized(raw, block, block.load(), stats, fit, none)
+    zarr.open_array(betas, mode="r+")[block.start:block.stop] = z.astype(dtype, copy=False)
+    return n_zero
 
 
 def _prefetched(blocks: list[Block]) -> Iterator[tuple[Block, np.ndarray]]:

@@ -17,7 +17,13 @@ import zarr
 from nfstore import _layout
 from nfstore._names import BETAS, DATASETS, SPLIT, STIMULUS, TRIAL, VOXEL
 from nfstore._version import __version__
-from nfstore.augment.synthesis import AugmentConfig, fit_model, noise_model, synthesize
+from nfstore.augment.synthesis import (
+    AugmentConfig,
+    BetasRef,
+    fit_model,
+    noise_model,
+    synthesize,
+)
 from nfstore.errors import OptionError, QueryError, StoreError
 from nfstore.leakage import find_leakage
 
@@ -129,7 +135,7 @@ def _augment(store: Any, path: Path, subject: str, cfg: AugmentConfig, name: str
     if dest.exists() and not overwrite:
         raise StoreError(f"{path}: {subject} already has a synthetic set '{name}'; pass "
                          f"--overwrite to replace it or --name to add another")
-    betas = str(path / subject / BETAS)
+    betas = BetasRef(str(path.resolve()), subject)  # workers open the store themselves
     model, lowrank, timing = fit_model(betas, train, X, int(ds.sizes[VOXEL]), cfg, progress)
     noise = noise_model(model, lowrank, cfg.noise, n, cfg.rank, cfg.seed)
 

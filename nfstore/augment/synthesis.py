@@ -82,14 +82,45 @@ def _blas_threads(cfg: AugmentConfig) -> int:
     return max(1, (os.cpu_count() or 1) // max(cfg.workers or (os.cpu_count() or 1), 1))
 
 
-def _read(betas: str, rows: np.ndarray, cols: slice) -> np.ndarray:
-    arr = zarr.open_array(betas, mode="r")
+@dataclass(frozen=True)
+class BetasRef:
+    """A subject's measured betas as a task names them: the store location (path or URL, with
+    its fsspec options) and the subject; each worker opens the store itself, once."""
+
+    location: str
+    subject: str
+    storage_options: tuple[tuple[str, Any], ...] = ()
+
+    def open(self) -> zarr.Array:
+        import nfstore
+
+        if self not in _OPEN_BETAS:
+            store = nfstore.open_store(self.location, check=False,
+                                       storage_options=dict(self.storage_options))
+            _OPEN_BETAS[self] = store.betas_array(self.subject)
+        return _OPEN_BETAS[self]
+
+
+_OPEN_BETAS: dict[BetasRef, zarr.Array] = {}  # per process (a Dask worker, or this one)
+
+
+def _read(betas: BetasRef | str, rows: np.ndarray, cols: slice) -> np.ndarray:
+    """Rows x voxel columns of a subject's betas (or of a bare zarr array at a path)."""
+    arr = betas.open() if isinstance(betas, BetasRef) else zarr.open_array(betas, mode="r")
     return np.asarray(arr.get_orthogonal_selection((rows, cols)), dtype=np.float32)
 
 
-def fit_chunk(betas: str, rows: np.ndarray, cols: slice, X: np.ndarray, fb: solvers.FoldBases,
-              full: solvers.Basis, alphas: np.ndarray, omega_seed: int | None,
-              sketch_k: int) -> ChunkFit:
+def shared(*values: Any) -> list[Any]:
+    """Each value as one Dask graph key, so tasks depend on it instead of each embedding a
+    copy (on a cluster it is sent once to each worker that needs it)."""
+    import dask
+
+    return [dask.delayed(v, pure=True, traverse=False) for v in values]
+
+
+def fit_chunk(betas: BetasRef | str, rows: np.ndarray, cols: slice, X: np.ndarray,
+              fb: solvers.FoldBases, full: solvers.Basis, alphas: np.ndarray,
+              omega_seed: int | None, sketch_k: int) -> ChunkFit:
     """Pass 1 for voxels ``cols``: CV alpha per voxel, refit, residual statistics."""
     Y = _read(betas, rows, cols)
     XtY = X.T @ Y
@@ -123,7 +154,7 @@ def fit_chunk(betas: str, rows: np.ndarray, cols: slice, X: np.ndarray, fb: solv
     return ChunkFit(cols, alpha, score, corr.astype(np.float32), W, b, var, msq, sketch)
 
 
-def project_chunk(betas: str, rows: np.ndarray, cols: slice, X: np.ndarray,
+def project_chunk(betas: BetasRef | str, rows: np.ndarray, cols: slice, X: np.ndarray,
                   fb: solvers.FoldBases, alpha: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``Q.T @ R`` for voxels ``cols`` (R recomputed: CV residuals of the chosen alphas)."""
     Y = _read(betas, rows, cols)
@@ -166,8 +197,9 @@ def compute(tasks: list[Any], cfg: AugmentConfig, label: str, progress: bool) ->
             return list(dask.compute(*tasks, scheduler="threads", num_workers=cfg.workers))
 
 
-def fit_model(betas: str, rows: np.ndarray, X: np.ndarray, n_voxels: int, cfg: AugmentConfig,
-              progress: bool = False) -> tuple[Model, nz.NoiseModel | None, dict[str, Any]]:
+def fit_model(betas: BetasRef | str, rows: np.ndarray, X: np.ndarray, n_voxels: int,
+              cfg: AugmentConfig, progress: bool = False
+              ) -> tuple[Model, nz.NoiseModel | None, dict[str, Any]]:
     """Pass 1 over all voxel chunks; returns the model and what the noise model needs."""
     import dask
 
@@ -181,7 +213,9 @@ def fit_model(betas: str, rows: np.ndarray, X: np.ndarray, n_voxels: int, cfg: A
     k = cfg.rank + SKETCH_OVERSAMPLE
     fit = dask.delayed(fit_chunk, pure=False)
     t0 = time.perf_counter()
-    parts = compute([fit(betas, rows, c, X, fb, full, alphas, cfg.seed if lowrank else None, k)
+    rows_, X_, fb_, full_, alphas_ = shared(rows, X, fb, full, alphas)
+    parts = compute([fit(betas, rows_, c, X_, fb_, full_, alphas_,
+                         cfg.seed if lowrank else None, k)
                      for c in chunks], cfg, "fitting ridge per voxel chunk", progress)
     model = Model(alpha=np.concatenate([p.alpha for p in parts]),
                   cv_corr=np.concatenate([p.cv_corr for p in parts]),
@@ -194,7 +228,8 @@ def fit_model(betas: str, rows: np.ndarray, X: np.ndarray, n_voxels: int, cfg: A
         return model, None, timing
     q = nz.range_basis(sum(p.sketch for p in parts))  # type: ignore[misc]
     proj = dask.delayed(project_chunk, pure=False)
-    blocks = compute([proj(betas, rows, c, X, fb, model.alpha, q) for c in chunks],
+    alpha_, q_ = shared(model.alpha, q)
+    blocks = compute([proj(betas, rows_, c, X_, fb_, alpha_, q_) for c in chunks],
                      cfg, "residual principal components", progress)
     comps, rest = nz.lowrank_components(q, blocks, model.resid_var, cfg.rank, X.shape[0])
     timing["lowrank_seconds"] = time.perf_counter() - t0 - timing["fit_seconds"]
@@ -225,6 +260,6 @@ def synthesize(out: str, X_pool: np.ndarray, model: Model, noise: nz.NoiseModel,
     import dask
 
     task = dask.delayed(synth_chunk, pure=False)
-    X_pool = np.asarray(X_pool, dtype=np.float32)
-    compute([task(out, c, X_pool, model.W, model.b, noise, cfg.noise_scale, cfg.seed, dtype)
+    X_pool, W, b, noise_ = shared(np.asarray(X_pool, dtype=np.float32), model.W, model.b, noise)
+    compute([task(out, c, X_pool, W, b, noise_, cfg.noise_scale, cfg.seed, dtype)
              for c in model.chunks], cfg, "synthesizing trials", progress)

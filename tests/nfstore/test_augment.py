@@ -239,6 +239,26 @@ def test_distributed_scheduler_gives_the_same_trials(aug_store: Path) -> None:
     assert np.isfinite(b[0]).all()
 
 
+def test_tasks_share_large_inputs_and_name_the_store() -> None:
+    """Each large input is one graph key that every chunk task depends on (sent once per
+    worker), and tasks name the store and subject rather than a path to an array."""
+    import dask
+    from dask.base import collections_to_expr
+
+    from nfstore.augment.synthesis import BetasRef, fit_chunk, shared
+
+    X = np.ones((50, 8), np.float32)
+    rows = np.arange(50)
+    X_, rows_ = shared(X, rows)
+    ref = BetasRef("/some/store", "nsd/subj01")
+    tasks = [dask.delayed(fit_chunk, pure=False)(ref, rows_, slice(a, a + 4), X_, None, None,
+                                                 None, None, 0) for a in (0, 4, 8)]
+    graph = dict(collections_to_expr(tasks).__dask_graph__())
+    holding_x = [k for k, v in graph.items() if getattr(v, "value", v) is X]
+    assert len(holding_x) == 1  # one key holds X; three tasks depend on it
+    assert sum(holding_x[0] in getattr(v, "dependencies", ()) for v in graph.values()) == 3
+
+
 def test_augment_leaves_the_process_blas_settings_alone(aug_store: Path) -> None:
     """Thread limits are process-wide: parallel tasks must not leave them changed."""
     from threadpoolctl import threadpool_info
