@@ -53,6 +53,10 @@ class TrainConfig:
         (InfoNCE) or ``top1`` (retrieval top-1 within validation batches; ties: lower loss)
     accumulate : optimizer step every this many batches (gradients averaged); under torchrun
         each rank's batch counts as one, so N ranks equal one process with ``accumulate = N``
+        and ``shards = N``
+    shards : under torchrun, each rank reads only its own share of the epoch's chunk-aligned
+        blocks (its shard); ``shards = N`` in one process reads the N shards in turn, the same
+        global batches as N ranks (``accumulate`` then counts the batches of all shards)
     """
 
     subjects: tuple[str, ...] = ()
@@ -87,6 +91,7 @@ class TrainConfig:
     keep_test_duplicates: bool = False
     duplicate_max_distance: int = 3
     accumulate: int = 1
+    shards: int = 1
     regression: float = 1.0
     ridge_init: bool = True
     select: str = "top1"
@@ -107,6 +112,9 @@ class TrainConfig:
                   ("depth", self.depth >= 0, "an integer >= 0"),
                   ("cache_mb", self.cache_mb >= 1, "a positive integer"),
                   ("accumulate", self.accumulate >= 1, "a positive integer"),
+                  ("shards", self.shards >= 1, "a positive integer"),
+                  ("accumulate", self.accumulate % self.shards == 0,
+                   f"a multiple of shards ({self.shards})"),
                   ("regression", self.regression >= 0, "a number >= 0"),
                   ("select", self.select in ("loss", "top1"), "loss or top1"),
                   ("duplicate_max_distance", 0 <= self.duplicate_max_distance <= 64,

@@ -234,8 +234,52 @@ def read_block(subject: SubjectData, src: Source, chunk: int) -> tuple[np.ndarra
     return x, src.targets[sel]
 
 
+def epoch_blocks(data: Dataset, cfg: TrainConfig, epoch: int, split: str = "train"
+                 ) -> list[tuple[int, int, int]]:
+    """The epoch's blocks (subject position, source, chunk) in reading order: shuffled by
+    (seed, epoch) for ``train``, fixed for ``val``."""
+    blocks = [b for p, s in enumerate(data.subjects)
+              for b in _blocks(p, s.train if split == "train" else s.val)]
+    if split == "train":
+        rng = np.random.default_rng([cfg.seed, 3, epoch])
+        blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+    return blocks
+
+
+def _block_rows(data: Dataset, block: tuple[int, int, int]) -> int:
+    sub_i, src_i, chunk = block
+    src = data.subjects[sub_i].train[src_i]
+    return int(((src.rows >= chunk * src.chunk) & (src.rows < (chunk + 1) * src.chunk)).sum())
+
+
+def shard_blocks(data: Dataset, cfg: TrainConfig, epoch: int, n: int
+                 ) -> list[list[tuple[int, int, int]]]:
+    """The epoch's train blocks dealt to ``n`` shards (torchrun ranks): in reading order, each
+    block to the shard holding the fewest rows so far (ties: the lowest shard), so shards
+    differ by at most one block's rows and every rank computes the same deal."""
+    shards: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
+    rows = [0] * n
+    for block in epoch_blocks(data, cfg, epoch):
+        r = int(np.argmin(rows))
+        shards[r].append(block)
+        rows[r] += _block_rows(data, block)
+    return shards
+
+
+def n_batches(rows: int, batch_size: int) -> int:
+    """Exactly the number of batches :func:`batches` yields for ``rows`` rows (full ones, then
+    a last one of >= 2)."""
+    return rows // batch_size + (1 if rows % batch_size >= 2 else 0)
+
+
+def shard_batch_counts(data: Dataset, cfg: TrainConfig, epoch: int, n: int) -> list[int]:
+    """Batches each of ``n`` shards yields in ``epoch``."""
+    return [n_batches(sum(_block_rows(data, b) for b in blocks), cfg.batch_size)
+            for blocks in shard_blocks(data, cfg, epoch, n)]
+
+
 def batches(data: Dataset, cfg: TrainConfig, epoch: int, split: str = "train",
-            skip: int = 0) -> Iterator[Batch]:
+            skip: int = 0, shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
     """The epoch's mini-batches, in an order fixed by (seed, epoch).
 
     Parameters
@@ -244,13 +288,19 @@ def batches(data: Dataset, cfg: TrainConfig, epoch: int, split: str = "train",
         Validation batches are read in a fixed order and not shuffled.
     skip : int
         Batches to skip (resuming mid-epoch); they are drawn but not yielded.
+    shard : (index, count)
+        Read only shard ``index`` of ``count`` (:func:`shard_blocks`; train only): the blocks
+        of one torchrun rank, drawn from a stream of its own.
     """
-    rng = np.random.default_rng([cfg.seed, 3, epoch])
     subjects = data.subjects
-    blocks = [b for p, s in enumerate(subjects)
-              for b in _blocks(p, s.train if split == "train" else s.val)]
-    if split == "train":
-        blocks = [blocks[i] for i in rng.permutation(len(blocks))]
+    rng = np.random.default_rng([cfg.seed, 3, epoch])
+    if shard[1] > 1 and split == "train":
+        blocks = shard_blocks(data, cfg, epoch, shard[1])[shard[0]]
+        rng = np.random.default_rng([cfg.seed, 3, epoch, 1, shard[0]])
+    else:
+        blocks = epoch_blocks(data, cfg, epoch, split)
+        if split == "train":
+            rng.permutation(len(blocks))  # the draws follow the permutation in one stream
     budget = cfg.cache_mb * 2**20
     buf_x: list[np.ndarray] = []   # one row per sample
     buf_s: list[int] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,17 @@ from nfstore._version import __version__
 from nfstore.errors import OptionError, StoreError
 from nftrain import checkpoint
 from nftrain.config import TrainConfig
-from nftrain.data import Batch, Dataset, batches, load_dataset, prefetch, with_adapters
+from nftrain.data import (
+    Batch,
+    Dataset,
+    batches,
+    load_dataset,
+    n_batches,
+    prefetch,
+    shard_batch_counts,
+    shard_blocks,
+    with_adapters,
+)
 from nftrain.errors import TrainingError
 from nftrain.losses import cosine_loss, info_nce
 from nftrain.model import Decoder, ModelSpec
@@ -124,8 +134,53 @@ def _check_finite(step: int, loss: torch.Tensor, pred: torch.Tensor,
 
 def _batches_per_epoch(data: Dataset, cfg: TrainConfig) -> int:
     """Exactly the number of batches :func:`batches` yields (full ones, then a last one of >= 2)."""
-    n = sum(src.rows.size for s in data.subjects for src in s.train)
-    return n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0)
+    return n_batches(sum(src.rows.size for s in data.subjects for src in s.train),
+                     cfg.batch_size)
+
+
+def _steps_per_epoch(data: Dataset, cfg: TrainConfig, world: int
+                     ) -> tuple[int, int, list[int]]:
+    """(shards, batches each shard gives per optimizer step, optimizer steps of each epoch).
+
+    Under torchrun each rank is a shard and reads only its blocks; ``cfg.shards`` makes one
+    process read the same shards in turn. Every rank takes the same number of steps: that of
+    the smallest shard. Too few batches for a step is an error, never a hang.
+    """
+    if world > 1 and cfg.shards not in (1, world):
+        raise OptionError(f"shards: expected 1 or the number of torchrun ranks ({world}); "
+                          f"got {cfg.shards}")
+    n = world if world > 1 else cfg.shards
+    per_shard = cfg.accumulate if world > 1 else cfg.accumulate // n
+    if n == 1:
+        total = _batches_per_epoch(data, cfg)
+        if total < cfg.accumulate:
+            raise OptionError(f"batch_size: an epoch has {total} batches, fewer than 1 rank(s) "
+                              f"x accumulate {cfg.accumulate}; lower batch_size or accumulate")
+        return 1, per_shard, [total // cfg.accumulate] * cfg.epochs
+    steps = []
+    for epoch in range(cfg.epochs):
+        counts = shard_batch_counts(data, cfg, epoch, n)
+        if min(counts) < per_shard:
+            n_blocks = sum(len(b) for b in shard_blocks(data, cfg, epoch, n))
+            raise OptionError(f"batch_size: epoch {epoch + 1} deals {n_blocks} chunk-aligned "
+                              f"blocks to {n} ranks (shards); the smallest gets {min(counts)} "
+                              f"batches, fewer than accumulate {per_shard}; use fewer ranks, "
+                              f"a smaller batch_size or more data")
+        steps.append(min(counts) // per_shard)
+    return n, per_shard, steps
+
+
+def _round_robin(streams: list[Iterator[Any]]) -> Iterator[Any]:
+    """One item of each stream in turn (one stream: that stream), until one runs out."""
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    while True:
+        for s in streams:
+            item = next(s, None)
+            if item is None:
+                return
+            yield item
 
 
 def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
@@ -236,8 +291,10 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
         if model.skip is None:
             raise OptionError(f"ridge_init: the checkpoint {init} has no linear skip path "
                               f"(it was trained without ridge_init); set ridge_init=false")
-        info = ridge_initialise(model, data, cfg, fresh=init is None)
-        summary_ridge = info
+        # under torchrun rank 0 alone reads the train betas for it: DDP hands its weights to
+        # the other ranks when it wraps the model
+        summary_ridge = ridge_initialise(model, data, cfg, fresh=init is None) if rank == 0 \
+            else None
     else:
         summary_ridge = None
     model.to(device)
@@ -247,12 +304,8 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
     params = [p for p in model.parameters() if p.requires_grad]
     params += [log_temperature] if log_temperature.requires_grad else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_epoch = _batches_per_epoch(data, cfg) // (world * cfg.accumulate)  # optimizer steps
-    if per_epoch < 1:
-        raise OptionError(f"batch_size: an epoch has {_batches_per_epoch(data, cfg)} batches, "
-                          f"fewer than {world} rank(s) x accumulate {cfg.accumulate}; lower "
-                          f"batch_size or accumulate")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(cfg, cfg.epochs * per_epoch))
+    n_shards, per_shard, steps = _steps_per_epoch(data, cfg, world)  # optimizer steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule(cfg, sum(steps)))
     progress_state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0,
                       "best_val_loss": float("inf"), "best_val_top1": -1.0, "best_epoch": -1,
                       "bad_epochs": 0,
@@ -328,15 +381,15 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
         after_validation(0)
     model.train()
     for epoch in range(progress_state["epoch"], cfg.epochs):
-        bar = tqdm(total=per_epoch, initial=progress_state["step_in_epoch"], unit="batch",
+        bar = tqdm(total=steps[epoch], initial=progress_state["step_in_epoch"], unit="batch",
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         done = progress_state["step_in_epoch"]
         micro = 0  # batches of this rank since the last optimizer step
-        for i, batch in enumerate(prefetch(batches(data, cfg, epoch,
-                                                   skip=done * world * cfg.accumulate))):
-            if i % world != rank:
-                continue
-            if progress_state["step_in_epoch"] >= per_epoch:
+        mine = [rank] if world > 1 else list(range(n_shards))  # shards this process reads
+        streams = [batches(data, cfg, epoch, skip=done * per_shard, shard=(r, n_shards))
+                   for r in mine]
+        for batch in prefetch(_round_robin(streams)):
+            if progress_state["step_in_epoch"] >= steps[epoch]:
                 break  # every rank takes the same number of steps
             groups = to_device(batch, device)
             rows = torch.from_numpy(batch.targets).to(device)

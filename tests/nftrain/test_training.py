@@ -180,45 +180,72 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
 
 DDP_RUN = textwrap.dedent("""
     import json, os, sys
+    import nftrain.data as D
     from nftrain.config import build
     from nftrain.train import train
 
+    reads, read = [], D.read_block
+
+    def logged(sub, src, chunk):  # every train block this process reads from the store
+        if any(src is s for s in sub.train):
+            reads.append([sub.index, [i for i, s in enumerate(sub.train) if s is src][0],
+                          int(chunk)])
+        return read(sub, src, chunk)
+
+    D.read_block = logged
     summary = train(sys.argv[1], build(json.loads(sys.argv[2])))
     rank = os.environ.get("RANK", "0")
     with open(os.path.join(sys.argv[3], f"digest-{rank}.txt"), "w") as f:
         f.write(summary.weights_sha256)
+    with open(os.path.join(sys.argv[3], f"reads-{rank}.json"), "w") as f:
+        json.dump(reads, f)
 """)
 
 
 def test_torchrun_two_ranks_equal_one_process_with_the_same_global_batches(
         train_store_ro: Path, small_cfg, tmp_path: Path) -> None:
-    """DDP with 2 gloo ranks (each rank takes every other batch, gradients averaged) against
-    one process stepping on the mean gradient of the same two batches (accumulate=2).
-    Without gradient synchronisation the ranks' weights differ and this fails."""
+    """DDP with 2 gloo ranks, each reading only its shard of every epoch's blocks (gradients
+    averaged), against one process reading both shards in turn and stepping on the mean
+    gradient of the same two batches (shards=2, accumulate=2). Without gradient
+    synchronisation the ranks' weights differ and this fails; with every rank reading every
+    block the read count check fails."""
     import shutil
+    from collections import Counter
+
+    from nftrain.data import load_dataset, shard_blocks
+    from nftrain.train import _steps_per_epoch
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_RUN)
-    common = dict(epochs=2, batch_size=32, input_noise=0.0, dropout=0.0, lr=3e-3)
+    common = dict(epochs=2, batch_size=16, input_noise=0.0, dropout=0.0, lr=3e-3,
+                  ridge_init=False)
     ddp = small_cfg(output_dir=str(tmp_path / "ddp"), **common)
     proc = subprocess.run([torchrun, "--nproc_per_node=2", str(script), str(train_store_ro),
                            json.dumps(ddp.to_dict()), str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "digest-0.txt").read_text() == (tmp_path / "digest-1.txt").read_text()
-    one = small_cfg(output_dir=str(tmp_path / "one"), accumulate=2, **common)
+    one = small_cfg(output_dir=str(tmp_path / "one"), accumulate=2, shards=2, **common)
     proc = subprocess.run([sys.executable, str(script), str(train_store_ro),
                            json.dumps(one.to_dict()), str(tmp_path / "one")], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from nftrain.data import load_dataset
-    from nftrain.train import _batches_per_epoch
-
     data = load_dataset(nfstore.open_store(train_store_ro), ddp)
-    steps = 2 * (_batches_per_epoch(data, ddp) // 2)
+    _, _, steps = _steps_per_epoch(data, ddp, 2)
     for run in ("ddp", "one"):
-        assert json.loads((tmp_path / run / "last/state.json").read_text())["global_step"] == steps
+        assert json.loads((tmp_path / run / "last/state.json").read_text())["global_step"] == \
+            sum(steps)
+    # each rank read only blocks of its own shard, and no block twice in an epoch
+    deal = [shard_blocks(data, ddp, e, 2) for e in range(2)]
+    n_blocks = sum(len(b) for b in deal[0])
+    reads = {r: [tuple(x) for x in json.loads((tmp_path / f"reads-{r}.json").read_text())]
+             for r in (0, 1)}
+    for r in (0, 1):
+        allowed = Counter(tuple(b) for e in range(2) for b in deal[e][r])
+        assert not Counter(reads[r]) - allowed, r  # nothing outside its shards
+        assert len(reads[r]) >= 0.6 * sum(allowed.values())
+    assert len(reads[0]) + len(reads[1]) <= 2 * n_blocks  # all ranks together: each block once
     a = load_file(str(tmp_path / "ddp/last/model.safetensors"))
     b = load_file(str(tmp_path / "one/last/model.safetensors"))
     assert a.keys() == b.keys()
@@ -241,6 +268,11 @@ def test_an_epoch_with_fewer_batches_than_ranks_is_an_error(train_store: Path,
     with pytest.raises(OptionError, match=r"batch_size: an epoch has \d+ batches, fewer than "
                                           r"1 rank\(s\) x accumulate 1000"):
         train(train_store, small_cfg(accumulate=1000))
+    with pytest.raises(OptionError, match=r"batch_size: epoch 1 deals \d+ chunk-aligned blocks "
+                                          r"to 64 ranks \(shards\); the smallest gets 0"):
+        train(train_store, small_cfg(shards=64, accumulate=64))
+    with pytest.raises(OptionError, match=r"accumulate: expected a multiple of shards \(2\)"):
+        small_cfg(shards=2, accumulate=3)
 
 
 def test_learnable_temperature_and_early_stopping(train_store: Path, small_cfg) -> None:
