@@ -52,24 +52,31 @@ store_option = click.option("--store", "store", required=True,
                             help="Store folder (created if missing).")
 
 
-def remote_store(command: Any) -> Any:
-    """Let a command read its STORE from a URL: adds ``--storage-option KEY=VALUE``
-    (repeatable; fsspec options of the URL's filesystem, e.g. ``endpoint_url=...``,
-    ``anon=true``, ``client_kwargs.region_name=...``), applied before the command runs."""
+def remote_option(arg: str = "store") -> Any:
+    """Let a command read (or publish to) the URL in its argument ``arg``: adds
+    ``--storage-option KEY=VALUE`` (repeatable; fsspec options of the URL's filesystem, e.g.
+    ``endpoint_url=...``, ``anon=true``, ``client_kwargs.region_name=...``), applied before
+    the command runs."""
     import functools
 
-    @functools.wraps(command)
-    def run(*args: Any, storage_option: tuple[str, ...] = (), **kwargs: Any) -> Any:
-        from nfstore import _remote
+    def decorate(command: Any) -> Any:
+        @functools.wraps(command)
+        def run(*args: Any, storage_option: tuple[str, ...] = (), **kwargs: Any) -> Any:
+            from nfstore import _remote
 
-        _remote.configure(str(kwargs["store"]), _remote.parse_storage_options(storage_option))
-        return command(*args, **kwargs)
+            _remote.configure(str(kwargs[arg]), _remote.parse_storage_options(storage_option))
+            return command(*args, **kwargs)
 
-    return click.option(
-        "--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
-        help="For a STORE URL (s3://...): an fsspec option of its filesystem (repeatable), "
-             "e.g. endpoint_url=http://127.0.0.1:9000. Also read: FSSPEC_S3_<OPTION> and the "
-             "backend's own variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).")(run)
+        return click.option(
+            "--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+            help="For a store URL (s3://...): an fsspec option of its filesystem (repeatable), "
+                 "e.g. endpoint_url=http://127.0.0.1:9000. Also read: FSSPEC_S3_<OPTION> and "
+                 "the backend's own variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).")(run)
+
+    return decorate
+
+
+remote_store = remote_option("store")
 
 
 def pixel_cache_options(command: Any) -> Any:

@@ -33,10 +33,11 @@ def _register() -> None:
         commands_serve,
         commands_store,
         commands_train,
+        commands_versions,
     )
 
     for module in (commands_store, commands_embed, commands_augment, commands_train,
-                   commands_recon, commands_demo, commands_serve):
+                   commands_recon, commands_demo, commands_serve, commands_versions):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -193,15 +193,12 @@ def _subject_values(store: Store, key: str, tables: dict[str, set[str]]) -> list
 
 def _missing_chunks(store: Store, key: str) -> list[str]:
     """Betas chunks absent from the store (a chunk never written reads as NaN); one listing
-    of the array's chunk keys, local or remote."""
+    of the array's chunk keys (a folder, a URL or a versioned store)."""
     arr = store._root[f"{key}/{BETAS}"]
     grid = [math.ceil(s / c) for s, c in zip(arr.shape, arr.chunks)]
     expected = int(np.prod(grid))
-    chunks = f"{store.fs_path}/{key}/{BETAS}/c"
-    try:
-        found = len(store.fs.find(chunks))
-    except FileNotFoundError:
-        found = 0
+    chunks = f"{key}/{BETAS}/c/"
+    found = sum(k.startswith(chunks) for k in store.keys(f"{key}/{BETAS}"))
     if found < expected:
         return [f"{store.location}/{key}/{BETAS}: expected {expected} chunks; found {found} "
                 f"(an ingest was cut short?)"]

@@ -16,12 +16,12 @@ import xarray as xr
 import zarr
 
 from nfstore import _remote
+from nfstore._access import RawAccess
 from nfstore._names import (
     BETAS,
     COMPLETE,
     DATASETS,
     DECODED_GROUP,
-    RECON_GROUP,
     ROI,
     ROI_MASK,
     SCHEMA_VERSION,
@@ -40,7 +40,8 @@ from nfstore.identity import identities
 
 
 def open_store(location: str | os.PathLike[str] | Store, *, check: bool = True,
-               storage_options: dict[str, Any] | None = None) -> Store:
+               storage_options: dict[str, Any] | None = None,
+               version: str | None = None) -> Store:
     """Open a store lazily and check it against the store schema (metadata only).
 
     Parameters
@@ -52,23 +53,33 @@ def open_store(location: str | os.PathLike[str] | Store, *, check: bool = True,
         Validate the layout and metadata against ``schemas/store-v1.schema.json``.
     storage_options : dict, optional
         Passed to fsspec for a URL (``endpoint_url``, ``key``, ``secret``, ``anon``...).
+    version : str, optional
+        A snapshot id of a versioned store (``nf push``, :mod:`nfstore.versioned`); default
+        its latest.
     """
     if isinstance(location, Store):
         return location
-    return Store(location, check=check, storage_options=storage_options)
+    return Store(location, check=check, storage_options=storage_options, version=version)
 
 
-class Store:
+class Store(RawAccess):
     """A NeuroFusion feature store (see ``DESIGN.md``, store contract)."""
 
     def __init__(self, location: str | os.PathLike[str], *, check: bool = True,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None,
+                 version: str | None = None) -> None:
         self.location = os.fspath(location)
         self.storage_options = dict(storage_options or {})
         self.remote = _remote.is_url(self.location)
-        # listings (chunk files, staging) and zarr's reads go through the same location
+        # listings (staging, interrupted swaps) and zarr's reads go through the same location
         self.fs, self.fs_path = _remote.filesystem(self.location, self.storage_options)
+        self.version: str | None = None  # snapshot id of a versioned store
         self._zstore = _remote.zarr_store(self.location, self.storage_options)
+        if version is not None or (self.remote and self._versioned()):
+            from nfstore.versioned import read_session
+
+            self._zstore, self.version = read_session(self.location, self.storage_options,
+                                                      version)
         try:
             self._root = zarr.open_group(self._zstore, mode="r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
@@ -89,6 +100,17 @@ class Store:
             from nfstore.schema import check_store
 
             check_store(self)
+
+    def _versioned(self) -> bool:
+        """A URL without a root ``zarr.json`` may hold an Icechunk repository (``nf push``)."""
+        try:
+            if self.fs.exists(f"{self.fs_path}/zarr.json"):
+                return False
+        except OSError:
+            return False
+        from nfstore.versioned import is_repository
+
+        return is_repository(self.location, self.storage_options)
 
     def __repr__(self) -> str:
         return f"<nfstore.Store {self.location!r}: {len(self.subjects())} subjects>"
@@ -401,45 +423,6 @@ class Store:
                             coords={STIMULUS: coords.pop(STIMULUS),
                                     **{c: (STIMULUS, v) for c, v in coords.items()}},
                             name=name, attrs=dict(ds.attrs))
-
-    # ----------------------------------------------------------------- raw access
-    def group(self, key: str) -> zarr.Group:
-        """The read-only zarr group at ``key`` (``reconstructions/NAME/nsd/subj01``, ...), for
-        the packages that read arrays the accessors above do not wrap; a missing group is a
-        :class:`QueryError`."""
-        parts = key.strip("/").split("/")
-        if any(p in ("", ".", "..") for p in parts):
-            raise QueryError(f"{key!r}: expected a group path inside the store")
-        key = "/".join(parts)
-        if key not in self._root:
-            raise QueryError(f"{self.location}: has no group {key!r}")
-        return self._root[key]
-
-    def has(self, key: str) -> bool:
-        """True if the store holds a group or array at ``key``."""
-        return key.strip("/") in self._root
-
-    def betas_array(self, subject: str, synthetic: str | None = None) -> zarr.Array:
-        """The subject's (or one synthetic set's) ``betas`` zarr array (trial, voxel), for
-        chunk-aligned reads (the trainer's loader)."""
-        self._require(subject)
-        key = subject if synthetic is None else f"{subject}/synthetic/{synthetic}"
-        return self.group(key)[BETAS]
-
-    def reconstruction_sets(self) -> dict[str, list[str]]:
-        """Reconstruction set name -> its subjects (``nf reconstruct``, ``nf decode-ridge``)."""
-        base = RECON_GROUP
-        return {name: [f"{d}/{s}" for d in self._children(f"{base}/{name}")
-                       for s in self._children(f"{base}/{name}/{d}")]
-                for name in self._children(base)}
-
-    def stamp(self, key: str) -> str:
-        """A marker that changes when the group at ``key`` is rewritten (the modification time
-        of its metadata document), for caches of derived values."""
-        try:
-            return str(self.fs.modified(f"{self.fs_path}/{key.strip('/')}/zarr.json"))
-        except (FileNotFoundError, NotImplementedError):
-            return ""
 
     # ----------------------------------------------------------------- summary
     def info(self) -> dict[str, dict[str, Any]]:

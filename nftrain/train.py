@@ -336,6 +336,7 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
 
     def meta(**extra: Any) -> dict[str, Any]:
         return {"train_config": cfg.to_dict(), "store": str(store.location),
+                "store_version": store.version,
                 "store_fingerprint": data.fingerprint, "nf_version": __version__,
                 "n_voxels": dict(zip(model.spec.subjects, model.spec.n_voxels)),
                 "rois": {k: cfg.roi_for(k) for k in cfg.subjects} | base_meta.get("rois", {}),

@@ -1,0 +1,79 @@
+"""Public raw accessors of :class:`nfstore.Store`: zarr groups and arrays by key, object
+listings and change stamps, for the packages that read what the query methods do not wrap
+(the trainer's chunk-aligned loader, reconstruction sets, nf serve's caches)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zarr
+
+from nfstore._names import BETAS, RECON_GROUP
+from nfstore.errors import QueryError
+
+
+class RawAccess:
+    """Mixed into :class:`nfstore.Store` (which sets ``_root``, ``_zstore``, ``fs``,
+    ``fs_path``, ``location``)."""
+
+    _root: Any
+    _zstore: Any
+    fs: Any
+    fs_path: str
+    location: str
+
+    def _children(self, path: str) -> list[str]:  # defined by Store
+        raise NotImplementedError
+
+    def _require(self, subject: str) -> None:  # defined by Store
+        raise NotImplementedError
+
+    def group(self, key: str) -> zarr.Group:
+        """The read-only zarr group at ``key`` (``reconstructions/NAME/nsd/subj01``, ...), for
+        the packages that read arrays the accessors above do not wrap; a missing group is a
+        :class:`QueryError`."""
+        parts = key.strip("/").split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise QueryError(f"{key!r}: expected a group path inside the store")
+        key = "/".join(parts)
+        if key not in self._root:
+            raise QueryError(f"{self.location}: has no group {key!r}")
+        return self._root[key]
+
+    def has(self, key: str) -> bool:
+        """True if the store holds a group or array at ``key``."""
+        return key.strip("/") in self._root
+
+    def betas_array(self, subject: str, synthetic: str | None = None) -> zarr.Array:
+        """The subject's (or one synthetic set's) ``betas`` zarr array (trial, voxel), for
+        chunk-aligned reads (the trainer's loader)."""
+        self._require(subject)
+        key = subject if synthetic is None else f"{subject}/synthetic/{synthetic}"
+        return self.group(key)[BETAS]
+
+    def reconstruction_sets(self) -> dict[str, list[str]]:
+        """Reconstruction set name -> its subjects (``nf reconstruct``, ``nf decode-ridge``)."""
+        base = RECON_GROUP
+        return {name: [f"{d}/{s}" for d in self._children(f"{base}/{name}")
+                       for s in self._children(f"{base}/{name}/{d}")]
+                for name in self._children(base)}
+
+    def stamp(self, key: str) -> str:
+        """A marker that changes when the group at ``key`` is rewritten (the modification time
+        of its metadata document), for caches of derived values."""
+        try:
+            return str(self.fs.modified(f"{self.fs_path}/{key.strip('/')}/zarr.json"))
+        except (FileNotFoundError, NotImplementedError):
+            return ""
+
+    def keys(self, prefix: str) -> list[str]:
+        """The store's object keys under ``prefix`` (chunk keys included), from zarr's own
+        listing: the same for a folder, a URL and a versioned store (whose listings must start
+        at a group or an array: ``prefix`` names one)."""
+        from zarr.core.sync import sync
+
+        async def listing() -> list[str]:
+            return [k async for k in self._zstore.list_prefix(prefix)]
+
+        return sync(listing())
+

@@ -1,0 +1,203 @@
+"""Stores on object storage with a history: an Icechunk repository per store URL.
+
+Icechunk (a transactional storage engine for Zarr) keeps every version of the store as a
+snapshot and moves the ``main`` branch to a new snapshot in one atomic step when a session
+commits. ``nf push`` copies a local store (written as always: staged and renamed into place)
+into the repository and commits it: readers see the previous snapshot until that commit and
+the new one after it, never a mix, and a push killed half-way leaves only unreferenced chunk
+objects behind. ``nf log`` lists the snapshots, ``nf rollback`` moves ``main`` back, and
+``open_store(url, version=SNAPSHOT)`` reads an older one; checkpoints record the snapshot they
+trained on (``store_version``).
+
+Supported locations: ``s3://bucket/prefix`` (S3 and S3-compatible servers) with the same
+``storage_options`` as fsspec's ``s3fs`` (``endpoint_url``, ``key``, ``secret``,
+``client_kwargs.region_name``, ``anon``), else the ``AWS_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nfstore.errors import OptionError, StoreError
+
+SKIP = ("_staging/", "_trash/", ".nf-write.lock")  # never published: writes in progress
+CONCURRENCY = 16
+
+
+def storage(location: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The Icechunk storage of an ``s3://`` location (options as fsspec's ``s3fs``)."""
+    import fsspec.config
+
+    try:
+        import icechunk
+    except ImportError:
+        raise OptionError(f"{location}: versioned stores need the icechunk package "
+                          f"(pip install icechunk)") from None
+    if not location.startswith("s3://"):
+        raise OptionError(f"{location}: versioned stores (nf push) live on s3:// URLs")
+    opts = {**fsspec.config.conf.get("s3", {}), **(storage_options or {})}
+    bucket, _, prefix = location[len("s3://"):].partition("/")
+    endpoint = opts.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+    region = (opts.get("client_kwargs", {}) or {}).get("region_name") or os.environ.get(
+        "AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    key, secret = opts.get("key"), opts.get("secret")
+    return icechunk.s3_storage(
+        bucket=bucket, prefix=prefix.rstrip("/") or None, region=region, endpoint_url=endpoint,
+        allow_http=bool(endpoint and endpoint.startswith("http://")),
+        access_key_id=key, secret_access_key=secret, anonymous=opts.get("anon") or None,
+        from_env=None if key else True, force_path_style=bool(endpoint))
+
+
+def is_repository(location: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """True if an Icechunk repository lives at ``location``."""
+    try:
+        import icechunk
+    except ImportError:
+        return False
+    if not location.startswith("s3://"):
+        return False
+    return bool(icechunk.Repository.exists(storage(location, storage_options)))
+
+
+def open_repository(location: str, storage_options: dict[str, Any] | None = None,
+                    create: bool = False) -> Any:
+    import icechunk
+
+    st = storage(location, storage_options)
+    if icechunk.Repository.exists(st):
+        return icechunk.Repository.open(st)
+    if not create:
+        raise StoreError(f"{location}: expected a versioned NeuroFusion store (an Icechunk "
+                         f"repository, made by nf push); found none")
+    return icechunk.Repository.create(st)
+
+
+def read_session(location: str, storage_options: dict[str, Any] | None = None,
+                 version: str | None = None) -> tuple[Any, str]:
+    """(read-only zarr store, snapshot id) of ``main`` or of snapshot ``version``."""
+    repo = open_repository(location, storage_options)
+    try:
+        session = (repo.readonly_session(snapshot_id=version) if version
+                   else repo.readonly_session("main"))
+    except Exception as err:  # icechunk's own error for an unknown snapshot
+        raise StoreError(f"{location}: no snapshot {version!r} ({str(err).splitlines()[0]}); "
+                         f"`nf log {location}` lists them") from None
+    return session.store, session.snapshot_id
+
+
+@dataclass
+class PushSummary:
+    url: str
+    snapshot: str
+    keys: int
+    deleted: int
+    bytes: int
+    seconds: float
+
+    def line(self) -> str:
+        mb = self.bytes / 2**20
+        return (f"pushed {self.keys} objects ({mb:.1f} MiB; {self.deleted} removed) to "
+                f"{self.url} as snapshot {self.snapshot} in {self.seconds:.1f} s "
+                f"({mb / max(self.seconds, 1e-9):.1f} MiB/s)")
+
+
+def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = None,
+         message: str = "nf push", on_key: Callable[[int], None] | None = None,
+         progress: bool = False) -> PushSummary:
+    """Publish the local store as the next snapshot of the repository at ``url``.
+
+    Every object of the store (metadata documents first, then chunks; writes in progress are
+    left out) is copied into a writable session, objects the local store no longer has are
+    deleted, and the session commits: one atomic move of ``main``. The pushed snapshot is then
+    checked against the store schema before the summary is returned.
+    """
+    import nfstore
+    from nfstore import _layout
+    from nfstore.schema import validate_store
+
+    t0 = time.perf_counter()
+    path = _layout.local_store_path(local)
+    nfstore.open_store(path)  # a one-line error if it is not a store
+    with _layout.writing(path, f"nf push {url}"):  # no writer changes it while it is copied
+        repo = open_repository(url, storage_options, create=True)
+        session = repo.writable_session("main")
+        copied, deleted, size = asyncio.run(_copy(path, session.store, on_key, progress))
+        snapshot = session.commit(message, metadata={
+            "nf_version": nfstore.__version__, "source": str(path.resolve()),
+            "objects": copied, "bytes": size})
+    pushed = nfstore.open_store(url, storage_options=storage_options, version=snapshot)
+    problems = validate_store(pushed)
+    if problems:
+        raise StoreError(f"{url}: snapshot {snapshot} was committed but does not validate: "
+                         f"{problems[0]}")
+    return PushSummary(url, snapshot, copied, deleted, size, time.perf_counter() - t0)
+
+
+async def _copy(path: Path, dst: Any, on_key: Callable[[int], None] | None,
+                progress: bool) -> tuple[int, int, int]:
+    import zarr.storage
+    from tqdm.auto import tqdm
+    from zarr.core.buffer import default_buffer_prototype
+
+    src = zarr.storage.LocalStore(str(path), read_only=True)
+    keys = [k async for k in src.list() if not k.startswith(SKIP)]
+    have = {k async for k in dst.list()}
+    # metadata before chunks, parents before children: a chunk needs its array's node
+    keys.sort(key=lambda k: (not k.endswith("zarr.json"), k.count("/"), k))
+    proto = default_buffer_prototype()
+    gate = asyncio.Semaphore(CONCURRENCY)
+    bar = tqdm(total=len(keys), unit="obj", desc="push", disable=not progress)
+    done = 0
+    size = 0
+
+    async def one(key: str) -> None:
+        nonlocal done, size
+        async with gate:
+            buf = await src.get(key, proto)
+            if buf is None:
+                raise StoreError(f"{path}/{key}: vanished while it was being pushed")
+            await dst.set(key, buf)
+            size += len(buf)
+            done += 1
+            bar.update(1)
+            if on_key is not None:
+                on_key(done)
+
+    meta = [k for k in keys if k.endswith("zarr.json")]
+    for depth in sorted({k.count("/") for k in meta}):  # levels in turn, each concurrently
+        await asyncio.gather(*(one(k) for k in meta if k.count("/") == depth))
+    await asyncio.gather(*(one(k) for k in keys if not k.endswith("zarr.json")))
+    gone = sorted(have - set(keys), key=lambda k: (k.endswith("zarr.json"), -k.count("/")))
+    for key in gone:  # chunks first, then nodes, deepest first
+        if await dst.exists(key):
+            await dst.delete(key)
+    bar.close()
+    return done, len(gone), size
+
+
+def log(url: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The snapshots of ``main``, newest first: id, time, message, metadata."""
+    repo = open_repository(url, storage_options)
+    return [{"snapshot": s.id, "written": s.written_at.isoformat(timespec="seconds"),
+             "message": s.message, "metadata": dict(s.metadata or {})}
+            for s in repo.ancestry(branch="main")]
+
+
+def rollback(url: str, snapshot: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Move ``main`` back to ``snapshot`` (later snapshots stay listed nowhere but can be
+    found by id until the repository is garbage-collected)."""
+    repo = open_repository(url, storage_options)
+    known = [s["snapshot"] for s in log(url, storage_options)]
+    if snapshot not in known:
+        raise OptionError(f"SNAPSHOT: {snapshot!r} is not in the history of {url}; "
+                          f"`nf log {url}` lists {len(known)}")
+    repo.reset_branch("main", snapshot)
+
+
+__all__ = ["push", "log", "rollback", "is_repository", "PushSummary"]

@@ -1,0 +1,150 @@
+"""Versioned stores on object storage (Icechunk on moto's S3 server, 127.0.0.1): nf push
+publishes atomically, a push killed with SIGKILL leaves the previous version readable and
+the new one invisible, nf log lists the history, rollback and older versions, checkpoints
+name the version they trained on."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nfstore
+from nfstore import versioned
+from nfstore.errors import OptionError
+from nfstore.schema import validate_store
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def repo(served: dict[str, Path], s3: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+         ) -> dict[str, Any]:
+    local = Path(shutil.copytree(served["store"], tmp_path_factory.mktemp("ver") / "nf.zarr"))
+    url = f"s3://{s3['bucket']}/versioned/nf.zarr"
+    first = versioned.push(local, url, s3["options"], message="first")
+    return {"local": local, "url": url, "first": first, "opts": s3["options"], **served}
+
+
+def test_push_publishes_a_store_that_reads_like_the_folder(repo: dict[str, Any]) -> None:
+    assert repo["first"].keys > 100 and repo["first"].bytes > 0
+    loc = nfstore.open_store(repo["local"])
+    rem = nfstore.open_store(repo["url"], storage_options=repo["opts"])
+    assert rem.version == repo["first"].snapshot and loc.version is None
+    assert rem.subjects() == loc.subjects()
+    np.testing.assert_array_equal(rem.betas("nsd/subj01", roi="V1").values,
+                                  loc.betas("nsd/subj01", roi="V1").values)
+    np.testing.assert_array_equal(rem.decoded("ridge", "nsd/subj01").values,
+                                  loc.decoded("ridge", "nsd/subj01").values)
+    ids = loc.betas("god/sub-01", split="test").stimulus.values[:2]
+    np.testing.assert_array_equal(rem.images(ids).values, loc.images(ids).values)
+    assert validate_store(rem) == [] and rem.incomplete() == {}
+    assert sorted(rem.keys("nsd/subj01/betas")) == sorted(nfstore.open_store(
+        repo["local"]).keys("nsd/subj01/betas"))
+    assert not rem.has("_staging")
+
+
+def test_history_versions_and_rollback(repo: dict[str, Any], tmp_path: Path) -> None:
+    from nfrecon.decode import decode_ridge
+
+    local = Path(shutil.copytree(repo["local"], tmp_path / "nf.zarr"))
+    url = "s3://nf-test/history/nf.zarr"
+    one = versioned.push(local, url, repo["opts"], message="one")
+    decode_ridge(local, "nsd/subj02", "later")
+    shutil.rmtree(local / "decoded" / "ridge")  # removed locally: removed by the next push
+    two = versioned.push(local, url, repo["opts"], message="two")
+    assert two.deleted > 0
+    hist = versioned.log(url, repo["opts"])
+    assert [h["snapshot"] for h in hist[:2]] == [two.snapshot, one.snapshot]
+    assert [h["message"] for h in hist[:2]] == ["two", "one"]
+    now = nfstore.open_store(url, storage_options=repo["opts"])
+    assert now.decoded_sets() == ["blurry", "later"]
+    old = nfstore.open_store(url, storage_options=repo["opts"], version=one.snapshot)
+    assert old.decoded_sets() == ["blurry", "ridge"] and old.version == one.snapshot
+    versioned.rollback(url, one.snapshot, repo["opts"])
+    assert nfstore.open_store(url, storage_options=repo["opts"]).decoded_sets() == [
+        "blurry", "ridge"]
+    with pytest.raises(OptionError, match="is not in the history"):
+        versioned.rollback(url, "NOTASNAPSHOT", repo["opts"])
+    with pytest.raises(nfstore.StoreError, match="no snapshot 'NOTASNAPSHOT'"):
+        nfstore.open_store(url, storage_options=repo["opts"], version="NOTASNAPSHOT")
+
+
+KILL = textwrap.dedent("""
+    import json, os, signal, sys
+    from nfstore import versioned
+
+    def on_key(n):
+        if n == int(sys.argv[4]):
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 half-way through the copy
+
+    versioned.push(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), on_key=on_key)
+""")
+
+
+def test_a_push_killed_half_way_leaves_the_previous_version(repo: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    from nfrecon.decode import decode_ridge
+
+    local = Path(shutil.copytree(repo["local"], tmp_path / "nf.zarr"))
+    url = "s3://nf-test/killed/nf.zarr"
+    before = versioned.push(local, url, repo["opts"])
+    decode_ridge(local, "nsd/subj02", "newer")
+    proc = subprocess.run([sys.executable, "-c", KILL, str(local), url,
+                           json.dumps(repo["opts"]), str(before.keys // 2)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    st = nfstore.open_store(url, storage_options=repo["opts"])
+    assert st.version == before.snapshot  # the new version is invisible
+    assert "newer" not in st.decoded_sets() and validate_store(st) == []
+    np.testing.assert_array_equal(st.betas("nsd/subj02").values,
+                                  nfstore.open_store(repo["local"]).betas("nsd/subj02").values)
+    after = versioned.push(local, url, repo["opts"])  # the next push goes through
+    assert "newer" in nfstore.open_store(url, storage_options=repo["opts"]).decoded_sets()
+    assert after.snapshot != before.snapshot
+
+
+def test_checkpoints_name_the_version_they_trained_on(repo: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    from nftrain.config import build
+    from nftrain.train import train
+
+    st = nfstore.open_store(repo["url"], storage_options=repo["opts"])
+    run = train(st, build(dict(subjects=["nsd/subj01"], adapter_dim=16, width=16, depth=1,
+                               batch_size=16, epochs=1, output_dir=str(tmp_path / "run"))))
+    meta = json.loads((run.output_dir / "last" / "config.json").read_text())
+    assert meta["store_version"] == st.version and meta["store"] == repo["url"]
+
+
+def test_cli_push_log_rollback(repo: dict[str, Any], s3: dict[str, Any],
+                               tmp_path: Path) -> None:
+    opts = [f"--storage-option=endpoint_url={s3['endpoint']}", "--storage-option=key=testing",
+            "--storage-option=secret=testing",
+            "--storage-option=client_kwargs.region_name=us-east-1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
+
+    def nf(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "nf", *args], capture_output=True,
+                              text=True, env=env, timeout=300, cwd=ROOT)
+
+    url = "s3://nf-test/cli/nf.zarr"
+    p = nf("push", str(repo["local"]), url, "-m", "from the CLI", "--no-progress", *opts)
+    assert p.returncode == 0 and "as snapshot" in p.stdout, p.stderr[-1500:]
+    snap = p.stdout.split("as snapshot ")[1].split()[0]
+    p = nf("log", url, *opts)
+    assert p.returncode == 0 and p.stdout.startswith(f"{snap}  ") and "from the CLI" in p.stdout
+    p = nf("info", url, *opts)
+    assert p.returncode == 0 and "nsd/subj01" in p.stdout
+    p = nf("rollback", url, "NOPE", *opts)
+    assert p.returncode == 1 and "is not in the history" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = nf("push", str(repo["local"]), str(tmp_path / "elsewhere"))
+    assert p.returncode == 1 and "versioned stores (nf push) live on s3:// URLs" in p.stderr
