@@ -37,6 +37,7 @@ bench: $(VENV)/.test-$(HASH)
 	$(BIN)/python benchmarks/bench_lowlevel_quality.py
 	$(BIN)/python benchmarks/bench_augment.py --decode
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_remote.py
 
 clean:
 	rm -rf $(VENV) nf-demo
