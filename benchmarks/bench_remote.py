@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -40,23 +39,6 @@ class GetCounter(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if '"GET ' in record.getMessage():
             self.gets += 1
-
-
-def _server() -> tuple[object, str, dict]:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
-                 region_name="us-east-1").create_bucket(Bucket="bench")
-    opts = {"endpoint_url": endpoint, "key": "k", "secret": "s",
-            "client_kwargs": {"region_name": "us-east-1"}}
-    return server, endpoint, opts
 
 
 def _epoch(store: nfstore.Store) -> tuple[int, int]:
@@ -83,12 +65,14 @@ def main() -> None:
         shutil.rmtree(local, ignore_errors=True)
         nfstore.ingest("nsd", raw, local)
         embed_store(local, "ip-adapter-sdxl", write_tiny_encoder(WORK / "enc")["hf"], workers=0)
-    server, endpoint, opts = _server()
+    from nfstore.testing import local_s3
+
     counter = GetCounter()
     logging.getLogger("werkzeug").addHandler(counter)
     logging.getLogger("werkzeug").setLevel(logging.INFO)
     logging.getLogger("werkzeug").propagate = False
-    try:
+    with local_s3("bench") as server:
+        opts = server["options"]
         fs = s3fs.S3FileSystem(**opts)
         t0 = time.perf_counter()
         fs.put(str(local), "bench/nf.zarr", recursive=True)
@@ -127,8 +111,6 @@ def main() -> None:
                   f"V1 query, + {s3[3] * ms / 1e3 / conc:.2f} s per whole read, + "
                   f"{s3[5] * ms / 1e3 / conc:.2f} s per loader epoch (blocks one after "
                   f"another, the prefetch thread overlapping them with training)")
-    finally:
-        server.stop()
     _ingest(raw)
 
 

@@ -186,27 +186,10 @@ def served(train_store_ro: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 @pytest.fixture(scope="session")
 def s3() -> Iterator[dict[str, Any]]:
     """An S3-compatible server (moto's) on 127.0.0.1, stopped after the session; yields the
-    endpoint, a bucket and fsspec storage options."""
-    import socket
-
+    endpoint, a bucket, fsspec storage options and an s3fs filesystem."""
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
-    import boto3
+    from nfstore.testing import local_s3
 
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1"
-                 ).create_bucket(Bucket="nf-test")
-    fs = s3fs.S3FileSystem(**options)
-    try:
-        yield {"endpoint": endpoint, "bucket": "nf-test", "options": options, "fs": fs}
-    finally:
-        server.stop()
+    with local_s3("nf-test") as server:
+        yield {**server, "fs": s3fs.S3FileSystem(**server["options"])}
