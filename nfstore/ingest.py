@@ -42,8 +42,9 @@ from nfstore._names import (
     subject_key,
 )
 from nfstore._version import __version__
-from nfstore.errors import MissingFileError, NFError, OptionError, ReaderError, StoreError
-from nfstore.normalize import NORMALIZATIONS, apply_stats, zscore_groups
+from nfstore.errors import MissingFileError, NFError, OptionError, StoreError
+from nfstore.ingest_cluster import ClusterRun, connect, stage_on_cluster
+from nfstore.normalize import normalized_block, set_normalization, spanning_stats
 from nfstore.readers import get_reader
 from nfstore.readers.base import Block, RawSubject, StimulusTable
 from nfstore.stimuli import commit_stimulus_table, fingerprints_to_compute
@@ -140,7 +141,7 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     created = _layout.ensure_store(path)
     try:
         with _layout.writing(path, f"nf ingest {dataset}"):
-            run = _Run(dataset, root.resolve(), options, normalization, scheduler)
+            run = ClusterRun(dataset, root.resolve(), options, normalization, scheduler)
             summary = _write_subjects(path, run, raws, table, overwrite, dtype, voxel_chunk,
                                       progress, on_block)
     except NFError:
@@ -152,18 +153,7 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     return summary
 
 
-@dataclass(frozen=True)
-class _Run:
-    """What a worker needs to reopen a subject: the reader's inputs, not the opened files."""
-
-    dataset: str
-    root: Path
-    options: Any
-    normalization: str | None
-    scheduler: str | None = None
-
-
-def _write_subjects(path: Path, run: _Run, raws: list[RawSubject], table: StimulusTable,
+def _write_subjects(path: Path, run: ClusterRun, raws: list[RawSubject], table: StimulusTable,
                     overwrite: bool, dtype: str, voxel_chunk: int, progress: bool,
                     on_block: Callable[[str, str], None] | None) -> IngestSummary:
     """Stage and commit each subject in turn (the caller holds the write lock).
@@ -179,7 +169,7 @@ def _write_subjects(path: Path, run: _Run, raws: list[RawSubject], table: Stimul
     committed_any = False
     # image fingerprints are computed in a thread while the first subject's betas are staged
     pool = ThreadPoolExecutor(max_workers=1)
-    client = _client(run.scheduler)
+    client = connect(run.scheduler)
     referenced = sorted({i for raw in raws for i in pd.unique(raw.trials["stimulus"])})
     prints = pool.submit(fingerprints_to_compute, path, table, referenced)
     try:
@@ -224,60 +214,6 @@ def _keep_synthetic_sets(path: Path, key: str, staged: Path) -> None:
     old = path / key / "synthetic"
     if old.is_dir() and not (staged / "synthetic").exists():
         os.rename(old, staged / "synthetic")
-
-
-DEFAULT_NORMALIZATION = {"nsd": "session-train", "bold5000": "session-train", "god": "run"}
-
-
-def set_normalization(raw: RawSubject, method: str | None) -> None:
-    """Set the normalization groups, fit rows and description of ``raw`` for ``method``."""
-    default = DEFAULT_NORMALIZATION[raw.dataset]
-    method = method or default
-    if method not in NORMALIZATIONS:
-        raise OptionError(f"--normalization: expected one of {list(NORMALIZATIONS)}; got "
-                          f"{method!r}")
-    key = subject_key(raw.dataset, raw.subject)
-    train = (raw.trials["split"] == "train").to_numpy()
-    session = raw.trials["session"].to_numpy()
-    base = {k: v for k, v in raw.normalization.items() if k == "scale"}
-    if method == default:
-        raw.normalization = {**raw.normalization, "option": method}
-        return
-    if method == "session-train":
-        empty = sorted(int(s) for s in np.unique(session) if not train[session == s].any())
-        if empty:
-            raise OptionError(f"--normalization session-train: {key} sessions {empty} have no "
-                              f"train trials to take statistics from; use run or train-global")
-        raw.norm_group, raw.norm_fit = session, train
-        desc = {"method": "zscore", "group": "session", "statistics_from": "train"}
-    elif method == "run":
-        raw.norm_group = session * 100000 + raw.trials["run"].to_numpy()
-        raw.norm_fit = np.ones(raw.n_trials, bool)
-        desc = {"method": "zscore", "group": "run (session, run)", "statistics_from": "run",
-                "note": "each run z-scored by its own trials' statistics, test runs included"}
-    elif method == "train-global":
-        raw.norm_group, raw.norm_fit = np.zeros(raw.n_trials, np.int64), train
-        desc = {"method": "zscore", "group": "subject", "statistics_from": "train"}
-    else:
-        raw.norm_group, raw.norm_fit = np.zeros(raw.n_trials, np.int64), train
-        desc = {"method": "none", "group": "none", "statistics_from": "none"}
-    raw.normalization = {**base, **desc, "ddof": 0, "option": method}
-
-
-def _spanning_stats(raw: RawSubject, fit: np.ndarray) -> dict[object, Any] | None:
-    """Statistics of normalization groups that span several blocks (one extra read pass),
-    or None when every group lies inside one block."""
-    blocks_of: dict[object, set[int]] = {}
-    for n, b in enumerate(raw.blocks):
-        for g in np.unique(raw.norm_group[b.start:b.stop]).tolist():
-            blocks_of.setdefault(g, set()).add(n)
-    if all(len(v) == 1 for v in blocks_of.values()):
-        return None
-    from nfstore.normalize import group_stats
-
-    parts = ((b.load(), raw.norm_group[b.start:b.stop], fit[b.start:b.stop])
-             for b in raw.blocks)  # one block in memory at a time
-    return group_stats(parts, int(raw.normalization.get("ddof", 0)))
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -332,7 +268,7 @@ def _fingerprint(raw: RawSubject, dtype: str, voxel_chunk: int) -> str:
 
 def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root: str,
            bar: Any, on_block: Callable[[str, str], None] | None, key: str,
-           cluster: tuple[Any, _Run | None] = (None, None)) -> bool:
+           cluster: tuple[Any, ClusterRun | None] = (None, None)) -> bool:
     """Write ``raw`` into ``staged`` block by block; returns True if it resumed earlier work."""
     progress_file = staged.with_suffix(".json")
     fingerprint = _fingerprint(raw, dtype, voxel_chunk)
@@ -351,7 +287,7 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
     todo = [b for b in raw.blocks if b.label not in state["blocks_done"]]
     bar.update(len(raw.blocks) - len(todo))
     none = raw.normalization.get("method") == "none"
-    stats = None if none or not todo else _spanning_stats(raw, fit)
+    stats = None if none or not todo else spanning_stats(raw, fit)
 
     def done(block: Block, n_zero: int) -> None:  # after the block's write has completed
         state["blocks_done"].append(block.label)
@@ -364,7 +300,7 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
 
     client, run = cluster
     if client is not None:
-        _stage_on_cluster(client, run, raw, todo, str((staged / BETAS).resolve()), stats,
+        stage_on_cluster(client, run, raw, todo, str((staged / BETAS).resolve()), stats,
                           dtype, done)
     else:
         _stage_here(raw, todo, betas, stats, fit, none, dtype, done)
@@ -375,28 +311,13 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
     return resumed
 
 
-def _normalized(raw: RawSubject, block: Block, x: np.ndarray, stats: Any, fit: np.ndarray,
-                none: bool) -> tuple[np.ndarray, int]:
-    """The block's z-scored betas and its count of zero-std (group, voxel) pairs."""
-    want = (block.stop - block.start, raw.n_voxels)
-    if x.shape != want:
-        raise ReaderError(f"{block.files[0]}: expected betas of shape {want}; found {x.shape}")
-    rows = slice(block.start, block.stop)
-    if none:
-        return np.asarray(x, np.float32), 0
-    if stats is not None:
-        return apply_stats(x, raw.norm_group[rows], stats)
-    return zscore_groups(x, raw.norm_group[rows], fit[rows],
-                         ddof=int(raw.normalization.get("ddof", 0)))
-
-
 def _stage_here(raw: RawSubject, todo: list[Block], betas: Any, stats: Any, fit: np.ndarray,
                 none: bool, dtype: str, done: Callable[[Block, int], None]) -> None:
     """Three-stage pipeline: load (thread) -> normalize (here) -> write (thread)."""
     with ThreadPoolExecutor(max_workers=1) as writer:
         previous = None
         for block, x in _prefetched(todo):
-            z, n_zero = _normalized(raw, block, x, stats, fit, none)
+            z, n_zero = normalized_block(raw, block, x, stats, fit, none)
             del x
             future = writer.submit(betas.__setitem__, slice(block.start, block.stop),
                                    z.astype(dtype, copy=False))
@@ -407,58 +328,6 @@ def _stage_here(raw: RawSubject, todo: list[Block], betas: Any, stats: Any, fit:
         if previous is not None:
             previous[0].result()
             done(*previous[1:])
-
-
-def _client(scheduler: str | None) -> Any:
-    if not scheduler:
-        return None
-    from distributed import Client
-
-    try:
-        return Client(scheduler, timeout="30s")
-    except OSError as err:
-        raise OptionError(f"--scheduler: no Dask scheduler answered at {scheduler} ({err})"
-                          ) from None
-
-
-def _stage_on_cluster(client: Any, run: _Run, raw: RawSubject, todo: list[Block],
-                      betas: str, stats: Any, dtype: str,
-                      done: Callable[[Block, int], None]) -> None:
-    """One task per block: a worker reopens the subject, loads, normalizes and writes the
-    block's rows (whole trial chunks, so tasks never share a chunk); this process records each
-    block as it completes."""
-    from distributed import as_completed
-
-    n_of = {id(b): n for n, b in enumerate(raw.blocks)}
-    stats_f = client.scatter(stats, broadcast=True) if stats is not None else None
-    futures = {client.submit(_write_block, run, raw.subject, n_of[id(b)], betas, stats_f,
-                             dtype, pure=False): b for b in todo}
-    try:
-        for future in as_completed(futures):
-            done(futures[future], future.result())
-    finally:
-        client.cancel(list(futures))
-
-
-_OPENED: dict[tuple[Any, ...], RawSubject] = {}  # per worker process: subjects reopened
-
-
-def _write_block(run: _Run, subject: str, n: int, betas: str, stats: Any, dtype: str) -> int:
-    """A cluster task: write block ``n`` of ``subject``; returns its zero-std pair count."""
-    key = (run.dataset, str(run.root), subject, repr(run.options), run.normalization)
-    if key not in _OPENED:
-        raw = get_reader(run.dataset).open_subject(run.root, subject, run.options)
-        set_normalization(raw, run.normalization)
-        _OPENED.clear()  # one subject at a time is enough: blocks come subject by subject
-        _OPENED[key] = raw
-    raw = _OPENED[key]
-    block = raw.blocks[n]
-    fit = raw.norm_fit if raw.norm_fit is not None else (raw.trials["split"] == "train"
-                                                          ).to_numpy()
-    none = raw.normalization.get("method") == "none"
-    z, n_zero = _normalized(raw, block, block.load(), stats, fit, none)
-    zarr.open_array(betas, mode="r+")[block.start:block.stop] = z.astype(dtype, copy=False)
-    return n_zero
 
 
 def _prefetched(blocks: list[Block]) -> Iterator[tuple[Block, np.ndarray]]:

@@ -1,10 +1,18 @@
-"""Normalization of betas: pure functions, statistics from training trials only."""
+"""Normalization of betas: pure functions, statistics from training trials only, and the
+per-subject choice of method (``--normalization``, :func:`set_normalization`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from nfstore._names import subject_key
+from nfstore.errors import OptionError, ReaderError
+
+if TYPE_CHECKING:
+    from nfstore.readers.base import Block, RawSubject
 
 
 def zscore_groups(x: np.ndarray, groups: np.ndarray, fit: np.ndarray, ddof: int = 0
@@ -118,3 +126,70 @@ def apply_stats(x: np.ndarray, groups: np.ndarray,
             np.float32)
         n_zero += int((scale == 0).sum())
     return z, n_zero
+
+
+DEFAULT_NORMALIZATION = {"nsd": "session-train", "bold5000": "session-train", "god": "run"}
+
+
+def set_normalization(raw: RawSubject, method: str | None) -> None:
+    """Set the normalization groups, fit rows and description of ``raw`` for ``method``."""
+    default = DEFAULT_NORMALIZATION[raw.dataset]
+    method = method or default
+    if method not in NORMALIZATIONS:
+        raise OptionError(f"--normalization: expected one of {list(NORMALIZATIONS)}; got "
+                          f"{method!r}")
+    key = subject_key(raw.dataset, raw.subject)
+    train = (raw.trials["split"] == "train").to_numpy()
+    session = raw.trials["session"].to_numpy()
+    base = {k: v for k, v in raw.normalization.items() if k == "scale"}
+    if method == default:
+        raw.normalization = {**raw.normalization, "option": method}
+        return
+    if method == "session-train":
+        empty = sorted(int(s) for s in np.unique(session) if not train[session == s].any())
+        if empty:
+            raise OptionError(f"--normalization session-train: {key} sessions {empty} have no "
+                              f"train trials to take statistics from; use run or train-global")
+        raw.norm_group, raw.norm_fit = session, train
+        desc = {"method": "zscore", "group": "session", "statistics_from": "train"}
+    elif method == "run":
+        raw.norm_group = session * 100000 + raw.trials["run"].to_numpy()
+        raw.norm_fit = np.ones(raw.n_trials, bool)
+        desc = {"method": "zscore", "group": "run (session, run)", "statistics_from": "run",
+                "note": "each run z-scored by its own trials' statistics, test runs included"}
+    elif method == "train-global":
+        raw.norm_group, raw.norm_fit = np.zeros(raw.n_trials, np.int64), train
+        desc = {"method": "zscore", "group": "subject", "statistics_from": "train"}
+    else:
+        raw.norm_group, raw.norm_fit = np.zeros(raw.n_trials, np.int64), train
+        desc = {"method": "none", "group": "none", "statistics_from": "none"}
+    raw.normalization = {**base, **desc, "ddof": 0, "option": method}
+
+
+def spanning_stats(raw: RawSubject, fit: np.ndarray) -> dict[object, Any] | None:
+    """Statistics of normalization groups that span several blocks (one extra read pass),
+    or None when every group lies inside one block."""
+    blocks_of: dict[object, set[int]] = {}
+    for n, b in enumerate(raw.blocks):
+        for g in np.unique(raw.norm_group[b.start:b.stop]).tolist():
+            blocks_of.setdefault(g, set()).add(n)
+    if all(len(v) == 1 for v in blocks_of.values()):
+        return None
+    parts = ((b.load(), raw.norm_group[b.start:b.stop], fit[b.start:b.stop])
+             for b in raw.blocks)  # one block in memory at a time
+    return group_stats(parts, int(raw.normalization.get("ddof", 0)))
+
+
+def normalized_block(raw: RawSubject, block: Block, x: np.ndarray, stats: Any,
+                     fit: np.ndarray, none: bool) -> tuple[np.ndarray, int]:
+    """The block's z-scored betas and its count of zero-std (group, voxel) pairs."""
+    want = (block.stop - block.start, raw.n_voxels)
+    if x.shape != want:
+        raise ReaderError(f"{block.files[0]}: expected betas of shape {want}; found {x.shape}")
+    rows = slice(block.start, block.stop)
+    if none:
+        return np.asarray(x, np.float32), 0
+    if stats is not None:
+        return apply_stats(x, raw.norm_group[rows], stats)
+    return zscore_groups(x, raw.norm_group[rows], fit[rows],
+                         ddof=int(raw.normalization.get("ddof", 0)))

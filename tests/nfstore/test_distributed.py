@@ -49,7 +49,7 @@ def test_cluster_ingest_equals_a_local_ingest(cluster, dataset: str, normalizati
     assert summary.subjects == nfstore.open_store(tmp_path / "local.zarr").subjects()
     _same_stores(tmp_path / "local.zarr", tmp_path / "cluster.zarr")
     # the blocks were loaded by the workers (each keeps the subject it reopened), not here
-    module = importlib.import_module("nfstore.ingest")  # (nfstore.ingest is also a function)
+    module = importlib.import_module("nfstore.ingest_cluster")
 
     with Client(cluster.scheduler_address) as client:
         opened = client.run(lambda: len(module._OPENED))

@@ -1,0 +1,84 @@
+"""Ingest on a Dask distributed cluster (``nf ingest --scheduler``): one task per block.
+
+A worker reopens the subject from the raw files (never shipped: only the reader's inputs
+travel), normalizes the block exactly as a local ingest does (:mod:`nfstore.normalize`) and
+writes its rows, which are whole trial chunks, so tasks never share a chunk. The process that
+called :func:`nfstore.ingest` keeps the progress file and commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from nfstore.errors import OptionError
+from nfstore.normalize import normalized_block, set_normalization
+from nfstore.readers import get_reader
+from nfstore.readers.base import Block, RawSubject
+
+
+@dataclass(frozen=True)
+class ClusterRun:
+    """What a worker needs to reopen a subject: the reader's inputs, not the opened files."""
+
+    dataset: str
+    root: Path
+    options: Any
+    normalization: str | None
+    scheduler: str | None = None
+
+
+def connect(scheduler: str | None) -> Any:
+    if not scheduler:
+        return None
+    from distributed import Client
+
+    try:
+        return Client(scheduler, timeout="30s")
+    except OSError as err:
+        raise OptionError(f"--scheduler: no Dask scheduler answered at {scheduler} ({err})"
+                          ) from None
+
+
+def stage_on_cluster(client: Any, run: ClusterRun, raw: RawSubject, todo: list[Block],
+                     betas: str, stats: Any, dtype: str,
+                     done: Callable[[Block, int], None]) -> None:
+    """One task per block: a worker reopens the subject, loads, normalizes and writes the
+    block's rows (whole trial chunks, so tasks never share a chunk); this process records each
+    block as it completes."""
+    from distributed import as_completed
+
+    n_of = {id(b): n for n, b in enumerate(raw.blocks)}
+    stats_f = client.scatter(stats, broadcast=True) if stats is not None else None
+    futures = {client.submit(_write_block, run, raw.subject, n_of[id(b)], betas, stats_f,
+                             dtype, pure=False): b for b in todo}
+    try:
+        for future in as_completed(futures):
+            done(futures[future], future.result())
+    finally:
+        client.cancel(list(futures))
+
+
+_OPENED: dict[tuple[Any, ...], RawSubject] = {}  # per worker process: subjects reopened
+
+
+def _write_block(run: ClusterRun, subject: str, n: int, betas: str, stats: Any, dtype: str) -> int:
+    """A cluster task: write block ``n`` of ``subject``; returns its zero-std pair count."""
+    key = (run.dataset, str(run.root), subject, repr(run.options), run.normalization)
+    if key not in _OPENED:
+        raw = get_reader(run.dataset).open_subject(run.root, subject, run.options)
+        set_normalization(raw, run.normalization)
+        _OPENED.clear()  # one subject at a time is enough: blocks come subject by subject
+        _OPENED[key] = raw
+    raw = _OPENED[key]
+    block = raw.blocks[n]
+    fit = raw.norm_fit if raw.norm_fit is not None else (raw.trials["split"] == "train"
+                                                          ).to_numpy()
+    none = raw.normalization.get("method") == "none"
+    z, n_zero = normalized_block(raw, block, block.load(), stats, fit, none)
+    zarr.open_array(betas, mode="r+")[block.start:block.stop] = z.astype(dtype, copy=False)
+    return n_zero
