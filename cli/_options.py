@@ -89,3 +89,32 @@ def pixel_cache_options(command: Any) -> Any:
         "--cache-pixels", is_flag=True,
         help="Also copy the stimulus images into the store (/stimuli/<table>/pixels), so a copy "
              "of the store on object storage serves images without the raw files.")(command)
+
+
+def writes_store(arg: str = "store") -> Any:
+    """Let a writing command take a versioned store URL in ``arg`` (``nf push`` made it): the
+    command writes a local working copy and publishes it as the next snapshot when it
+    succeeds (:func:`nfstore.versioned.publishing`); a local folder is written as always.
+    Adds ``--storage-option``."""
+    import functools
+
+    def decorate(command: Any) -> Any:
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            from nfstore import _remote
+
+            url = str(kwargs[arg])
+            if not _remote.is_url(url):
+                return command(*args, **kwargs)
+            from nfstore import versioned
+
+            name = f"nf {click.get_current_context().command.name}"
+            with versioned.publishing(url, message=name) as work:
+                out = command(*args, **{**kwargs, arg: str(work)})
+            head = versioned.log(url)[0]
+            click.echo(f"published to {url} as snapshot {head['snapshot']} ({name})")
+            return out
+
+        return remote_option(arg)(run)
+
+    return decorate

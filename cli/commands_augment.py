@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from nf._options import ManyValues
+from nf._options import ManyValues, writes_store
 
 
 @click.command("augment")
@@ -36,6 +36,7 @@ from nf._options import ManyValues
               help="Write a diagnostics figure (PNG).")
 @click.option("--overwrite", is_flag=True, help="Replace a synthetic set of the same name.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@writes_store()
 def augment(store: str, subject: str, pool: str, n: int | None, fraction: float | None,
             noise: str, noise_scale: float, alpha: float | None, alphas: tuple[str, ...] | None,
             cv: int, rank: int, name: str | None, embedding: str, seed: int, voxel_chunk: int,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from nf._options import pixel_cache_options
+from nf._options import pixel_cache_options, writes_store
 
 
 @click.command("embed")
@@ -36,6 +36,7 @@ from nf._options import pixel_cache_options
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other weights.")
 @pixel_cache_options
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@writes_store()
 def embed(store: str, model: str, size: int, latent_size: int, weights: str | None,
           stimuli: str,
           pool_dir: str | None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from nf._options import ManyValues, remote_store
+from nf._options import ManyValues, remote_store, writes_store
 
 SPLIT = click.Choice(["test", "train", "imagery"])
 
@@ -19,6 +19,7 @@ SPLIT = click.Choice(["test", "train", "imagery"])
               "held-out train pictures and write it as this decoded set.")
 @click.option("--no-rescale", is_flag=True, help="Refinement: keep output norms.")
 @click.option("--device", default="cpu", show_default=True)
+@writes_store()
 def predict(store: str, ckpt: str, name: str, subjects: tuple[str, ...] | None, split: str,
             single_trials: bool, refine_name: str | None, no_rescale: bool, device: str) -> None:
     """Decode held-out trials with a checkpoint into embeddings in the store."""
@@ -50,6 +51,7 @@ def predict(store: str, ckpt: str, name: str, subjects: tuple[str, ...] | None, 
               help="Map each target's predictions to the train targets' mean and std.")
 @click.option("--image-size", type=click.IntRange(8), default=128, show_default=True,
               help="pixels / sdxl-vae target: size of the blurry images.")
+@writes_store()
 def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | None, cv: int,
                  split: str, roi: str | None, embedding: str, rescale: bool,
                  image_size: int, vae: str | None) -> None:
@@ -71,6 +73,7 @@ def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | 
 @click.option("--decoded", required=True, help="Decoded set with out-of-sample train rows.")
 @click.option("--name", required=True, help="Name of the refined decoded set.")
 @click.option("--no-rescale", is_flag=True, help="Keep output norms.")
+@writes_store()
 def refine(store: str, decoded: str, name: str, no_rescale: bool) -> None:
     """The paper's refinement: a subject-agnostic ridge from decoded to true embeddings,
     fitted on out-of-sample train rows only (never test)."""
@@ -121,6 +124,7 @@ def refine(store: str, decoded: str, name: str, no_rescale: bool) -> None:
               help="Reconstruct from the true cached embeddings: the oracle row.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many rows per subject.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@writes_store()
 def reconstruct(store: str, decoded: str, sdxl: str, sdxl_config: str | None, ip_adapter: str,
                 name: str | None, subjects: tuple[str, ...] | None, split: str,
                 encoder: str | None, from_embeddings: bool, limit: int | None, progress: bool,

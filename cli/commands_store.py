@@ -12,6 +12,7 @@ from nf._options import (
     remote_store,
     store_option,
     subjects_option,
+    writes_store,
 )
 
 DATASET = click.Choice(["nsd", "bold5000", "god"])
@@ -94,6 +95,7 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
                    "subject become tasks; workers must see RAW_ROOT and the store at the same "
                    "paths (a shared filesystem).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@writes_store()
 def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | None,
            sessions: str | None, beta_version: str | None, fmt: str | None, tr: str | None,
            images: str | None, dtype: str, normalization: str | None, overwrite: bool,

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,13 @@ def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = N
 
     Every object of the store (metadata documents first, then chunks; writes in progress are
     left out) is copied into a writable session, objects the local store no longer has are
-    deleted, and the session commits: one atomic move of ``main``. The pushed snapshot is then
-    checked against the store schema before the summary is returned.
+    deleted, and the session commits: one atomic move of ``main``. Where the folder is a
+    working copy of ``url`` (:func:`publishing`) still at the snapshot ``main`` points to,
+    only the objects changed since are copied. The pushed snapshot is then checked against
+    the store schema before the summary is returned.
     """
+    import zarr.storage
+
     import nfstore
     from nfstore import _layout
     from nfstore.schema import validate_store
@@ -127,10 +132,20 @@ def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = N
     with _layout.writing(path, f"nf push {url}"):  # no writer changes it while it is copied
         repo = open_repository(url, storage_options, create=True)
         session = repo.writable_session("main")
-        copied, deleted, size = asyncio.run(_copy(path, session.store, on_key, progress))
-        snapshot = session.commit(message, metadata={
-            "nf_version": nfstore.__version__, "source": str(path.resolve()),
-            "objects": copied, "bytes": size})
+        sync = _read_sync(path, url)
+        same = (frozenset(k for k, st in _stats(path).items() if sync["objects"].get(k) == st)
+                if sync and sync["snapshot"] == repo.lookup_branch("main") else frozenset())
+        src = zarr.storage.LocalStore(str(path), read_only=True)
+        copied, deleted, size = asyncio.run(_copy(src, session.store, on_key, progress, same))
+        try:
+            snapshot = session.commit(message, metadata={
+                "nf_version": nfstore.__version__, "source": str(path.resolve()),
+                "objects": copied, "bytes": size})
+        except Exception as err:  # icechunk's conflict: main moved meanwhile
+            raise StoreError(f"{url}: the commit was refused ({str(err).splitlines()[0]}); "
+                             f"another writer published since: rerun to start from its "
+                             f"version") from None
+        _write_sync(path, url, snapshot)
     pushed = nfstore.open_store(url, storage_options=storage_options, version=snapshot)
     problems = validate_store(pushed)
     if problems:
@@ -139,20 +154,101 @@ def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = N
     return PushSummary(url, snapshot, copied, deleted, size, time.perf_counter() - t0)
 
 
-async def _copy(path: Path, dst: Any, on_key: Callable[[int], None] | None,
-                progress: bool) -> tuple[int, int, int]:
+SYNC_FILE = ".nf-sync.json"  # in a working copy: the snapshot it holds, its objects' stats
+
+
+def _stats(path: Path) -> dict[str, list[int]]:
+    out = {}
+    for f in path.rglob("*"):
+        key = f.relative_to(path).as_posix()
+        if f.is_file() and not key.startswith(SKIP):
+            st = f.stat()
+            out[key] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _sync_file(path: Path) -> Path:  # beside the store folder, never inside it
+    return path.parent / f".{path.name}{SYNC_FILE}"
+
+
+def _read_sync(path: Path, url: str) -> dict[str, Any] | None:
+    from nfstore import _layout
+
+    state = _layout.read_json(_sync_file(path))
+    return state if state and state.get("url") == url else None
+
+
+def _write_sync(path: Path, url: str, snapshot: str) -> None:
+    from nfstore import _layout
+
+    _layout.write_json_atomic(_sync_file(path), {"url": url, "snapshot": snapshot,
+                                                 "objects": _stats(path)})
+
+
+def working_copy(url: str) -> Path:
+    """The local folder that holds ``url``'s working copy: ``$NF_WORKDIR/<hash>``, by default
+    under ``~/.cache/neurofusion``."""
+    import hashlib
+
+    base = Path(os.environ.get("NF_WORKDIR") or Path.home() / ".cache" / "neurofusion")
+    return base / hashlib.sha256(url.encode()).hexdigest()[:16] / "nf.zarr"
+
+
+@contextmanager
+def publishing(url: str, storage_options: dict[str, Any] | None = None,
+               message: str = "nf", progress: bool = False) -> Iterator[Path]:
+    """Write to a versioned store: yields a local working copy of ``url``'s current snapshot
+    (:func:`working_copy`; downloaded whole when ``main`` moved since its last sync), and pushes
+    it as the next snapshot (changed objects only) when the block ends without an error.
+
+    A writer killed inside the block publishes nothing: readers of ``url`` keep the previous
+    snapshot, and the working copy keeps the writer's staged progress, so rerunning the same
+    command resumes it there and then publishes.
+    """
     import zarr.storage
+
+    from nfstore import _remote
+
+    if not is_repository(url, storage_options):
+        fs, root = _remote.filesystem(url, storage_options)
+        if fs.exists(f"{root}/zarr.json"):
+            raise OptionError(f"{url}: holds a plain copy of a store, which is read-only here; "
+                              f"writes go to a versioned store: `nf push LOCAL URL` to a new "
+                              f"prefix makes one")
+    work = working_copy(url)
+    work.mkdir(parents=True, exist_ok=True)
+    repo = open_repository(url, storage_options, create=True)
+    head = repo.lookup_branch("main")
+    sync = _read_sync(work, url)
+    if sync is None or sync["snapshot"] != head:  # bring the working copy to main, whole
+        # (its staged writes in progress stay; anything it committed but never pushed is
+        # replaced by what was published since)
+        asyncio.run(_copy(repo.readonly_session("main").store,
+                          zarr.storage.LocalStore(str(work)), None, progress, label="pull"))
+        _write_sync(work, url, head)
+    yield work
+    from nfstore._layout import is_store
+
+    if is_store(work):
+        push(work, url, storage_options, message=message, progress=progress)
+
+
+async def _copy(src: Any, dst: Any, on_key: Callable[[int], None] | None, progress: bool,
+                unchanged: frozenset[str] = frozenset(), label: str = "push"
+                ) -> tuple[int, int, int]:
+    """Make ``dst`` hold ``src``'s objects (writes in progress left out): copy those not in
+    ``unchanged``, delete those ``src`` lacks. Returns (copied, deleted, bytes copied)."""
     from tqdm.auto import tqdm
     from zarr.core.buffer import default_buffer_prototype
 
-    src = zarr.storage.LocalStore(str(path), read_only=True)
-    keys = [k async for k in src.list() if not k.startswith(SKIP)]
-    have = {k async for k in dst.list()}
+    every = [k async for k in src.list() if not k.startswith(SKIP)]
+    have = {k async for k in dst.list() if not k.startswith(SKIP)}
+    keys = [k for k in every if k not in unchanged or k not in have]
     # metadata before chunks, parents before children: a chunk needs its array's node
     keys.sort(key=lambda k: (not k.endswith("zarr.json"), k.count("/"), k))
     proto = default_buffer_prototype()
     gate = asyncio.Semaphore(CONCURRENCY)
-    bar = tqdm(total=len(keys), unit="obj", desc="push", disable=not progress)
+    bar = tqdm(total=len(keys), unit="obj", desc=label, disable=not progress)
     done = 0
     size = 0
 
@@ -161,7 +257,7 @@ async def _copy(path: Path, dst: Any, on_key: Callable[[int], None] | None,
         async with gate:
             buf = await src.get(key, proto)
             if buf is None:
-                raise StoreError(f"{path}/{key}: vanished while it was being pushed")
+                raise StoreError(f"{key}: vanished while it was being copied")
             await dst.set(key, buf)
             size += len(buf)
             done += 1
@@ -173,7 +269,7 @@ async def _copy(path: Path, dst: Any, on_key: Callable[[int], None] | None,
     for depth in sorted({k.count("/") for k in meta}):  # levels in turn, each concurrently
         await asyncio.gather(*(one(k) for k in meta if k.count("/") == depth))
     await asyncio.gather(*(one(k) for k in keys if not k.endswith("zarr.json")))
-    gone = sorted(have - set(keys), key=lambda k: (k.endswith("zarr.json"), -k.count("/")))
+    gone = sorted(have - set(every), key=lambda k: (k.endswith("zarr.json"), -k.count("/")))
     for key in gone:  # chunks first, then nodes, deepest first
         if await dst.exists(key):
             await dst.delete(key)

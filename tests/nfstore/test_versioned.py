@@ -149,3 +149,108 @@ def test_cli_push_log_rollback(repo: dict[str, Any], s3: dict[str, Any],
     assert len(p.stderr.strip().splitlines()) == 1
     p = nf("push", str(repo["local"]), str(tmp_path / "elsewhere"))
     assert p.returncode == 1 and "versioned stores (nf push) live on s3:// URLs" in p.stderr
+
+
+def _env(s3: dict[str, Any], workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
+    return {**env, "FSSPEC_S3_ENDPOINT_URL": s3["endpoint"], "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": s3["endpoint"], "NF_WORKDIR": str(workdir)}
+
+
+def test_the_demo_pipeline_writes_and_reads_a_store_on_s3(nsd_raw: Path, god_raw: Path,
+                                                          s3: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    """ingest, embed (with a pool), augment, train and evaluate with the store at an s3:// URL:
+    every write publishes a snapshot, every read comes from the URL."""
+    from nfstore.synth import _signal
+    from nfstore.synth._images import write_images
+    from nfstore.tiny import write_tiny_encoder
+
+    url = "s3://nf-test/pipeline/nf.zarr"
+    env = _env(s3, tmp_path / "work")
+    enc = write_tiny_encoder(tmp_path / "enc")["hf"]
+    rng = np.random.default_rng(0)
+    write_images([tmp_path / "pool" / f"{i}.png" for i in range(50)],
+                 _signal.render_images(_signal.latents(50, rng), 32, rng))
+
+    def nf(*args: str) -> str:
+        p = subprocess.run([sys.executable, "-m", "nf", *args], capture_output=True, text=True,
+                           env=env, timeout=600, cwd=ROOT)
+        assert p.returncode == 0, (args, p.stderr[-1500:])
+        return p.stdout
+
+    assert "published to" in nf("ingest", "nsd", str(nsd_raw), "--store", url, "--no-progress")
+    nf("ingest", "god", str(god_raw), "--store", url, "--no-progress")
+    nf("embed", url, "--weights", str(enc), "--workers", "0", "--no-progress")
+    nf("embed", url, "--weights", str(enc), "--pool", str(tmp_path / "pool"), "--pool-name",
+       "novel", "--workers", "0", "--no-progress")
+    nf("augment", url, "nsd/subj01", "--pool", "novel", "--n", "30", "--alpha", "100")
+    cfg = json.dumps(["nsd/subj01", "god/sub-01"])
+    nf("train", url, "--config", str(ROOT / "nftrain/configs/demo-cpu.toml"), "--set",
+       f"subjects={cfg}", "--set", "epochs=2", "--set", f"output_dir={tmp_path / 'run'}",
+       "--no-progress")
+    table = nf("evaluate", url, "--checkpoint", str(tmp_path / "run" / "best"))
+    assert "nsd/subj01" in table and "god/sub-01" in table
+    st = nfstore.open_store(url, storage_options=s3["options"])
+    assert st.subjects() == ["nsd/subj01", "nsd/subj02", "god/sub-01", "god/sub-02"]
+    assert st.embedding_models() == ["ip-adapter-sdxl"]
+    assert st.synthetic_sets("nsd/subj01") != [] and validate_store(st) == []
+    hist = versioned.log(url, s3["options"])
+    assert [h["message"] for h in hist[:5]] == ["nf augment", "nf embed", "nf embed",
+                                                "nf ingest", "nf ingest"]
+    meta = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert meta["store_version"] == hist[0]["snapshot"]
+
+
+KILL_WRITE = textwrap.dedent("""
+    import os, signal, sys
+    import nfstore
+    from nfstore import versioned
+
+    def on_block(key, label):
+        if key == "nsd/subj02" and label == "session 2":
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 inside the write
+
+    with versioned.publishing(sys.argv[2]) as work:
+        nfstore.ingest("nsd", sys.argv[1], work, on_block=on_block)
+""")
+
+
+def test_a_write_killed_inside_publishes_nothing_and_resumes(nsd_raw: Path, god_raw: Path,
+                                                             nsd_store_ro: Path,
+                                                             s3: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    env = _env(s3, tmp_path / "work")
+    url = "s3://nf-test/killed-write/nf.zarr"
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("AWS_", "NF_", "FSSPEC_"))})
+    try:
+        import fsspec.config
+
+        fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = s3["endpoint"]
+        with versioned.publishing(url) as work:
+            nfstore.ingest("god", god_raw, work)
+        before = nfstore.open_store(url)
+        proc = subprocess.run([sys.executable, "-c", KILL_WRITE, str(nsd_raw), url], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -9, proc.stderr[-1500:]
+        now = nfstore.open_store(url)
+        assert now.version == before.version
+        assert now.subjects() == ["god/sub-01", "god/sub-02"]
+        with versioned.publishing(url) as work:  # the same write again: it resumes
+            summary = nfstore.ingest("nsd", nsd_raw, work)
+        assert summary.resumed == ["nsd/subj02"]
+        after = nfstore.open_store(url)
+        assert after.subjects() == ["nsd/subj01", "nsd/subj02", "god/sub-01", "god/sub-02"]
+        np.testing.assert_array_equal(after.betas("nsd/subj02").values,
+                                      nfstore.open_store(nsd_store_ro).betas("nsd/subj02").values)
+        plain = "s3://nf-test/plain/nf.zarr"
+        s3["fs"].put(str(nsd_store_ro), plain[5:], recursive=True)
+        with pytest.raises(OptionError, match="holds a plain copy of a store"):
+            with versioned.publishing(plain):
+                pass
+    finally:
+        fsspec.config.conf.get("s3", {}).pop("endpoint_url", None)
+        for k in env:
+            if k.startswith(("AWS_", "NF_", "FSSPEC_")):
+                os.environ.pop(k, None)
