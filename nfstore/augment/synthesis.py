@@ -89,14 +89,17 @@ class BetasRef:
 
     location: str
     subject: str
-    storage_options: tuple[tuple[str, Any], ...] = ()
+    storage_options: str = "{}"  # JSON (hashable; nested options such as client_kwargs)
+    version: str | None = None
 
     def open(self) -> zarr.Array:
+        import json
+
         import nfstore
 
         if self not in _OPEN_BETAS:
-            store = nfstore.open_store(self.location, check=False,
-                                       storage_options=dict(self.storage_options))
+            store = nfstore.open_store(self.location, check=False, version=self.version,
+                                       storage_options=json.loads(self.storage_options))
             _OPEN_BETAS[self] = store.betas_array(self.subject)
         return _OPEN_BETAS[self]
 

@@ -270,3 +270,29 @@ def test_augment_leaves_the_process_blas_settings_alone(aug_store: Path) -> None
     augment(aug_store, "nsd/subj01", AugmentConfig(pool="novel", n=20, noise="lowrank", rank=2,
                                                    voxel_chunk=128, workers=2, name="t"))
     assert state() == before
+
+
+def test_cluster_workers_read_the_betas_by_url(aug_store: Path, s3: dict) -> None:
+    """Chunk tasks on a 2-process LocalCluster open a store on S3 themselves (by URL, with
+    its options) and fit the same model as local threads reading the folder."""
+    import json
+
+    from distributed import LocalCluster
+
+    from nfstore.augment.synthesis import BetasRef, fit_model
+
+    s3["fs"].put(str(aug_store), "nf-test/aug.zarr", recursive=True)
+    st = nfstore.open_store(aug_store)
+    x = st.betas("nsd/subj01", split="train")
+    X = st.embeddings("ip-adapter-sdxl", stimuli=x.stimulus).values
+    rows = np.flatnonzero(st.dataset("nsd/subj01").split.values == "train")
+    common = dict(pool="novel", noise="gaussian", voxel_chunk=256, alpha=100.0)
+    here, _, _ = fit_model(BetasRef(str(aug_store), "nsd/subj01"), rows, X,
+                           x.sizes["voxel"], AugmentConfig(**common))
+    ref = BetasRef("s3://nf-test/aug.zarr", "nsd/subj01", json.dumps(s3["options"]))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        there, _, _ = fit_model(ref, rows, X, x.sizes["voxel"],
+                                AugmentConfig(**common, scheduler=cluster.scheduler_address))
+    np.testing.assert_allclose(there.W, here.W, atol=1e-4)
+    np.testing.assert_array_equal(there.alpha, here.alpha)
