@@ -112,7 +112,7 @@ def writes_store(arg: str = "store") -> Any:
             with versioned.publishing(url, message=name) as work:
                 out = command(*args, **{**kwargs, arg: str(work)})
             head = versioned.log(url)[0]
-            click.echo(f"published to {url} as snapshot {head['snapshot']} ({name})")
+            click.echo(f"{url}: main is snapshot {head['snapshot']} (after {name})")
             return out
 
         return remote_option(arg)(run)

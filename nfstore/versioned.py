@@ -102,6 +102,8 @@ class PushSummary:
     seconds: float
 
     def line(self) -> str:
+        if not (self.keys or self.deleted):
+            return f"nothing changed: {self.url} stays at snapshot {self.snapshot}"
         mb = self.bytes / 2**20
         return (f"pushed {self.keys} objects ({mb:.1f} MiB; {self.deleted} removed) to "
                 f"{self.url} as snapshot {self.snapshot} in {self.seconds:.1f} s "
@@ -110,15 +112,18 @@ class PushSummary:
 
 def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = None,
          message: str = "nf push", on_key: Callable[[int], None] | None = None,
-         progress: bool = False) -> PushSummary:
+         progress: bool = False, expect: str | None = None) -> PushSummary:
     """Publish the local store as the next snapshot of the repository at ``url``.
 
     Every object of the store (metadata documents first, then chunks; writes in progress are
     left out) is copied into a writable session, objects the local store no longer has are
     deleted, and the session commits: one atomic move of ``main``. Where the folder is a
     working copy of ``url`` (:func:`publishing`) still at the snapshot ``main`` points to,
-    only the objects changed since are copied. The pushed snapshot is then checked against
-    the store schema before the summary is returned.
+    only the objects changed since are copied. ``expect``: the snapshot ``main`` must still
+    point to (a working copy's base); if another writer published since, nothing is written
+    and the error says so (icechunk's own conflict check covers a publication that lands
+    during the copy). The pushed snapshot is then checked against the store schema before the
+    summary is returned.
     """
     import zarr.storage
 
@@ -132,11 +137,18 @@ def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = N
     with _layout.writing(path, f"nf push {url}"):  # no writer changes it while it is copied
         repo = open_repository(url, storage_options, create=True)
         session = repo.writable_session("main")
+        if expect is not None and session.snapshot_id != expect:
+            raise StoreError(f"{url}: another writer published snapshot {session.snapshot_id} "
+                             f"after this working copy was taken from {expect}; nothing was "
+                             f"published: rerun the command to start from the new version")
         sync = _read_sync(path, url)
         same = (frozenset(k for k, st in _stats(path).items() if sync["objects"].get(k) == st)
                 if sync and sync["snapshot"] == repo.lookup_branch("main") else frozenset())
         src = zarr.storage.LocalStore(str(path), read_only=True)
         copied, deleted, size = asyncio.run(_copy(src, session.store, on_key, progress, same))
+        if not session.has_uncommitted_changes:  # the same content: no new snapshot
+            _write_sync(path, url, session.snapshot_id)
+            return PushSummary(url, session.snapshot_id, 0, 0, 0, time.perf_counter() - t0)
         try:
             snapshot = session.commit(message, metadata={
                 "nf_version": nfstore.__version__, "source": str(path.resolve()),
@@ -230,7 +242,7 @@ def publishing(url: str, storage_options: dict[str, Any] | None = None,
     from nfstore._layout import is_store
 
     if is_store(work):
-        push(work, url, storage_options, message=message, progress=progress)
+        push(work, url, storage_options, message=message, progress=progress, expect=head)
 
 
 async def _copy(src: Any, dst: Any, on_key: Callable[[int], None] | None, progress: bool,

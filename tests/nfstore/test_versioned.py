@@ -183,7 +183,7 @@ def test_the_demo_pipeline_writes_and_reads_a_store_on_s3(nsd_raw: Path, god_raw
         assert p.returncode == 0, (args, p.stderr[-1500:])
         return p.stdout
 
-    assert "published to" in nf("ingest", "nsd", str(nsd_raw), "--store", url, "--no-progress")
+    assert "main is snapshot" in nf("ingest", "nsd", str(nsd_raw), "--store", url, "--no-progress")
     nf("ingest", "god", str(god_raw), "--store", url, "--no-progress")
     nf("embed", url, "--weights", str(enc), "--workers", "0", "--no-progress")
     nf("embed", url, "--weights", str(enc), "--pool", str(tmp_path / "pool"), "--pool-name",
@@ -257,3 +257,31 @@ def test_a_write_killed_inside_publishes_nothing_and_resumes(nsd_raw: Path, god_
         for k in env:
             if k.startswith(("AWS_", "NF_", "FSSPEC_")):
                 os.environ.pop(k, None)
+
+
+def test_a_working_copy_never_overwrites_a_newer_publication(repo: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    """Two writers on one URL: the one that publishes second, from an older base, is refused
+    with a one-line error and the first one's snapshot stays."""
+    import fsspec.config
+
+    from nfrecon.decode import decode_ridge
+
+    url = "s3://nf-test/two-writers/nf.zarr"
+    base = versioned.push(repo["local"], url, repo["opts"], message="base")
+    again = versioned.push(repo["local"], url, repo["opts"])  # the same content: no snapshot
+    assert again.snapshot == base.snapshot and again.line().startswith("nothing changed")
+    theirs = Path(shutil.copytree(repo["local"], tmp_path / "theirs.zarr"))
+    decode_ridge(theirs, "nsd/subj02", "theirs")
+    os.environ["NF_WORKDIR"] = str(tmp_path / "work")
+    fsspec.config.conf.setdefault("s3", {}).update(repo["opts"])
+    try:
+        with pytest.raises(nfstore.StoreError, match="another writer published snapshot"):
+            with versioned.publishing(url, repo["opts"]) as work:
+                assert (work / "zarr.json").is_file()  # a copy of the base snapshot
+                other = versioned.push(theirs, url, repo["opts"], message="other")
+        assert versioned.log(url, repo["opts"])[0]["snapshot"] == other.snapshot
+    finally:
+        os.environ.pop("NF_WORKDIR", None)
+        for k in repo["opts"]:
+            fsspec.config.conf.get("s3", {}).pop(k, None)
