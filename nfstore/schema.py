@@ -198,7 +198,8 @@ def _missing_chunks(store: Store, key: str) -> list[str]:
     grid = [math.ceil(s / c) for s, c in zip(arr.shape, arr.chunks)]
     expected = int(np.prod(grid))
     chunks = f"{key}/{BETAS}/c/"
-    found = sum(k.startswith(chunks) for k in store.keys(f"{key}/{BETAS}"))
+    found = sum(k.startswith(chunks) and not k.endswith(".partial")  # zarr's temporary files
+                for k in store.keys(f"{key}/{BETAS}"))
     if found < expected:
         return [f"{store.location}/{key}/{BETAS}: expected {expected} chunks; found {found} "
                 f"(an ingest was cut short?)"]

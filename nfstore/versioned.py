@@ -28,6 +28,11 @@ from typing import Any
 from nfstore.errors import OptionError, StoreError
 
 SKIP = ("_staging/", "_trash/", ".nf-write.lock")  # never published: writes in progress
+PARTIAL = ".partial"  # zarr LocalStore's temporary files (a write killed half-way leaves one)
+
+
+def _published(key: str) -> bool:
+    return not key.startswith(SKIP) and not key.endswith(PARTIAL)
 CONCURRENCY = 16
 
 
@@ -173,7 +178,7 @@ def _stats(path: Path) -> dict[str, list[int]]:
     out = {}
     for f in path.rglob("*"):
         key = f.relative_to(path).as_posix()
-        if f.is_file() and not key.startswith(SKIP):
+        if f.is_file() and _published(key):
             st = f.stat()
             out[key] = [st.st_size, st.st_mtime_ns]
     return out
@@ -253,8 +258,8 @@ async def _copy(src: Any, dst: Any, on_key: Callable[[int], None] | None, progre
     from tqdm.auto import tqdm
     from zarr.core.buffer import default_buffer_prototype
 
-    every = [k async for k in src.list() if not k.startswith(SKIP)]
-    have = {k async for k in dst.list() if not k.startswith(SKIP)}
+    every = [k async for k in src.list() if _published(k)]
+    have = {k async for k in dst.list() if _published(k)}
     keys = [k for k in every if k not in unchanged or k not in have]
     # metadata before chunks, parents before children: a chunk needs its array's node
     keys.sort(key=lambda k: (not k.endswith("zarr.json"), k.count("/"), k))

@@ -241,6 +241,10 @@ def test_a_write_killed_inside_publishes_nothing_and_resumes(nsd_raw: Path, god_
         assert now.version == before.version
         assert now.subjects() == ["god/sub-01", "god/sub-02"]
         with versioned.publishing(url) as work:  # the same write again: it resumes
+            # a write killed half-way can leave zarr's temporary file: never published
+            (work / "_staging" / "nsd" / "subj02" / "betas" / "c" / "0").mkdir(
+                parents=True, exist_ok=True)
+            (work / "_staging/nsd/subj02/betas/c/0/9.0123abcd.partial").write_bytes(b"x")
             summary = nfstore.ingest("nsd", nsd_raw, work)
         assert summary.resumed == ["nsd/subj02"]
         after = nfstore.open_store(url)
