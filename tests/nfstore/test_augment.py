@@ -228,7 +228,7 @@ def test_distributed_scheduler_gives_the_same_trials(aug_store: Path) -> None:
 
     common = dict(pool="novel", n=30, noise="gaussian", voxel_chunk=256, seed=5)
     augment(aug_store, "nsd/subj01", AugmentConfig(**common, name="local"))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
         augment(aug_store, "nsd/subj01", AugmentConfig(**common, name="cluster",
                                                        scheduler=cluster.scheduler_address))
