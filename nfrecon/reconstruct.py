@@ -197,10 +197,11 @@ def read_reconstructions(location: str | Path | nfstore.Store, name: str, subjec
 
     store = nfstore.open_store(location, check=False)
     key = f"{RECON_GROUP}/{name}/{subject}"
-    if not store.has(key):
+    try:
+        g = store.group(key)
+    except nfstore.QueryError:
         raise StoreError(f"--reconstructions: no set {name!r} for {subject} in "
-                         f"{store.location}")
-    g = store.group(key)
+                         f"{store.location}") from None
     return {"images": da.from_zarr(g["images"]), "stimulus": np.array(g["stimulus"][:].tolist(),
                                                                       dtype=object),
             "chosen": g["chosen"][:], "scores": g["scores"][:], "attrs": dict(g.attrs)}

@@ -175,11 +175,13 @@ def per_image_metrics(view: View, name: str, subject: str) -> dict[str, np.ndarr
         return view._metrics[(name, subject)]
     base = f"{RECON_GROUP}/{name}/{subject}/metrics"
     out: dict[str, np.ndarray] = {}
-    if view.store.has(base):
+    try:
         variants = sorted(view.store.group(base).group_keys(), key=lambda v: v != "mindeye2")
-        if variants:
-            g = view.store.group(f"{base}/{variants[0]}")
-            out = {k: np.asarray(g[k][:]) for k in g.array_keys()}
+    except NFError:  # no stored metrics
+        variants = []
+    if variants:
+        g = view.store.group(f"{base}/{variants[0]}")
+        out = {k: np.asarray(g[k][:]) for k in g.array_keys()}
     if not out:
         from nfrecon.metrics import pixel_metrics
         from nfrecon.report import chosen_images, ground_truth

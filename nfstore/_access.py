@@ -36,9 +36,10 @@ class RawAccess:
         if any(p in ("", ".", "..") for p in parts):
             raise QueryError(f"{key!r}: expected a group path inside the store")
         key = "/".join(parts)
-        if key not in self._root:
-            raise QueryError(f"{self.location}: has no group {key!r}")
-        return self._root[key]
+        try:  # one metadata read (a request on object storage), not a check and a read
+            return self._root[key]
+        except KeyError:
+            raise QueryError(f"{self.location}: has no group {key!r}") from None
 
     def has(self, key: str) -> bool:
         """True if the store holds a group or array at ``key``."""

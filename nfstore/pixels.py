@@ -87,9 +87,10 @@ def _from_cache(store: Any, table: str, ids: np.ndarray, files: np.ndarray,
     import dask.array as da
     import pandas as pd
 
-    if not store.has(pixel_key(table)):
+    try:
+        g = store.group(pixel_key(table))
+    except QueryError:  # no cache for this table
         return None
-    g = store.group(pixel_key(table))
     count = int(g.attrs.get("count", 0))
     if count == 0:
         return None

@@ -147,12 +147,13 @@ def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = N
                              f"after this working copy was taken from {expect}; nothing was "
                              f"published: rerun the command to start from the new version")
         sync = _read_sync(path, url)
-        same = (frozenset(k for k, st in _stats(path).items() if sync["objects"].get(k) == st)
-                if sync and sync["snapshot"] == repo.lookup_branch("main") else frozenset())
+        stats = _stats(path)  # the writing lock holds: still true after the copy
+        same = (frozenset(k for k, st in stats.items() if sync["objects"].get(k) == st)
+                if sync and sync["snapshot"] == session.snapshot_id else frozenset())
         src = zarr.storage.LocalStore(str(path), read_only=True)
         copied, deleted, size = asyncio.run(_copy(src, session.store, on_key, progress, same))
         if not session.has_uncommitted_changes:  # the same content: no new snapshot
-            _write_sync(path, url, session.snapshot_id)
+            _write_sync(path, url, session.snapshot_id, stats)
             return PushSummary(url, session.snapshot_id, 0, 0, 0, time.perf_counter() - t0)
         try:
             snapshot = session.commit(message, metadata={
@@ -162,7 +163,7 @@ def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = N
             raise StoreError(f"{url}: the commit was refused ({str(err).splitlines()[0]}); "
                              f"another writer published since: rerun to start from its "
                              f"version") from None
-        _write_sync(path, url, snapshot)
+        _write_sync(path, url, snapshot, stats)
     pushed = nfstore.open_store(url, storage_options=storage_options, version=snapshot)
     problems = validate_store(pushed)
     if problems:
@@ -195,11 +196,12 @@ def _read_sync(path: Path, url: str) -> dict[str, Any] | None:
     return state if state and state.get("url") == url else None
 
 
-def _write_sync(path: Path, url: str, snapshot: str) -> None:
+def _write_sync(path: Path, url: str, snapshot: str,
+                stats: dict[str, list[int]] | None = None) -> None:
     from nfstore import _layout
 
     _layout.write_json_atomic(_sync_file(path), {"url": url, "snapshot": snapshot,
-                                                 "objects": _stats(path)})
+                                                 "objects": stats or _stats(path)})
 
 
 def working_copy(url: str) -> Path:
@@ -306,7 +308,7 @@ def rollback(url: str, snapshot: str, storage_options: dict[str, Any] | None = N
     """Move ``main`` back to ``snapshot`` (later snapshots stay listed nowhere but can be
     found by id until the repository is garbage-collected)."""
     repo = open_repository(url, storage_options)
-    known = [s["snapshot"] for s in log(url, storage_options)]
+    known = [s.id for s in repo.ancestry(branch="main")]
     if snapshot not in known:
         raise OptionError(f"SNAPSHOT: {snapshot!r} is not in the history of {url}; "
                           f"`nf log {url}` lists {len(known)}")
