@@ -166,7 +166,7 @@ def _todo(store: Any, datasets: list[str], done: set[str]) -> list[tuple[str, st
     out = []
     for ds in datasets:
         tab = store.stimuli(ds)
-        root = Path(store._root[f"{STIMULI_GROUP}/{ds}"].attrs["raw_root"])
+        root = Path(tab.attrs["raw_root"])  # the table read just above
         for sid, f, idx in zip(tab["stimulus"].values.tolist(), tab["file"].values.tolist(),
                                tab["index"].values.tolist()):
             if f and sid not in done:
