@@ -20,8 +20,10 @@ from nfstore.errors import OptionError, SchemaError, StoreError
 
 def local_store_path(store: str | os.PathLike[str]) -> Path:
     """Return ``store`` as a local path; writing needs a local folder (atomic renames)."""
+    from nfstore._remote import is_url
+
     text = os.fspath(store)
-    if "://" in text and not text.startswith("file://"):
+    if is_url(text):
         raise OptionError(f"--store: writing needs a local folder (atomic renames); got {text!r}."
                           " Ingest locally, then copy the folder to object storage.")
     return Path(text.removeprefix("file://"))
