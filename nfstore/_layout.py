@@ -25,7 +25,8 @@ def local_store_path(store: str | os.PathLike[str]) -> Path:
     text = os.fspath(store)
     if is_url(text):
         raise OptionError(f"--store: writing needs a local folder (atomic renames); got {text!r}."
-                          " Ingest locally, then copy the folder to object storage.")
+                          " Write into nfstore.versioned.publishing(URL) (what the nf commands "
+                          "do with a URL), or write locally and `nf push` it")
     return Path(text.removeprefix("file://"))
 
 
