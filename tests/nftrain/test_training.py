@@ -22,15 +22,20 @@ from nftrain.train import train
 ROOT = Path(__file__).parents[2]
 
 
-def test_test_split_is_never_used(train_store: Path, small_cfg) -> None:
+@pytest.mark.parametrize("options", [dict(select="top1", patience=1, epochs=3),
+                                     dict(select="loss", ridge_init=False, regression=0.0)])
+def test_test_split_is_never_used(train_store: Path, small_cfg, options: dict) -> None:
+    """Test and imagery rows are NaN: the ridge start, validation top-1, model selection and
+    early stopping would all turn non-finite (or fail) if any of them read one."""
     store = nfstore.open_store(train_store)
     for key in store.subjects():
         ds = store.dataset(key)
         rows = np.flatnonzero(ds.split.values != "train")  # test and imagery
         arr = zarr.open_array(str(train_store / key / "betas"), mode="r+")
         arr[rows, :] = np.full((rows.size, arr.shape[1]), np.nan, np.float32)
-    summary = train(train_store, small_cfg(epochs=2, synthetic=["*"]))
-    assert np.isfinite(summary.best_val_loss)
+    summary = train(train_store, small_cfg(**{"epochs": 2, "synthetic": ["*"], **options}))
+    assert np.isfinite(summary.best_val_loss) and np.isfinite(summary.best_val_top1)
+    assert all(np.isfinite(h["val_loss"]) for h in summary.history)
     model, meta, _ = checkpoint.load(summary.output_dir / "best")
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert meta["train_config"]["subjects"] == ["nsd/subj01", "nsd/subj02", "god/sub-01"]
