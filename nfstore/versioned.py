@@ -213,19 +213,92 @@ def working_copy(url: str) -> Path:
     return base / hashlib.sha256(url.encode()).hexdigest()[:16] / "nf.zarr"
 
 
+@dataclass
+class PullSummary:
+    url: str
+    snapshot: str
+    keys: int
+    deleted: int
+    whole: bool
+    seconds: float
+
+    def line(self) -> str:
+        how = "copied whole" if self.whole else "changes only"
+        return (f"pulled {self.keys} objects ({self.deleted} removed; {how}) from {self.url} at "
+                f"snapshot {self.snapshot} in {self.seconds:.1f} s")
+
+
+def pull(url: str, storage_options: dict[str, Any] | None = None, progress: bool = False
+         ) -> PullSummary:
+    """Bring ``url``'s working copy (:func:`working_copy`) to the snapshot ``main`` points to.
+
+    Where the copy was last synced at an ancestor of that snapshot, only what changed is
+    fetched: the nodes and chunks Icechunk's diff names, plus every object the working copy
+    changed since its sync (a run that committed and never published). Otherwise (first pull,
+    ``main`` rolled back, history expired) it is copied whole. Writes in progress
+    (``_staging/``, ``*.partial``) are left as they are either way.
+    """
+    import zarr.storage
+
+    t0 = time.perf_counter()
+    work = working_copy(url)
+    work.mkdir(parents=True, exist_ok=True)
+    repo = open_repository(url, storage_options, create=True)
+    head = repo.lookup_branch("main")
+    sync = _read_sync(work, url)
+    if sync is not None and sync["snapshot"] == head:
+        return PullSummary(url, head, 0, 0, False, time.perf_counter() - t0)
+    src = repo.readonly_session("main").store
+    dst = zarr.storage.LocalStore(str(work))
+    plan = _changes(repo, sync, head, work) if sync is not None else None
+    if plan is None:
+        copied, deleted, _ = asyncio.run(_copy(src, dst, None, progress, label="pull"))
+    else:
+        copied, deleted, _ = asyncio.run(_transfer(src, dst, *plan, None, progress, "pull"))
+    _write_sync(work, url, head)
+    return PullSummary(url, head, copied, deleted, plan is None, time.perf_counter() - t0)
+
+
+def _changes(repo: Any, sync: dict[str, Any], head: str, work: Path
+             ) -> tuple[list[str], list[str]] | None:
+    """(keys to fetch from ``head``, local keys to delete) that take a working copy synced at
+    ``sync["snapshot"]`` to ``head``; None where ``head`` does not descend from it."""
+    import zarr
+
+    old = sync["snapshot"]
+    if old not in {s.id for s in repo.ancestry(snapshot_id=head)}:
+        return None
+    diff = repo.diff(from_snapshot_id=old, to_snapshot_id=head)
+    session = repo.readonly_session(snapshot_id=head)
+
+    def key(node: str, rest: str) -> str:
+        return f"{node.strip('/')}/{rest}".lstrip("/")
+
+    fetch = {key(n, "zarr.json") for n in (diff.new_groups | diff.new_arrays
+                                            | diff.updated_groups | diff.updated_arrays)}
+    for node, coords in diff.updated_chunks.items():
+        encoding = zarr.open_array(session.store, path=node.strip("/"),
+                                   mode="r").metadata.chunk_key_encoding
+        fetch.update(key(node, encoding.encode_chunk_key(tuple(c))) for c in coords)
+    now = _stats(work)
+    fetch.update(k for k, st in now.items() if sync["objects"].get(k) != st)  # changed here
+    fetch.update(k for k in sync["objects"] if k not in now)  # (a missing one is deleted)
+    dropped = [key(n, "") for n in diff.deleted_groups | diff.deleted_arrays]
+    gone = [k for k in now if k not in fetch and any(k.startswith(d) for d in dropped)]
+    return sorted(fetch), gone
+
+
 @contextmanager
 def publishing(url: str, storage_options: dict[str, Any] | None = None,
                message: str = "nf", progress: bool = False) -> Iterator[Path]:
     """Write to a versioned store: yields a local working copy of ``url``'s current snapshot
-    (:func:`working_copy`; downloaded whole when ``main`` moved since its last sync), and pushes
-    it as the next snapshot (changed objects only) when the block ends without an error.
+    (:func:`pull`: only what changed since its last sync where it can), and pushes it as the
+    next snapshot (changed objects only) when the block ends without an error.
 
     A writer killed inside the block publishes nothing: readers of ``url`` keep the previous
     snapshot, and the working copy keeps the writer's staged progress, so rerunning the same
     command resumes it there and then publishes.
     """
-    import zarr.storage
-
     from nfstore import _remote
 
     if not is_repository(url, storage_options):
@@ -235,16 +308,7 @@ def publishing(url: str, storage_options: dict[str, Any] | None = None,
                               f"writes go to a versioned store: `nf push LOCAL URL` to a new "
                               f"prefix makes one")
     work = working_copy(url)
-    work.mkdir(parents=True, exist_ok=True)
-    repo = open_repository(url, storage_options, create=True)
-    head = repo.lookup_branch("main")
-    sync = _read_sync(work, url)
-    if sync is None or sync["snapshot"] != head:  # bring the working copy to main, whole
-        # (its staged writes in progress stay; anything it committed but never pushed is
-        # replaced by what was published since)
-        asyncio.run(_copy(repo.readonly_session("main").store,
-                          zarr.storage.LocalStore(str(work)), None, progress, label="pull"))
-        _write_sync(work, url, head)
+    head = pull(url, storage_options, progress).snapshot
     yield work
     from nfstore._layout import is_store
 
@@ -257,29 +321,41 @@ async def _copy(src: Any, dst: Any, on_key: Callable[[int], None] | None, progre
                 ) -> tuple[int, int, int]:
     """Make ``dst`` hold ``src``'s objects (writes in progress left out): copy those not in
     ``unchanged``, delete those ``src`` lacks. Returns (copied, deleted, bytes copied)."""
-    from tqdm.auto import tqdm
-    from zarr.core.buffer import default_buffer_prototype
-
     every = [k async for k in src.list() if _published(k)]
     have = {k async for k in dst.list() if _published(k)}
     keys = [k for k in every if k not in unchanged or k not in have]
-    # metadata before chunks, parents before children: a chunk needs its array's node
-    keys.sort(key=lambda k: (not k.endswith("zarr.json"), k.count("/"), k))
+    return await _transfer(src, dst, keys, sorted(have - set(every)), on_key, progress, label)
+
+
+async def _transfer(src: Any, dst: Any, keys: list[str], gone: list[str],
+                    on_key: Callable[[int], None] | None, progress: bool, label: str
+                    ) -> tuple[int, int, int]:
+    """Copy ``keys`` from ``src`` to ``dst`` (metadata first, parents before children), then
+    delete ``gone`` from ``dst``. A key ``src`` lacks is an error on push (the source is the
+    locked local store) and a deletion on pull. Returns (copied, deleted, bytes copied)."""
+    from tqdm.auto import tqdm
+    from zarr.core.buffer import default_buffer_prototype
+
+    keys = sorted(keys, key=lambda k: (not k.endswith("zarr.json"), k.count("/"), k))
     proto = default_buffer_prototype()
     gate = asyncio.Semaphore(CONCURRENCY)
     bar = tqdm(total=len(keys), unit="obj", desc=label, disable=not progress)
     done = 0
     size = 0
+    gone = list(gone)
 
     async def one(key: str) -> None:
         nonlocal done, size
         async with gate:
             buf = await src.get(key, proto)
-            if buf is None:
+            if buf is None and label == "pull":
+                gone.append(key)
+            elif buf is None:
                 raise StoreError(f"{key}: vanished while it was being copied")
-            await dst.set(key, buf)
-            size += len(buf)
-            done += 1
+            else:
+                await dst.set(key, buf)
+                size += len(buf)
+                done += 1
             bar.update(1)
             if on_key is not None:
                 on_key(done)
@@ -288,12 +364,13 @@ async def _copy(src: Any, dst: Any, on_key: Callable[[int], None] | None, progre
     for depth in sorted({k.count("/") for k in meta}):  # levels in turn, each concurrently
         await asyncio.gather(*(one(k) for k in meta if k.count("/") == depth))
     await asyncio.gather(*(one(k) for k in keys if not k.endswith("zarr.json")))
-    gone = sorted(have - set(every), key=lambda k: (k.endswith("zarr.json"), -k.count("/")))
-    for key in gone:  # chunks first, then nodes, deepest first
-        if await dst.exists(key):
+    deleted = 0
+    for key in sorted(gone, key=lambda k: (k.endswith("zarr.json"), -k.count("/"))):
+        if await dst.exists(key):  # chunks first, then nodes, deepest first
             await dst.delete(key)
+            deleted += 1
     bar.close()
-    return done, len(gone), size
+    return done, deleted, size
 
 
 def log(url: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -315,4 +392,5 @@ def rollback(url: str, snapshot: str, storage_options: dict[str, Any] | None = N
     repo.reset_branch("main", snapshot)
 
 
-__all__ = ["push", "log", "rollback", "is_repository", "PushSummary"]
+__all__ = ["push", "pull", "log", "rollback", "is_repository", "PushSummary",
+           "PullSummary"]

@@ -289,3 +289,62 @@ def test_a_working_copy_never_overwrites_a_newer_publication(repo: dict[str, Any
         os.environ.pop("NF_WORKDIR", None)
         for k in repo["opts"]:
             fsspec.config.conf.get("s3", {}).pop(k, None)
+
+
+def _objects(store: Any) -> dict[str, bytes]:
+    """Every published object of a zarr store: key -> bytes."""
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    async def read() -> dict[str, bytes]:
+        keys = [k async for k in store.list() if versioned._published(k)]
+        proto = default_buffer_prototype()
+        return {k: (await store.get(k, proto)).to_bytes() for k in keys}
+    return asyncio.run(read())
+
+
+def test_a_working_copy_pulls_only_what_changed(repo: dict[str, Any], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """After another writer publishes, the working copy fetches the objects Icechunk's diff
+    names (and restores the ones it changed itself), not the whole store, and ends equal to
+    main object for object; after a rollback it is copied whole."""
+    import zarr.storage
+
+    from nfrecon.decode import decode_ridge
+
+    url = "s3://nf-test/pull/nf.zarr"
+    monkeypatch.setenv("NF_WORKDIR", str(tmp_path / "work"))
+    base = versioned.push(repo["local"], url, repo["opts"], message="base")
+    first = versioned.pull(url, repo["opts"])
+    assert first.whole and first.keys == base.keys and first.snapshot == base.snapshot
+    assert versioned.pull(url, repo["opts"]).keys == 0  # already at main
+    work = versioned.working_copy(url)
+    (work / "_staging").mkdir()
+    (work / "_staging" / "in-progress").write_text("a killed run's staged block")
+    stale = next(p for p in (work / "nsd/subj01/betas/c").rglob("*") if p.is_file())
+    stale.write_bytes(b"committed here, never published")
+
+    monkeypatch.setenv("NF_WORKDIR", str(tmp_path / "theirs"))  # another writer's machine
+    with versioned.publishing(url, repo["opts"]) as theirs:
+        decode_ridge(theirs, "nsd/subj02", "theirs")
+        shutil.rmtree(theirs / "decoded" / "ridge")
+        removed = sum(1 for p in (repo["local"] / "decoded/ridge").rglob("*") if p.is_file())
+        added = sum(1 for p in (theirs / "decoded" / "theirs").rglob("*") if p.is_file())
+    other = versioned.log(url, repo["opts"])[0]
+    monkeypatch.setenv("NF_WORKDIR", str(tmp_path / "work"))
+
+    second = versioned.pull(url, repo["opts"])
+    assert not second.whole and second.snapshot == other["snapshot"]
+    assert added + 1 <= second.keys <= added + 3  # the new set, the restored chunk, a parent
+    assert second.deleted == removed
+    main = _objects(versioned.read_session(url, repo["opts"])[0])
+    assert _objects(zarr.storage.LocalStore(str(work))) == main
+    assert (work / "_staging" / "in-progress").is_file()  # writes in progress stay
+
+    versioned.rollback(url, base.snapshot, repo["opts"])
+    third = versioned.pull(url, repo["opts"])
+    assert third.whole and third.snapshot == base.snapshot
+    assert _objects(zarr.storage.LocalStore(str(work))) == _objects(
+        versioned.read_session(url, repo["opts"])[0])
+    assert "changes only" in second.line() and "copied whole" in third.line()
