@@ -248,9 +248,9 @@ def pull(url: str, storage_options: dict[str, Any] | None = None, progress: bool
     sync = _read_sync(work, url)
     if sync is not None and sync["snapshot"] == head:
         return PullSummary(url, head, 0, 0, False, time.perf_counter() - t0)
-    src = repo.readonly_session("main").store
+    src = repo.readonly_session(snapshot_id=head).store  # head, even if main moves on
     dst = zarr.storage.LocalStore(str(work))
-    plan = _changes(repo, sync, head, work) if sync is not None else None
+    plan = _changes(repo, src, sync, head, work) if sync is not None else None
     if plan is None:
         copied, deleted, _ = asyncio.run(_copy(src, dst, None, progress, label="pull"))
     else:
@@ -259,17 +259,17 @@ def pull(url: str, storage_options: dict[str, Any] | None = None, progress: bool
     return PullSummary(url, head, copied, deleted, plan is None, time.perf_counter() - t0)
 
 
-def _changes(repo: Any, sync: dict[str, Any], head: str, work: Path
+def _changes(repo: Any, src: Any, sync: dict[str, Any], head: str, work: Path
              ) -> tuple[list[str], list[str]] | None:
-    """(keys to fetch from ``head``, local keys to delete) that take a working copy synced at
-    ``sync["snapshot"]`` to ``head``; None where ``head`` does not descend from it."""
+    """(keys to fetch from ``head``, whose store is ``src``; local keys to delete) that take a
+    working copy synced at ``sync["snapshot"]`` to ``head``; None where ``head`` does not
+    descend from it."""
     import zarr
 
     old = sync["snapshot"]
     if old not in {s.id for s in repo.ancestry(snapshot_id=head)}:
         return None
     diff = repo.diff(from_snapshot_id=old, to_snapshot_id=head)
-    session = repo.readonly_session(snapshot_id=head)
 
     def key(node: str, rest: str) -> str:
         return f"{node.strip('/')}/{rest}".lstrip("/")
@@ -277,7 +277,7 @@ def _changes(repo: Any, sync: dict[str, Any], head: str, work: Path
     fetch = {key(n, "zarr.json") for n in (diff.new_groups | diff.new_arrays
                                             | diff.updated_groups | diff.updated_arrays)}
     for node, coords in diff.updated_chunks.items():
-        encoding = zarr.open_array(session.store, path=node.strip("/"),
+        encoding = zarr.open_array(src, path=node.strip("/"),
                                    mode="r").metadata.chunk_key_encoding
         fetch.update(key(node, encoding.encode_chunk_key(tuple(c))) for c in coords)
     now = _stats(work)
