@@ -33,7 +33,9 @@ PARTIAL = ".partial"  # zarr LocalStore's temporary files (a write killed half-w
 
 def _published(key: str) -> bool:
     return not key.startswith(SKIP) and not key.endswith(PARTIAL)
-CONCURRENCY = 16
+
+
+CONCURRENCY = 16  # objects in flight at once
 
 
 def storage(location: str, storage_options: dict[str, Any] | None = None) -> Any:
@@ -254,7 +256,8 @@ def pull(url: str, storage_options: dict[str, Any] | None = None, progress: bool
     if plan is None:
         copied, deleted, _ = asyncio.run(_copy(src, dst, None, progress, label="pull"))
     else:
-        copied, deleted, _ = asyncio.run(_transfer(src, dst, *plan, None, progress, "pull"))
+        copied, deleted, _ = asyncio.run(_transfer(src, dst, *plan, None, progress, "pull",
+                                                   absent_is_deleted=True))
     _write_sync(work, url, head)
     return PullSummary(url, head, copied, deleted, plan is None, time.perf_counter() - t0)
 
@@ -328,11 +331,12 @@ async def _copy(src: Any, dst: Any, on_key: Callable[[int], None] | None, progre
 
 
 async def _transfer(src: Any, dst: Any, keys: list[str], gone: list[str],
-                    on_key: Callable[[int], None] | None, progress: bool, label: str
-                    ) -> tuple[int, int, int]:
+                    on_key: Callable[[int], None] | None, progress: bool, label: str,
+                    absent_is_deleted: bool = False) -> tuple[int, int, int]:
     """Copy ``keys`` from ``src`` to ``dst`` (metadata first, parents before children), then
-    delete ``gone`` from ``dst``. A key ``src`` lacks is an error on push (the source is the
-    locked local store) and a deletion on pull. Returns (copied, deleted, bytes copied)."""
+    delete ``gone`` from ``dst``. A key ``src`` lacks is deleted from ``dst`` where
+    ``absent_is_deleted`` (a pull planned from a diff), else an error (a push: the source is
+    the locked local store). Returns (copied, deleted, bytes copied)."""
     from tqdm.auto import tqdm
     from zarr.core.buffer import default_buffer_prototype
 
@@ -348,7 +352,7 @@ async def _transfer(src: Any, dst: Any, keys: list[str], gone: list[str],
         nonlocal done, size
         async with gate:
             buf = await src.get(key, proto)
-            if buf is None and label == "pull":
+            if buf is None and absent_is_deleted:
                 gone.append(key)
             elif buf is None:
                 raise StoreError(f"{key}: vanished while it was being copied")
