@@ -324,6 +324,9 @@ def test_a_working_copy_pulls_only_what_changed(repo: dict[str, Any], tmp_path: 
     (work / "_staging" / "in-progress").write_text("a killed run's staged block")
     stale = next(p for p in (work / "nsd/subj01/betas/c").rglob("*") if p.is_file())
     stale.write_bytes(b"committed here, never published")
+    extra = work / "nsd/subj01/betas/c/999/0"  # written here only: main lacks it
+    extra.parent.mkdir()
+    extra.write_bytes(b"never published")
 
     monkeypatch.setenv("NF_WORKDIR", str(tmp_path / "theirs"))  # another writer's machine
     with versioned.publishing(url, repo["opts"]) as theirs:
@@ -337,7 +340,7 @@ def test_a_working_copy_pulls_only_what_changed(repo: dict[str, Any], tmp_path: 
     second = versioned.pull(url, repo["opts"])
     assert not second.whole and second.snapshot == other["snapshot"]
     assert added + 1 <= second.keys <= added + 3  # the new set, the restored chunk, a parent
-    assert second.deleted == removed
+    assert second.deleted == removed + 1 and not extra.exists()
     main = _objects(versioned.read_session(url, repo["opts"])[0])
     assert _objects(zarr.storage.LocalStore(str(work))) == main
     assert (work / "_staging" / "in-progress").is_file()  # writes in progress stay
