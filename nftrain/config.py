@@ -1,6 +1,8 @@
 """Training configuration: one frozen dataclass, loaded from TOML with ``key=value`` overrides.
 
-Unknown keys are errors that list the valid ones; the resolved config is saved with every
+Unknown keys are errors that list the valid ones; every value is checked for its type (no
+silent float -> int, no numbers given as text), finiteness and range, with a one-line error
+naming the key, what it accepts and what was found. The resolved config is saved with every
 checkpoint (``config.json``).
 """
 
@@ -8,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,31 +100,11 @@ class TrainConfig:
     select: str = "top1"
 
     def __post_init__(self) -> None:
-        if not self.subjects:
-            raise OptionError("subjects: expected at least one subject key, e.g. "
-                              "['nsd/subj01']")
-        checks = [("batch_size", self.batch_size >= 2, "an integer >= 2"),
-                  ("epochs", self.epochs >= 1, "an integer >= 1"),
-                  ("lr", self.lr > 0, "a positive number"),
-                  ("temperature", self.temperature > 0, "a positive number"),
-                  ("val_fraction", 0 < self.val_fraction < 1, "a number in (0, 1)"),
-                  ("synthetic_share", 0 <= self.synthetic_share < 1, "a number in [0, 1)"),
-                  ("train_fraction", 0 < self.train_fraction <= 1, "a number in (0, 1]"),
-                  ("mixup", 0 <= self.mixup <= 1, "a probability in [0, 1]"),
-                  ("schedule", self.schedule in ("cosine", "constant"), "cosine or constant"),
-                  ("depth", self.depth >= 0, "an integer >= 0"),
-                  ("cache_mb", self.cache_mb >= 1, "a positive integer"),
-                  ("accumulate", self.accumulate >= 1, "a positive integer"),
-                  ("shards", self.shards >= 1, "a positive integer"),
-                  ("accumulate", self.accumulate % self.shards == 0,
-                   f"a multiple of shards ({self.shards})"),
-                  ("regression", self.regression >= 0, "a number >= 0"),
-                  ("select", self.select in ("loss", "top1"), "loss or top1"),
-                  ("duplicate_max_distance", 0 <= self.duplicate_max_distance <= 64,
-                   "an integer in [0, 64]")]
-        for name, ok, want in checks:
-            if not ok:
-                raise OptionError(f"{name}: expected {want}; got {getattr(self, name)!r}")
+        for name in FIELDS:
+            object.__setattr__(self, name, check_value(name, getattr(self, name)))
+        if self.accumulate % self.shards:
+            raise OptionError(f"accumulate: expected a multiple of shards ({self.shards}); "
+                              f"found {self.accumulate}")
 
     def roi_for(self, subject: str) -> str | None:
         return self.roi_by_dataset.get(subject.split("/")[0], self.roi)
@@ -134,30 +117,118 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What one config key accepts: a kind (``int``, ``float``, ``bool``, ``str``, ``str?``
+    (a string or none), ``strs`` (a list of strings) or ``map`` (strings to strings)), a range
+    and how the error message says both."""
+
+    kind: str
+    ok: Callable[[Any], bool]
+    want: str
+
+
+def _any(_: Any) -> bool:
+    return True
+
+
+def _ints(lo: int, hi: int | None = None) -> Rule:
+    return Rule("int", lambda v: v >= lo and (hi is None or v <= hi),
+                f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]")
+
+
+def _floats(ok: Callable[[float], bool], want: str) -> Rule:
+    return Rule("float", ok, f"a finite number {want}")
+
+
+def _choice(*options: str) -> Rule:
+    return Rule("str", lambda v: v in options, " or ".join(options))
+
+
+_TEXT = Rule("str", bool, "a non-empty string")
+_BOOL = Rule("bool", _any, "true or false")
+RULES: dict[str, Rule] = {
+    "subjects": Rule("strs", lambda v: len(v) > 0 and all(v),
+                     "at least one subject key, e.g. ['nsd/subj01']"),
+    "roi": Rule("str?", lambda v: v is None or bool(v), "an ROI name or none"),
+    "roi_by_dataset": Rule("map", lambda v: all(v.values()),
+                           "a table of dataset = ROI name, e.g. {nsd = 'nsdgeneral'}"),
+    "embedding": _TEXT,
+    "synthetic": Rule("strs", all, "a list of synthetic set names ([] or ['*'])"),
+    "synthetic_share": _floats(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "adapter_dim": _ints(1), "width": _ints(1), "depth": _ints(0),
+    "dropout": _floats(lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lr": _floats(lambda v: v > 0, "> 0"),
+    "weight_decay": _floats(lambda v: v >= 0, ">= 0"),
+    "warmup_steps": _ints(0),
+    "schedule": _choice("cosine", "constant"),
+    "batch_size": _ints(2), "epochs": _ints(1),
+    "seed": _ints(0, 2**63 - 1),
+    "device": _TEXT, "output_dir": _TEXT,
+    "temperature": _floats(lambda v: v > 0, "> 0"),
+    "learn_temperature": _BOOL,
+    "input_noise": _floats(lambda v: v >= 0, ">= 0"),
+    "mixup": _floats(lambda v: 0 <= v <= 1, "in [0, 1] (a probability)"),
+    "val_fraction": _floats(lambda v: 0 < v < 1, "in (0, 1)"),
+    "patience": _ints(0), "cache_mb": _ints(1), "amp": _BOOL, "checkpoint_every": _ints(0),
+    "train_fraction": _floats(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "keep_test_duplicates": _BOOL,
+    "duplicate_max_distance": _ints(0, 64),
+    "accumulate": _ints(1), "shards": _ints(1),
+    "regression": _floats(lambda v: v >= 0, ">= 0"),
+    "ridge_init": _BOOL,
+    "select": _choice("loss", "top1"),
+}
+
+
+def _found(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", tuple: "a list", dict: "a table", type(None): "none"}
+    return f"{value!r} ({kind.get(type(value), type(value).__name__)})"
+
+
+def _typed(kind: str, value: Any) -> tuple[bool, Any]:
+    """(is ``value`` of ``kind``, the value in its stored form)."""
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok and math.isfinite(value), float(value) if ok else value
+    if kind == "bool":
+        return isinstance(value, bool), value
+    if kind in ("str", "str?"):
+        return isinstance(value, str) or (kind == "str?" and value is None), value
+    if kind == "strs":
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        return ok, tuple(value) if ok else value
+    ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                         for k, v in value.items())
+    return ok, dict(value) if ok else value
+
+
+def check_value(name: str, value: Any) -> Any:
+    """``value`` of config key ``name`` in its stored form, or a one-line :class:`OptionError`
+    naming the key, what it accepts and what was found (wrong type, non-finite, out of range).
+    """
+    rule = RULES[name]
+    ok, value = _typed(rule.kind, value)
+    if not ok or not rule.ok(value):
+        raise OptionError(f"{name}: expected {rule.want}; found {_found(value)}")
+    return value
+
+
 def _coerce(name: str, value: Any) -> Any:
-    hint = typing.get_type_hints(TrainConfig)[name]
-    origin = typing.get_origin(hint)
-    try:
-        if origin is tuple:
-            items = value if isinstance(value, (list, tuple)) else [
-                v for v in str(value).split(",") if v]
-            return tuple(str(v) for v in items)
-        if origin is dict:
-            return dict(value) if isinstance(value, dict) else dict(
-                kv.split(":", 1) for kv in str(value).split(",") if kv)
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() not in ("true", "false", "1", "0"):
-                raise ValueError(value)
-            return str(value).lower() in ("true", "1")
-        if hint in (int, float):
-            return hint(value)
-        if hint == (str | None):
-            return None if value in (None, "", "none", "None") else str(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise OptionError(f"{name}: expected {hint}; got {value!r}") from None
+    """Text forms a key also accepts: ``a,b`` for lists and ``nsd:V1,god:VC`` for tables."""
+    kind = RULES[name].kind
+    if kind == "str?" and value in ("", "none", "None"):
+        return None
+    if kind == "strs" and isinstance(value, str):
+        return tuple(v for v in value.split(",") if v)
+    if kind == "map" and isinstance(value, str):
+        pairs = [kv.split(":", 1) for kv in value.split(",") if kv]
+        if all(len(p) == 2 for p in pairs):
+            return dict(pairs)
+    return value
 
 
 def build(values: dict[str, Any]) -> TrainConfig:
@@ -182,23 +253,48 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:  # 
         p = Path(path)
         if not p.is_file():
             raise OptionError(f"--config: {p} does not exist")
+        data = p.read_bytes()
         try:
-            values = tomllib.loads(p.read_text())
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise OptionError(f"--config {p}: expected UTF-8 TOML; found byte "
+                              f"0x{data[err.start]:02x} at offset {err.start}, which is not "
+                              f"UTF-8") from None
+        try:
+            values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise OptionError(f"--config {p}: not valid TOML ({err})") from None
     values.update(parse_overrides(overrides))
     return build(values)
 
 
+def _from_text(name: str, text: str) -> Any:
+    """An override's value: JSON where it parses; for number keys also Python's number syntax
+    (``.001``, ``1e-3``); text as it is for string keys and where nothing else parses."""
+    kind = RULES[name].kind if name in RULES else ""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+        converters: dict[str, Callable[[str], Any]] = {"int": int, "float": float}
+        if kind in converters:
+            try:
+                value = converters[kind](text.strip())
+            except ValueError:
+                pass
+        return value
+    if kind in ("str", "str?") and not isinstance(value, str) and value is not None:
+        return text  # e.g. output_dir=2024: a name, not a number
+    return value
+
+
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["epochs=5", 'subjects=["nsd/subj01"]']`` -> values (JSON where it parses, else text)."""
+    """``["epochs=5", 'subjects=["nsd/subj01"]']`` -> values (JSON where it parses, else text;
+    see :func:`_from_text`)."""
     values: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep:
             raise OptionError(f"--set: expected key=value; got {item!r}")
-        try:
-            values[key.strip()] = json.loads(text)
-        except ValueError:
-            values[key.strip()] = text
+        values[key.strip()] = _from_text(key.strip(), text)
     return values
