@@ -102,6 +102,6 @@ def skimage_photos() -> dict[str, object]:
 
 def nibabel_test_files() -> Path:
     """nibabel's bundled test data folder (real headers: NIfTI-1, NIfTI-2, big-endian, ...)."""
-    import nibabel.tests.data as d
+    import nibabel
 
-    return Path(d.__file__).parent
+    return Path(nibabel.__file__).parent / "tests" / "data"
