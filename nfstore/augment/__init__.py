@@ -61,24 +61,51 @@ class AugmentSummary:
         ]
 
 
+def _number(name: str, value: Any, lo: float, closed: bool) -> None:
+    """A one-line :class:`OptionError` unless ``value`` is a finite real number ``>= lo``
+    (``closed``) or ``> lo``."""
+    want = f"a finite number {'>=' if closed else '>'} {lo:g}"
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool)
+    if not real or not np.isfinite(value) or value < lo or (value == lo and not closed):
+        raise OptionError(f"{name}: expected {want}; found {value!r}")
+
+
+def _integer(name: str, value: Any, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+        raise OptionError(f"{name}: expected an integer >= {lo}; found {value!r}")
+
+
 def _check(cfg: AugmentConfig, name: str) -> None:
+    """Every option of ``cfg`` (and the set's ``name``) for its type, finiteness and range;
+    those that depend on the data (``n``, ``cv``, ``rank``) are checked again against it."""
     if (cfg.n is None) == (cfg.fraction is None):
         raise OptionError("--n / --fraction: give exactly one of them")
-    if cfg.n is not None and cfg.n < 1:
-        raise OptionError(f"--n: expected a positive number of trials; got {cfg.n}")
-    if cfg.fraction is not None and not 0 < cfg.fraction:
-        raise OptionError(f"--fraction: expected a positive fraction; got {cfg.fraction}")
-    if cfg.noise_scale < 0:
-        raise OptionError(f"--noise-scale: expected >= 0; got {cfg.noise_scale}")
+    if cfg.n is not None:
+        _integer("n", cfg.n, 1)
+    if cfg.fraction is not None:
+        _number("fraction", cfg.fraction, 0, closed=False)
+    _number("noise_scale", cfg.noise_scale, 0, closed=True)
+    if cfg.alpha is not None:
+        _number("alpha", cfg.alpha, 0, closed=False)
     if cfg.pool in DATASETS:
         raise OptionError(f"--pool: {cfg.pool!r} is a dataset, not a pool of novel images; "
                           f"register one with `nf embed STORE --pool DIR --pool-name NAME`")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise OptionError(f"--name: expected letters, digits, '_', '.' or '-'; got {name!r}")
-    if cfg.seed < 0:
-        raise OptionError(f"--seed: expected a non-negative integer; got {cfg.seed}")
-    if cfg.rank < 1 or cfg.voxel_chunk < 1:
-        raise OptionError("--rank and --voxel-chunk: expected positive integers")
+    for field_name, lo in (("seed", 0), ("cv", 2), ("rank", 1), ("voxel_chunk", 1)):
+        _integer(field_name, getattr(cfg, field_name), lo)
+    for field_name in ("workers", "blas_threads"):
+        if getattr(cfg, field_name) is not None:
+            _integer(field_name, getattr(cfg, field_name), 1)
+
+
+def _check_rank(cfg: AugmentConfig, subject: str, n_train: int, n_voxels: int) -> None:
+    """``lowrank`` noise has at most min(train trials, voxels) residual components."""
+    most = min(n_train, n_voxels)
+    if cfg.noise == "lowrank" and cfg.rank > most:
+        raise OptionError(f"rank: expected an integer in [1, {most}] ({subject} has {n_train} "
+                          f"train trials and {n_voxels} voxels); found {cfg.rank}")
 
 
 def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite: bool = False,
@@ -93,6 +120,8 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
     t0 = time.perf_counter()
     name = cfg.name or f"{cfg.pool}-{cfg.noise}"
     _check(cfg, name)
+    if dtype not in ("float32", "float16"):
+        raise OptionError(f"dtype: expected float32 or float16; found {dtype!r}")
     path = _layout.local_store_path(location)
     with _layout.writing(path, f"nf augment {subject}"):
         return _augment(nfstore.open_store(path), path, subject, cfg, name, overwrite, dtype,
@@ -105,6 +134,7 @@ def _augment(store: Any, path: Path, subject: str, cfg: AugmentConfig, name: str
     train = np.flatnonzero(ds[SPLIT].values == "train")
     if train.size <= cfg.cv:
         raise StoreError(f"{subject}: {train.size} train trials; need more than --cv {cfg.cv}")
+    _check_rank(cfg, subject, int(train.size), int(ds.sizes[VOXEL]))
     stimuli = ds[STIMULUS].values[train]
     try:
         X = store.embeddings(cfg.embedding, stimuli=stimuli).values
@@ -121,11 +151,16 @@ def _augment(store: Any, path: Path, subject: str, cfg: AugmentConfig, name: str
     n_pool = len(pool_ids)
     pool_ids = [s for s in pool_ids if s not in held_out_copies]
     excluded = n_pool - len(pool_ids)
-    n = cfg.n if cfg.n is not None else int(round(cfg.fraction * train.size))  # type: ignore
-    if n > len(pool_ids):
-        raise OptionError(f"--n/--fraction: {n} synthetic trials asked; pool {cfg.pool!r} has "
+    asked = cfg.n if cfg.n is not None else cfg.fraction * train.size  # type: ignore
+    if asked >= len(pool_ids) + 0.5:  # more than the pool holds once rounded
+        raise OptionError(f"--n/--fraction: {asked:.0f} synthetic trials asked; pool "
+                          f"{cfg.pool!r} has "
                           f"{len(pool_ids)} embedded images that are not copies of held-out "
                           f"pictures ({excluded} are; `nf leakage` lists them)")
+    n = int(round(asked))
+    if n < 1:
+        raise OptionError(f"fraction: expected at least one synthetic trial; found {n} "
+                          f"({cfg.fraction} x {train.size} train trials of {subject})")
     rng = np.random.default_rng(cfg.seed)
     chosen = np.array(pool_ids, dtype=object)[np.sort(rng.choice(len(pool_ids), n,
                                                                  replace=False))]

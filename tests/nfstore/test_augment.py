@@ -19,6 +19,7 @@ from nfstore.schema import validate_store
 from nfstore.synth import _signal, synthesize
 from nfstore.synth._images import write_images
 from nfstore.tiny import write_tiny_encoder
+from tests.conftest import tree_state
 
 ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 
@@ -206,11 +207,35 @@ def test_measured_and_synthetic_together(aug_store: Path) -> None:
     (dict(pool="novel", n=5, alphas=(1.0, -2.0)), nfstore.OptionError,
      "--alphas: expected positive numbers"),
     (dict(pool="novel", n=5, noise="pink"), nfstore.OptionError, "--noise: expected one of"),
+    (dict(pool="novel", n=5, noise_scale=float("nan")), nfstore.OptionError,
+     r"^noise_scale: expected a finite number >= 0; found nan$"),
+    (dict(pool="novel", n=5, noise_scale=float("inf")), nfstore.OptionError,
+     r"^noise_scale: expected a finite number >= 0; found inf$"),
+    (dict(pool="novel", n=5, noise_scale=-1.0), nfstore.OptionError,
+     r"^noise_scale: expected a finite number >= 0; found -1.0$"),
+    (dict(pool="novel", fraction=float("inf")), nfstore.OptionError,
+     r"^fraction: expected a finite number > 0; found inf$"),
+    (dict(pool="novel", fraction=float("nan")), nfstore.OptionError, r"^fraction: expected"),
+    (dict(pool="novel", fraction=1e308), nfstore.OptionError,
+     r"^--n/--fraction: inf synthetic trials asked; pool 'novel' has 400 embedded images"),
+    (dict(pool="novel", fraction=1e-4), nfstore.OptionError,
+     r"^fraction: expected at least one synthetic trial; found 0 \(0.0001 x 210 train"),
+    (dict(pool="novel", n=5, alpha=float("nan")), nfstore.OptionError,
+     r"^alpha: expected a finite number > 0; found nan$"),
+    (dict(pool="novel", n=5, alphas=(10.0, float("inf"))), nfstore.OptionError,
+     "--alphas: expected positive numbers"),
+    (dict(pool="novel", n=2.5), nfstore.OptionError, r"^n: expected an integer >= 1; found 2.5$"),
+    (dict(pool="novel", n=5, seed=-1), nfstore.OptionError, r"^seed: expected an integer >= 0"),
+    (dict(pool="novel", n=5, noise="lowrank", rank=100000), nfstore.OptionError,
+     r"^rank: expected an integer in \[1, 210\] \(nsd/subj01 has 210 train trials and \d+ "
+     r"voxels\); found 100000$"),
 ])
 def test_errors_name_the_option(aug_store: Path, cfg: dict, exc: type, message: str) -> None:
+    before = tree_state(aug_store)
     with pytest.raises(exc, match=message):
         augment(aug_store, "nsd/subj01", AugmentConfig(**cfg))
     assert nfstore.open_store(aug_store).synthetic_sets("nsd/subj01") == []
+    assert tree_state(aug_store) == before
 
 
 def test_existing_set_needs_overwrite(aug_store: Path) -> None:
