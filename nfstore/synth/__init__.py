@@ -61,6 +61,33 @@ def parse_settings(dataset: str, items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _check_nsd(cfg: Any) -> None:
+    """One-line :class:`OptionError` for NSD sizes the generator cannot lay out."""
+    for name in ("sessions", "trials_per_session", "runs_per_session", "images_per_subject",
+                 "shared", "image_size"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise OptionError(f"{name}: expected an integer >= 1; found {value!r}")
+    bad = [s for s in cfg.subjects if isinstance(s, bool) or not isinstance(s, int)
+           or not 1 <= s <= 8]
+    if not cfg.subjects or bad:
+        raise OptionError(f"subjects: expected NSD subject numbers in 1..8; found "
+                          f"{list(cfg.subjects)}")
+    if cfg.shared >= cfg.images_per_subject:
+        raise OptionError(f"shared: expected fewer shared images than images_per_subject "
+                          f"({cfg.images_per_subject}); found {cfg.shared}")
+    trials = cfg.sessions * cfg.trials_per_session
+    if trials > 3 * cfg.images_per_subject:
+        raise OptionError(
+            f"sessions x trials_per_session: expected at most 3 x images_per_subject = "
+            f"{3 * cfg.images_per_subject} trials (each image is shown at most 3 times); "
+            f"found {cfg.sessions} x {cfg.trials_per_session} = {trials}; raise "
+            f"images_per_subject to {-(-trials // 3)} or ask for fewer trials")
+
+
+CHECKS = {"nsd": _check_nsd}
+
+
 def synthesize(dataset: str, out: str | Path, overwrite: bool = False, **params: Any
                ) -> dict[str, float]:
     """Write a synthetic ``dataset`` tree to ``out`` (atomically: built aside, then renamed).
@@ -77,6 +104,8 @@ def synthesize(dataset: str, out: str | Path, overwrite: bool = False, **params:
 
     cls = config_class(dataset)
     cfg = from_values(cls, params, f"a setting of the {dataset} generator", flags=False)
+    if dataset in CHECKS:
+        CHECKS[dataset](cfg)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise StoreError(f"{out}: folder exists and is not empty; pass --overwrite to replace it")

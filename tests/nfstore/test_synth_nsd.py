@@ -8,9 +8,12 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.io
 
+from nfstore.errors import OptionError
 from nfstore.readers.nsd import EXPDESIGN, STIMULI
+from nfstore.synth import synthesize
 
 
 def test_expdesign_is_matlab_v5_with_one_based_indices(nsd_raw: Path) -> None:
@@ -72,3 +75,24 @@ def test_responses_and_stim_info_agree_with_design(nsd_raw: Path) -> None:
             t = row[f"subject2_rep{r}"]
             if t > 0:  # 1-based trial index into the subject's sequence
                 assert ids[t - 1] - 1 == row["nsdId"]
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(sessions=12, trials_per_session=200),
+     "sessions x trials_per_session: expected at most 3 x images_per_subject = 300 trials (each "
+     "image is shown at most 3 times); found 12 x 200 = 2400; raise images_per_subject to 800 "
+     "or ask for fewer trials"),
+    (dict(shared=200), "shared: expected fewer shared images than images_per_subject (100); "
+                       "found 200"),
+    (dict(images_per_subject=5), "shared: expected fewer shared images than "
+                                 "images_per_subject (5); found 20"),
+    (dict(subjects=(9,)), "subjects: expected NSD subject numbers in 1..8; found [9]"),
+    (dict(sessions=0), "sessions: expected an integer >= 1; found 0"),
+    (dict(trials_per_session=2.5), "trials_per_session: expected an integer >= 1; found 2.5"),
+])
+def test_sizes_the_generator_cannot_lay_out_are_one_line_errors(tmp_path: Path, params: dict,
+                                                                message: str) -> None:
+    with pytest.raises(OptionError) as err:
+        synthesize("nsd", tmp_path / "o", **params)
+    assert str(err.value) == message
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the folder aside
