@@ -67,15 +67,19 @@ def finetune(store: str, ckpt: str, subjects: tuple[str, ...], fraction: float,
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--baseline", type=click.Choice(["ridge"]),
               help="Also score a closed-form ridge per subject on the same candidates.")
+@click.option("--allow-store-change", is_flag=True,
+              help="Use a checkpoint trained on other data than STORE holds now (a subject "
+                   "ingested again, embeddings made with other weights); refused by default.")
 @remote_store
 def evaluate(store: str, ckpt: str, split: str, subjects: tuple[str, ...] | None,
-             out: Path | None, device: str, baseline: str | None) -> None:
+             out: Path | None, device: str, baseline: str | None,
+             allow_store_change: bool) -> None:
     """Retrieval top-1/top-5 (both directions) and cosine on SPLIT, repeat-averaged."""
     from nftrain.evaluate import evaluate as run
     from nftrain.evaluate import table, write
 
     metrics = run(store, ckpt, split=split, subjects=list(subjects) if subjects else None,
-                  device=device, baseline=baseline)
+                  device=device, baseline=baseline, allow_store_change=allow_store_change)
     click.echo(table(metrics))
     if out is not None:
         click.echo(f"wrote {write(metrics, out)}")

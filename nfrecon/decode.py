@@ -51,8 +51,13 @@ def _rows(store: nfstore.Store, key: str, split: str, roi: str | None, single: b
 
 def predict(location: str | Path, ckpt: str | Path, name: str, *,
             subjects: list[str] | None = None, split: str = "test", single_trials: bool = False,
-            include_train: bool = False, device: str = "cpu") -> DecodeSummary:
+            include_train: bool = False, device: str = "cpu",
+            allow_store_change: bool = False) -> DecodeSummary:
     """Decode ``split`` rows of each subject with a checkpoint into ``/decoded/<name>``.
+
+    A checkpoint trained on other data than the store holds now (a subject ingested again,
+    the embedding cache made with other weights: its ``store_fingerprint``) is refused unless
+    ``allow_store_change``; the set's attributes then list what changed.
 
     ``include_train`` also writes the train rows (repeat-averaged), flagged ``out_of_sample``
     where the checkpoint never trained on them (its validation pictures): the rows a
@@ -61,6 +66,7 @@ def predict(location: str | Path, ckpt: str | Path, name: str, *,
     import torch
 
     from nftrain import checkpoint
+    from nftrain import fingerprint as fp
     from nftrain.config import build
     from nftrain.data import load_dataset
 
@@ -71,6 +77,7 @@ def predict(location: str | Path, ckpt: str | Path, name: str, *,
     path = _layout.local_store_path(location)
     store = nfstore.open_store(path)
     keys = checkpoint.subjects_to_use(model, store, subjects, ckpt)
+    changed = fp.check_checkpoint(store, meta, keys, ckpt, allow_store_change)
     held_out: set[str] = set()
     if include_train:  # the checkpoint's validation pictures: never trained on
         cfg = build({**meta["train_config"], "subjects": meta["train_config"]["subjects"]})
@@ -81,7 +88,9 @@ def predict(location: str | Path, ckpt: str | Path, name: str, *,
                                             Path(ckpt) / "config.json")),
              "embedding": meta["embedding"],
              "split": split, "single_trials": single_trials,
-             "store_fingerprint": _fingerprint(store, keys)}
+             "store_fingerprint": _fingerprint(store, keys),
+             "trained_store_fingerprint": meta.get("store_fingerprint"),
+             "store_changed_since_training": {k: list(v) for k, v in changed.items()}}
     summary = DecodeSummary(name)
     with _layout.writing(path, f"nf predict --name {name}"):
         for key in keys:

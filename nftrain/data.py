@@ -11,13 +11,14 @@ train *stimuli*, chosen across all subjects, so no stimulus is both trained and 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
 
 from nfstore._names import ROI, ROI_MASK, SPLIT, STIMULUS
 from nfstore.errors import OptionError, QueryError, StoreError
+from nftrain import fingerprint as fp
 from nftrain.config import TrainConfig
 
 READ_BATCH = 16  # zarr chunks decoded per trip through its codec pipeline
@@ -71,6 +72,7 @@ class Dataset:
     fingerprint: dict[str, str]
     groups: np.ndarray         # (n_stimuli,) picture group: equal for copies of one picture
     excluded: dict[str, int | bool]  # trials left out as copies of held-out pictures
+    synthetic: list[tuple[str, str]] = field(default_factory=list)  # (subject, set) read
 
 
 def _voxels(store, key: str, roi: str | None) -> np.ndarray | None:  # noqa: ANN001
@@ -188,11 +190,10 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
         if n_vox == 0:
             raise OptionError(f"roi: {cfg.roi_for(key)!r} selects no voxels of {key}")
         subjects.append(SubjectData(key, index, voxels, n_vox, tuple(train), val))
-    fingerprint = {k: str(store.attrs(k).get("ingest_fingerprint")) for k in cfg.subjects}
-    fingerprint["embeddings"] = str(emb.attrs.get("weights_sha256"))
     excl = {"keep_test_duplicates": cfg.keep_test_duplicates,
             "held_out_copies": len(excluded), **counts}
-    return Dataset(subjects, stimuli, embeddings, fingerprint, groups, excl)
+    return Dataset(subjects, stimuli, embeddings, fp.of_store(store, cfg.subjects, cfg.embedding),
+                   groups, excl, [(k, n) for k, sets in names.items() for n in sets])
 
 
 def _open_betas(store, key: str, synthetic: str | None = None) -> zarr.Array:  # noqa: ANN001

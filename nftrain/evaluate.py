@@ -18,6 +18,7 @@ import torch
 import nfstore
 from nfstore.errors import OptionError, StoreError
 from nftrain import checkpoint
+from nftrain import fingerprint as fp
 
 METRICS = ("top1_brain_to_image", "top5_brain_to_image", "top1_image_to_brain",
            "top5_image_to_brain", "cosine")
@@ -54,8 +55,13 @@ def retrieval(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
 
 def evaluate(location: str | Path, ckpt: str | Path, split: str = "test",
              subjects: list[str] | None = None, device: str = "cpu",
-             baseline: str | None = None) -> dict[str, Any]:
+             baseline: str | None = None, allow_store_change: bool = False
+             ) -> dict[str, Any]:
     """Metrics per subject, per dataset (mean over its subjects) and overall.
+
+    A checkpoint trained on other data than the store holds now (a subject ingested again,
+    the embedding cache made with other weights: its ``store_fingerprint``) is refused unless
+    ``allow_store_change``; the metrics then list what changed (``store_changed``).
 
     ``baseline="ridge"`` adds ``out["baseline"]``: the same metrics for a closed-form ridge per
     subject (``nf decode-ridge``'s: repeat-averaged train betas of the checkpoint's ROI ->
@@ -69,8 +75,11 @@ def evaluate(location: str | Path, ckpt: str | Path, split: str = "test",
     model.eval()
     store = nfstore.open_store(location)
     keys = checkpoint.subjects_to_use(model, store, subjects, ckpt)
+    changed = fp.check_checkpoint(store, meta, keys, ckpt, allow_store_change)
     out: dict[str, Any] = {"split": split, "checkpoint": str(ckpt), "subjects": {},
                            "datasets": {}, "overall": {}}
+    if changed:
+        out["store_changed"] = {k: list(v) for k, v in changed.items()}
     for key in keys:
         i = model.spec.subjects.index(key)
         x = store.betas(key, roi=meta.get("rois", {}).get(key), split=split,

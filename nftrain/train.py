@@ -22,6 +22,7 @@ import nfstore
 from nfstore._version import __version__
 from nfstore.errors import OptionError, StoreError
 from nftrain import checkpoint
+from nftrain import fingerprint as fp
 from nftrain.config import TrainConfig
 from nftrain.data import (
     Batch,
@@ -282,6 +283,8 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
             model.adapters[i].requires_grad_(True)
         data = with_adapters(data, new)
         log_t = extra.get("log_temperature")
+        fp.check_checkpoint(store, base_meta, [], init, fix="embed the store with the weights "
+                            "the checkpoint was trained on")
     else:
         model = Decoder(ModelSpec(tuple(cfg.subjects), tuple(n_voxels), cfg.adapter_dim,
                                   cfg.width, cfg.depth, cfg.dropout, int(E.shape[1]),
@@ -323,6 +326,11 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
         saved = json.loads((last / "config.json").read_text())
         if saved["train_config"] != cfg.to_dict():
             raise OptionError(f"--resume: the config differs from the one in {last}")
+        changed = fp.changes(saved.get("store_fingerprint") or {}, data.fingerprint)
+        if changed:
+            raise StoreError(f"--resume: {last} was trained on other data than {store.location} "
+                             f"holds now ({fp.describe(changed, cfg.embedding)}); start a new "
+                             f"run with another output_dir")
         m, _, extra = checkpoint.load(last, str(device))
         model.load_state_dict(m.state_dict())
         if "log_temperature" in extra:
@@ -337,14 +345,29 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
     def meta(**extra: Any) -> dict[str, Any]:
         return {"train_config": cfg.to_dict(), "store": str(store.location),
                 "store_version": store.version,
-                "store_fingerprint": data.fingerprint, "nf_version": __version__,
+                "store_fingerprint": {**base_meta.get("store_fingerprint", {}),
+                                      **data.fingerprint}, "nf_version": __version__,
                 "n_voxels": dict(zip(model.spec.subjects, model.spec.n_voxels)),
                 "rois": {k: cfg.roi_for(k) for k in cfg.subjects} | base_meta.get("rois", {}),
                 "embedding": cfg.embedding, "history": summary.history,
                 "excluded_held_out_copies": data.excluded,
                 "finetuned_from": str(init) if init else None, **extra}
 
+    watch = fp.Watch(store, data.fingerprint, data.synthetic, cfg.embedding) if rank == 0 \
+        else None
+
+    def unchanged(when: str) -> None:
+        """Stop (every rank) if the data the run reads changed since it started."""
+        box = [watch.changed() if watch is not None else ""]
+        if world > 1:
+            torch.distributed.broadcast_object_list(box, src=0)
+        if box[0]:
+            raise StoreError(f"{store.location}: changed while training ({box[0]}); stopped "
+                             f"{when}; checkpoints in {out} hold only what was trained before; "
+                             f"start a new run with another output_dir")
+
     def save(name: str, with_state: bool) -> None:
+        unchanged(f"before saving {out / name}")
         if rank == 0:
             checkpoint.save(out / name, model, meta(progress=dict(progress_state)),
                             {"log_temperature": log_temperature}, opt if with_state else None)
@@ -382,6 +405,7 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
         after_validation(0)
     model.train()
     for epoch in range(progress_state["epoch"], cfg.epochs):
+        unchanged(f"before epoch {epoch + 1}")
         bar = tqdm(total=steps[epoch], initial=progress_state["step_in_epoch"], unit="batch",
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         done = progress_state["step_in_epoch"]
@@ -401,8 +425,13 @@ def train(location: str | Path, cfg: TrainConfig, *, resume: bool = False,
             loss = info_nce(pred, targets, stim, log_temperature.exp())
             if cfg.regression:  # cosine regression to the target beside the contrastive loss
                 loss = loss + cfg.regression * cosine_loss(pred, targets)
-            _check_finite(progress_state["global_step"] + 1, loss, pred, groups,
-                          model.spec.subjects)
+            try:
+                _check_finite(progress_state["global_step"] + 1, loss, pred, groups,
+                              model.spec.subjects)
+            except TrainingError:  # a store rewritten underneath reads as missing chunks
+                if world == 1:  # under torchrun the other ranks are not here to agree
+                    unchanged(f"at step {progress_state['global_step'] + 1}")
+                raise
             if micro == 0:
                 opt.zero_grad(set_to_none=True)
             (loss / cfg.accumulate).backward()
