@@ -140,8 +140,8 @@ def info(store: str) -> None:
             click.echo(f"{key}: synthetic set '{name}', {n} trials")
     for name in st.embedding_models():
         click.echo(f"embeddings {name}: {st.embeddings(name).sizes['stimulus']} stimuli")
-    for key, state in st.incomplete().items():
-        click.echo(f"{key}: incomplete ingest ({state}); rerun `nf ingest` to finish it")
+    for key, (what, command, state) in st.staged_writes().items():
+        click.echo(f"{key}: incomplete {what} ({state}); rerun `{command}` to finish it")
     if not table:
         click.echo(f"{store}: no subjects yet")
 

@@ -7,6 +7,7 @@
 
 from nfstore._version import __version__
 from nfstore.errors import (
+                            ChunkError,
                             MissingFileError,
                             NFError,
                             OptionError,
@@ -19,5 +20,5 @@ from nfstore.ingest import IngestSummary, ingest
 from nfstore.store import Store, open_store
 
 __all__ = ["__version__", "open_store", "Store", "ingest", "IngestSummary", "NFError",
-           "ReaderError", "MissingFileError", "SchemaError", "StoreError", "QueryError",
-           "OptionError"]
+           "ChunkError", "ReaderError", "MissingFileError", "SchemaError", "StoreError",
+           "QueryError", "OptionError"]

@@ -8,7 +8,8 @@ from typing import Any
 
 import zarr
 
-from nfstore._names import BETAS, RECON_GROUP
+from nfstore import _remote
+from nfstore._names import BETAS, RECON_GROUP, STAGING_GROUP
 from nfstore.errors import QueryError
 
 
@@ -78,3 +79,39 @@ class RawAccess:
 
         return sync(listing())
 
+    def incomplete(self) -> dict[str, str]:
+        """Writes in progress or interrupted, by the key they will write: an ingest's subject
+        (``nsd/subj01``) -> ``'<n> blocks written'``, any other staged set
+        (``reconstructions/rr/nsd/subj01``) -> ``'staged'``; :meth:`staged_writes` tells what
+        each is and the command that resumes it."""
+        return {key: progress for key, (_, _, progress) in self.staged_writes().items()}
+
+    def staged_writes(self) -> dict[str, tuple[str, str, str]]:
+        """Writes in progress or interrupted: key -> (what it is, e.g. ``'ingest'`` or
+        ``"reconstruction set 'rr'"``; the command that resumes it; progress)."""
+        import json
+
+        from nfstore._layout import staged_kind
+
+        staging = f"{self.fs_path}/{STAGING_GROUP}"
+        found: dict[str, str] = {}
+        for pattern in ("*/zarr.json", "*/*/zarr.json", "*/*.json"):
+            for path in sorted(self.fs.glob(f"{staging}/{pattern}")):
+                rel = path[len(staging) + 1:]
+                if rel.endswith("/zarr.json"):
+                    name = rel.removesuffix("/zarr.json")
+                    if "/" not in name and "." not in name:  # a parent group (nsd, stimuli)
+                        continue
+                    found.setdefault(name, "staged")
+                elif not rel.endswith("zarr.json"):  # an ingest's progress file
+                    try:
+                        state = json.loads(_remote.read_text(self.fs, path) or "{}")
+                    except ValueError:
+                        state = {}
+                    found[rel.removesuffix(".json")] = (
+                        f"{len(state.get('blocks_done', []))} blocks written")
+        out = {}
+        for name, progress in found.items():
+            key, what, command = staged_kind(name, self.location)
+            out[key] = (what, command, progress)
+        return out

@@ -45,7 +45,7 @@ def writing(store: Path, command: str) -> Iterator[None]:
 
     path = store / LOCK_FILE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(store, path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -72,6 +72,22 @@ def writing(store: Path, command: str) -> Iterator[None]:
             pass
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _open_lock(store: Path, path: Path) -> int:
+    """The lock file's descriptor; a store that cannot be written is a one-line error."""
+    import errno
+
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        why = {errno.EROFS: "a read-only file system", errno.EACCES: "no write permission",
+               errno.EPERM: "no write permission"}.get(err.errno)
+        if why is None:
+            raise StoreError(f"{store}: expected a writable store folder; found "
+                             f"{err.strerror or err} ({path})") from None
+        raise StoreError(f"{store}: expected a writable store folder; found it read-only "
+                         f"({why}): write to a copy, or publish with `nf push`") from None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -112,6 +128,11 @@ def ensure_store(path: Path) -> bool:
 
 
 def _create_root(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"{path}: expected a folder that can be created for a new store; "
+                         f"found {err.strerror or err}") from None
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     root.attrs.update({"nf_schema_version": SCHEMA_VERSION, "nf_version": __version__,
                        "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -157,8 +178,45 @@ def commit(store: Path, staged: Path, key: str) -> None:
     in place; :func:`recover` restores it if the process died between the two renames.
     """
     ensure_group(store, os.path.dirname(key))
+    mark_dense(staged)
     swap_into_place(staged, store / key,
                     store / TRASH_GROUP / f"{key}@{os.getpid()}-{time.time_ns()}")
+    prune_empty(store / TRASH_GROUP)
+
+
+def mark_dense(group: Path) -> None:
+    """Record ``nf_chunks_written`` (the chunk count) on every array of the local group whose
+    chunks are all written, so readers raise on a chunk lost later instead of reading fill
+    values (:func:`nfstore._remote.checked`)."""
+    from nfstore._remote import DENSE_ATTR
+
+    def walk(g: zarr.Group) -> None:
+        for _, arr in g.arrays():
+            n = int(arr.nchunks)
+            if n and DENSE_ATTR not in arr.attrs and arr.nchunks_initialized == n:
+                arr.attrs[DENSE_ATTR] = n
+        for _, sub in g.groups():
+            walk(sub)
+
+    if (group / "zarr.json").is_file():
+        walk(zarr.open_group(str(group), mode="r+"))
+
+
+def prune_empty(folder: Path) -> None:
+    """Remove the empty folders under ``folder`` and ``folder`` itself if it ends up empty
+    (what replaced versions leave in ``_trash``)."""
+    if not folder.is_dir():
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()),
+                      key=lambda p: -len(p.parts)):
+        try:
+            sub.rmdir()
+        except OSError:  # not empty
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def recover(store: Path) -> None:
@@ -174,3 +232,42 @@ def recover(store: Path) -> None:
         else:
             os.rename(old, target)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def staged_kind(name: str, store: str) -> tuple[str, str, str]:
+    """What a name under ``_staging`` will become: (its key in the store, what it is, the
+    command that resumes it), from the names the writers stage under.
+
+    Parameters
+    ----------
+    name : path relative to ``_staging`` (``nsd/subj01``, ``reconstructions.rr.nsd.subj01``)
+    store : the store's location, for the command
+    """
+    from nfstore._names import DATASETS, DECODED_GROUP, RECON_GROUP
+
+    head, _, rest = name.partition(".")
+    parts = rest.split(".")
+    if name.startswith(f"{RECON_GROUP}. -"):
+        key = name.replace(". -", "/")
+        return key, "metrics of a reconstruction set", f"nf metrics {store} ..."
+    if head == RECON_GROUP and len(parts) >= 3:
+        setname, subject = ".".join(parts[:-2]), "/".join(parts[-2:])
+        return (f"{RECON_GROUP}/{setname}/{subject}", f"reconstruction set {setname!r}",
+                f"nf reconstruct {store} ... --name {setname} (or the nf decode-ridge that "
+                f"writes its blurry images)")
+    if head == DECODED_GROUP and len(parts) >= 3:
+        setname, subject = ".".join(parts[:-2]), "/".join(parts[-2:])
+        return (f"{DECODED_GROUP}/{setname}/{subject}", f"decoded set {setname!r}",
+                f"nf predict, nf decode-ridge or nf refine {store} ... --name {setname}")
+    if head == "embeddings" and rest:
+        return f"embeddings/{rest}", f"embedding cache {rest!r}", f"nf embed {store} ..."
+    if name.startswith(f"{STIMULI_GROUP}/"):
+        table = name.split("/", 1)[1]
+        return name, f"stimulus table {table!r}", "the nf ingest or nf embed --pool that writes it"
+    subject, _, synthetic = name.partition(".synthetic.")
+    if synthetic:
+        return (f"{subject}/synthetic/{synthetic}", f"synthetic set {synthetic!r}",
+                f"nf augment {store} {subject} ... --name {synthetic}")
+    if name.split("/")[0] in DATASETS:
+        return name, "ingest", f"nf ingest {name.split('/')[0]} RAW_ROOT --store {store}"
+    return name, "write", "the nf command that wrote it"

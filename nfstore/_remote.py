@@ -12,9 +12,10 @@ environment variables) or from the backend's own variables (``AWS_ACCESS_KEY_ID`
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
-from nfstore.errors import OptionError, StoreError
+from nfstore.errors import ChunkError, NFError, OptionError, StoreError
 
 
 def is_url(location: str | os.PathLike[str]) -> bool:
@@ -121,3 +122,83 @@ def read_text(fs: Any, path: str) -> str | None:
         return None
     except OSError as err:
         raise StoreError(f"{path}: could not be read ({err})") from None
+
+
+DENSE_ATTR = "nf_chunks_written"  # array attribute: every chunk was written (nfstore._layout)
+_CHUNK_KEY = re.compile(r"^(?P<array>.+)/c(?P<index>(?:/\d+)*)$")  # zarr v3 default encoding
+
+
+def checked(zstore: Any, location: str) -> Any:
+    """``zstore`` wrapped so that chunk reads never hide lost data (:class:`CheckedStore`)."""
+    import zarr.storage
+
+    class CheckedStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
+        """Chunk reads that raise :class:`ChunkError` where zarr would return fill values or
+        a backend traceback: a chunk missing from an array whose chunks were all written (its
+        ``nf_chunks_written`` attribute, or any ``betas`` array), a blosc chunk shorter than
+        its header says (truncated), or a chunk the backend fails to return (an object
+        deleted under a versioned store). One metadata read per array, on its first chunk."""
+
+        def __init__(self, store: Any) -> None:
+            super().__init__(store)
+            self._arrays: dict[str, dict[str, Any]] = {}
+
+        def _with_store(self, store: Any) -> Any:
+            return type(self)(store)
+
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            match = _CHUNK_KEY.match(key)
+            if match is None:
+                return await self._store.get(key, prototype, byte_range)
+            array, index = match["array"], tuple(int(i) for i in match["index"].split("/")[1:])
+            where = f"{location}/{array}: chunk {index} ({key})"
+            hint = f"`nf validate {location}` lists every damaged chunk"
+            try:
+                buf = await self._store.get(key, prototype, byte_range)
+            except NFError:
+                raise
+            except Exception as err:  # the backend's own error (icechunk: NoSuchKey)
+                raise ChunkError(f"{where}: expected a readable chunk; found an error "
+                                 f"({_first_line(err)}); {hint}", key) from None
+            if buf is None:
+                if (await self._meta(array, prototype)).get("dense"):
+                    raise ChunkError(f"{where}: expected a stored chunk (every chunk of the "
+                                     f"array was written); found none (lost: it would read as "
+                                     f"fill values); {hint}", key)
+                return None
+            if byte_range is None and (await self._meta(array, prototype)).get("blosc"):
+                found, expected = len(buf), _blosc_size(buf)
+                if found != expected:
+                    raise ChunkError(f"{where}: expected {expected} bytes (its blosc header); "
+                                     f"found {found} (truncated or damaged); {hint}", key)
+            return buf
+
+        async def _meta(self, array: str, prototype: Any) -> dict[str, Any]:
+            if array not in self._arrays:
+                import json
+
+                raw = await self._store.get(f"{array}/zarr.json", prototype)
+                doc = json.loads(raw.to_bytes()) if raw is not None else {}
+                codecs = [c.get("name") for c in doc.get("codecs", [])
+                          if isinstance(c, dict)]
+                self._arrays[array] = {
+                    "dense": DENSE_ATTR in (doc.get("attributes") or {})
+                    or array.rsplit("/", 1)[-1] == "betas",
+                    "blosc": bool(codecs) and codecs[-1] == "blosc"}
+            return self._arrays[array]
+
+    return CheckedStore(zstore)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _blosc_size(buf: Any) -> int:
+    """The compressed size a blosc frame's header states: bytes 12-16 of its 16-byte header,
+    little-endian (c-blosc's documented frame format); -1 where there is no whole header."""
+    import struct
+
+    head = buf.as_numpy_array()[:16].tobytes()
+    return struct.unpack_from("<I", head, 12)[0] if len(head) == 16 else -1

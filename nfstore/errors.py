@@ -32,3 +32,17 @@ class QueryError(NFError, KeyError):
 
 class OptionError(NFError, ValueError):
     """An option or argument has a value outside what it accepts."""
+
+
+class ChunkError(StoreError):
+    """A stored chunk is missing, truncated or unreadable (the store lost data).
+
+    Attributes
+    ----------
+    key : str
+        The chunk's key inside the store (``nsd/subj01/betas/c/1/0``).
+    """
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key

@@ -106,15 +106,19 @@ def check_store(store: Store) -> None:
 
 
 def validate_store(store: Store) -> list[str]:
-    """All problems of the store: schema, cross-array lengths and the value checks."""
+    """All problems of the store: schema, cross-array lengths, the value checks, and chunks
+    that are missing, truncated or unreadable (each named with its array and index)."""
     man = manifest(store)
     problems = _schema_problems(man, store.location)
     if problems:
         return problems
-    tables = {name: set(store.stimuli(name)[STIMULUS].values.tolist())
-              for name in man["stimuli"]}
+    tables = {}
+    for name in man["stimuli"]:
+        tables[name] = _guarded(store, f"{STIMULI_GROUP}/{name}", problems, lambda n=name: set(
+            store.stimuli(n)[STIMULUS].values.tolist())) or set()
     for key in man["subjects"]:
-        problems += _subject_values(store, key, tables)
+        problems += _guarded(store, key, problems, lambda k=key: _subject_values(
+            store, k, tables)) or []
         problems += _nonfinite(store, f"{key}/{BETAS}")
         for name in store.synthetic_sets(key):
             problems += _nonfinite(store, f"{key}/synthetic/{name}/{BETAS}")
@@ -125,25 +129,76 @@ def validate_store(store: Store) -> list[str]:
     return problems
 
 
+def _guarded(store: Store, key: str, problems: list[str], read: Any) -> Any:
+    """``read()``, or None with a problem naming ``key`` where its chunks cannot be read."""
+    from nfstore.errors import ChunkError
+
+    try:
+        return read()
+    except ChunkError as err:
+        problems.append(_without_hint(err))
+    except (RuntimeError, ValueError, OSError) as err:  # a codec's or the backend's error
+        problems.append(f"{store.location}/{key}: expected readable arrays; found "
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    return None
+
+
+def _without_hint(err: Exception) -> str:
+    """A chunk error's message without its pointer to ``nf validate`` (which prints it)."""
+    return str(err).split("; `nf validate")[0]
+
+
+def _read_chunk(arr: zarr.Array, index: tuple[int, ...], rows: int | None
+                ) -> tuple[np.ndarray, str | None]:
+    """(non-finite values per row, problem or None) of one chunk of ``arr``."""
+    from nfstore.errors import ChunkError
+
+    sel = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in
+                zip(index, arr.chunks, arr.shape))
+    if rows is not None:
+        sel = (slice(sel[0].start, min(sel[0].stop, rows)), *sel[1:])
+    n = sel[0].stop - sel[0].start
+    try:
+        x = arr[sel]
+    except ChunkError as err:
+        return np.zeros(n, np.int64), _without_hint(err)
+    except (RuntimeError, ValueError, OSError) as err:  # a codec's error: damaged bytes
+        key = "/".join(["c", *map(str, index)])
+        return np.zeros(n, np.int64), (f"chunk {index} ({key}): expected a chunk that "
+                                       f"decodes; found {type(err).__name__}: {err}")
+    return (~np.isfinite(x)).reshape(n, -1).sum(axis=1), None
+
+
 def _nonfinite(store: Store, path: str, rows: int | None = None) -> list[str]:
-    """Count non-finite values of a stored array, chunk by chunk (an unwritten chunk reads
-    as NaN, so this also finds chunks missing on any storage)."""
-    import dask.array as da
+    """Non-finite values of a stored array, and its chunks that are missing, truncated or
+    unreadable; read chunk by chunk (dask threads), each named when it fails."""
+    import itertools
+
+    import dask
 
     arr = store._root[path]
-    x = da.from_zarr(arr)
-    if rows is not None:
-        x = x[:rows]
-    if x.size == 0:
+    limit = arr.shape[0] if rows is None else min(rows, arr.shape[0])
+    if limit == 0 or arr.size == 0:
         return []
-    bad = (~da.isfinite(x)).sum(axis=tuple(range(1, x.ndim)))
-    per_row = np.asarray(bad.compute())
-    if not per_row.any():
-        return []
-    return [f"{store.location}/{path}: {int(per_row.sum())} non-finite values in "
+    grid = [range(math.ceil(limit / arr.chunks[0]))] + [
+        range(math.ceil(s / c)) for s, c in zip(arr.shape[1:], arr.chunks[1:])]
+    index = list(itertools.product(*grid))
+    done = dask.compute(*[dask.delayed(_read_chunk)(arr, i, rows) for i in index])
+    per_row = np.zeros(limit, np.int64)
+    problems = []
+    for i, (bad, problem) in zip(index, done):
+        start = i[0] * arr.chunks[0]
+        per_row[start:start + bad.size] += bad
+        if problem is not None:
+            problems.append(problem if problem.startswith(store.location) else
+                            f"{store.location}/{path}: {problem}")
+    if per_row.any():
+        problems.append(
+            f"{store.location}/{path}: {int(per_row.sum())} non-finite values in "
             f"{int((per_row > 0).sum())} of {per_row.size} rows (first row "
             f"{int(np.flatnonzero(per_row)[0])}); re-create it (ingest --overwrite, embed "
-            f"--overwrite or augment --overwrite)"]
+            f"--overwrite or augment --overwrite)")
+    return problems
 
 
 def _interrupted_swaps(store: Store) -> list[str]:

@@ -27,7 +27,6 @@ from nfstore._names import (
     SCHEMA_VERSION,
     SPLIT,
     SPLITS,
-    STAGING_GROUP,
     STATUS_ATTR,
     STIMULI_GROUP,
     STIMULUS,
@@ -80,6 +79,7 @@ class Store(RawAccess):
 
             self._zstore, self.version = read_session(self.location, self.storage_options,
                                                       version)
+        self._zstore = _remote.checked(self._zstore, self.location)  # lost chunks raise
         try:
             self._root = zarr.open_group(self._zstore, mode="r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
@@ -128,21 +128,6 @@ class Store(RawAccess):
             for name in self._children(ds):
                 if self._root[f"{ds}/{name}"].attrs.get(STATUS_ATTR) == COMPLETE:
                     out.append(f"{ds}/{name}")
-        return out
-
-    def incomplete(self) -> dict[str, str]:
-        """Ingests in progress or interrupted: subject key -> blocks done."""
-        import json
-
-        out = {}
-        staging = f"{self.fs_path}/{STAGING_GROUP}"
-        for progress in sorted(self.fs.glob(f"{staging}/*/*.json")):
-            try:
-                state = json.loads(_remote.read_text(self.fs, progress) or "{}")
-            except ValueError:
-                state = {}
-            key = progress[len(staging) + 1:].removesuffix(".json")
-            out[key] = f"{len(state.get('blocks_done', []))} blocks written"
         return out
 
     def attrs(self, subject: str) -> dict[str, Any]:

@@ -25,14 +25,16 @@ def test_subjects_and_rois(nsd_store_ro: Path) -> None:
 
 
 def test_open_and_query_read_no_beta_chunks(nsd_store: Path) -> None:
-    """Delete every beta chunk: opening and building queries still work, computing fails."""
+    """Delete every beta chunk: opening and building queries still work, computing fails
+    with an error naming the lost chunk (never fill values)."""
     for chunks in nsd_store.glob("nsd/*/betas/c"):
         shutil.rmtree(chunks)
     store = nfstore.open_store(nsd_store)
     x = store.betas("nsd/subj01", roi="V1", split="test", average_repeats=True)
     assert isinstance(x.data, da.Array)
     assert x.shape[0] == 10 and x.shape[1] > 0  # 10 shared images, V1 voxels
-    assert np.isnan(x.values).all()  # missing chunks read as the fill value: never read before
+    with pytest.raises(nfstore.ChunkError, match=r"nsd/subj01/betas: chunk \(\d+, \d+\)"):
+        x.values  # noqa: B018  (the first read of a beta chunk)
 
 
 def test_roi_union_and_split(nsd_store_ro: Path) -> None:
