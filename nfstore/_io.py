@@ -53,30 +53,87 @@ def nifti_header(path: Path) -> tuple[tuple[int, ...], np.ndarray, Any]:
 
 
 def nifti_data(path: Path, dtype: str | None = None) -> np.ndarray:
-    """Read a whole NIfTI image as stored (no scaling applied when the header has none).
+    """Read a whole NIfTI-1 or NIfTI-2 image as nibabel does (``np.asanyarray(img.dataobj)``:
+    the on-disk dtype, or floats when the header scales the values).
 
     ``.nii.gz`` files are inflated in one call with ISA-L (``isal``, about 1.5x faster than
-    nibabel's streaming gzip reader) when it is installed; the array is the same.
+    nibabel's streaming gzip reader) when it is installed, and parsed by the image class
+    nibabel chose from the header; the array is the same.
 
     Returns
     -------
-    data : array of shape (X, Y, Z[, T]) in the file's on-disk dtype (or ``dtype``)
+    data : array of shape (X, Y, Z[, T]) in the file's dtype (or ``dtype``)
     """
     _, _, img = nifti_header(path)
     with reading(path, "NIfTI"):
         if path.name.endswith(".nii.gz"):
-            try:
-                from isal import igzip
-            except ImportError:
-                pass
-            else:
-                import nibabel as nib
-
-                img = nib.Nifti1Image.from_bytes(igzip.decompress(path.read_bytes()))
+            img = _inflated(path, img)
         data = np.asanyarray(img.dataobj)
         if dtype is not None:
             data = data.astype(dtype, copy=False)
         return data
+
+
+def _inflated(path: Path, img: Any) -> Any:
+    """``img`` re-read from the whole inflated file with ISA-L, if installed and the image is
+    NIfTI-1 or NIfTI-2 (the header decides which); else ``img`` itself."""
+    import nibabel as nib
+
+    try:
+        from isal import igzip
+    except ImportError:
+        return img
+    if type(img) not in (nib.Nifti1Image, nib.Nifti2Image):
+        return img
+    return type(img).from_bytes(igzip.decompress(path.read_bytes()))
+
+
+def same_space(path: Path, img: Any, ref_path: Path, ref: Any, atol: float = 1e-3) -> None:
+    """Check that two NIfTI images lie on the same voxel grid in the same orientation.
+
+    The affines (``img.affine``: sform, else qform, as nibabel gives them) must agree within
+    ``atol`` mm; when either header has neither an sform nor a qform, only the voxel sizes are
+    compared. A mismatch is a one-line :class:`ReaderError` naming ``path``.
+
+    Parameters
+    ----------
+    path, ref_path : Path
+        The image checked and the reference it must match (for the message).
+    img, ref : nibabel images (headers only are used)
+    """
+    def oriented(im: Any) -> bool:
+        h = im.header
+        return "sform_code" in h and (int(h["sform_code"]) > 0 or int(h["qform_code"]) > 0)
+
+    if oriented(img) and oriented(ref):
+        a, b = np.asarray(img.affine, float), np.asarray(ref.affine, float)
+        if not np.allclose(a, b, rtol=0.0, atol=atol):
+            raise ReaderError(f"{path}: expected the affine of {ref_path.name} "
+                              f"{_matrix(b)}; found {_matrix(a)}")
+        return
+    za = np.asarray(img.header.get_zooms()[:3], float)
+    zb = np.asarray(ref.header.get_zooms()[:3], float)
+    if not np.allclose(za, zb, rtol=0.0, atol=atol):
+        raise ReaderError(f"{path}: expected the voxel size of {ref_path.name} "
+                          f"{zb.round(4).tolist()} mm; found {za.round(4).tolist()} mm")
+
+
+def _matrix(affine: np.ndarray) -> str:
+    """The top 3 rows of an affine on one line, 4 decimals."""
+    return str((np.round(affine[:3], 4) + 0.0).tolist())  # + 0.0: no "-0.0"
+
+
+def read_text(path: Path, what: str) -> str:
+    """The text of ``path`` decoded as UTF-8 (a byte-order mark is dropped); other bytes are a
+    one-line :class:`ReaderError` naming the file and the first offending byte."""
+    require_file(path, what)
+    with reading(path, what):
+        raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ReaderError(f"{path}: expected UTF-8 text ({what}); found byte "
+                          f"0x{raw[err.start]:02x} at offset {err.start}") from None
 
 
 def load_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
