@@ -128,8 +128,10 @@ DENSE_ATTR = "nf_chunks_written"  # array attribute: every chunk was written (nf
 _CHUNK_KEY = re.compile(r"^(?P<array>.+)/c(?P<index>(?:/\d+)*)$")  # zarr v3 default encoding
 
 
-def checked(zstore: Any, location: str) -> Any:
-    """``zstore`` wrapped so that chunk reads never hide lost data (:class:`CheckedStore`)."""
+def checked(zstore: Any, location: str, absent_is_lost: bool = True) -> Any:
+    """``zstore`` wrapped so that chunk reads never hide lost data (``CheckedStore``).
+    ``absent_is_lost=False`` (copying a snapshot's objects, where an absent one is deleted):
+    only truncated chunks and the backend's errors raise."""
     import zarr.storage
 
     class CheckedStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
@@ -158,10 +160,10 @@ def checked(zstore: Any, location: str) -> Any:
             except NFError:
                 raise
             except Exception as err:  # the backend's own error (icechunk: NoSuchKey)
-                raise ChunkError(f"{where}: expected a readable chunk; found an error "
-                                 f"({_first_line(err)}); {hint}", key) from None
+                raise ChunkError(f"{where}: expected a readable chunk; found "
+                                 f"{describe_error(err)}; {hint}", key) from None
             if buf is None:
-                if (await self._meta(array, prototype)).get("dense"):
+                if absent_is_lost and (await self._meta(array, prototype)).get("dense"):
                     raise ChunkError(f"{where}: expected a stored chunk (every chunk of the "
                                      f"array was written); found none (lost: it would read as "
                                      f"fill values); {hint}", key)
@@ -190,9 +192,29 @@ def checked(zstore: Any, location: str) -> Any:
     return CheckedStore(zstore)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+def describe_error(err: BaseException) -> str:
+    """One line for a backend's error: the service's code and message where it names them
+    (icechunk and S3: ``NoSuchKey: ...``), else the error's type and first line."""
+    text = str(err)
+    found = re.search(r'code: "(\w+)"(?:, message: "([^"]*)")?', text)
+    if found:
+        return f"{found[1]}: {found[2]}" if found[2] else found[1]
+    cause = re.findall(r"->\s*([^\n]+)", text)  # icechunk's chain of causes, last deepest
+    if cause:
+        return cause[-1].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def reach(location: str, what: str, call: Any) -> Any:
+    """``call()``; a backend's error (missing bucket, unreachable endpoint, credentials) is a
+    one-line :class:`StoreError` naming ``location`` and ``what`` was expected there."""
+    try:
+        return call()
+    except NFError:
+        raise
+    except Exception as err:
+        raise StoreError(f"{location}: expected {what}; found {describe_error(err)}") from None
 
 
 def _blosc_size(buf: Any) -> int:

@@ -105,31 +105,41 @@ def check_store(store: Store) -> None:
         raise SchemaError(problems[0] + extra)
 
 
-def validate_store(store: Store) -> list[str]:
+def validate_store(store: Store, damaged: dict[str, str] | None = None) -> list[str]:
     """All problems of the store: schema, cross-array lengths, the value checks, and chunks
-    that are missing, truncated or unreadable (each named with its array and index)."""
+    that are missing, truncated or unreadable (each named with its array and index).
+
+    Parameters
+    ----------
+    damaged : dict, optional
+        Filled with chunk key -> problem for every damaged chunk found (what a repair must
+        write again: :func:`nfstore.versioned.push`).
+    """
+    damaged = {} if damaged is None else damaged
     man = manifest(store)
     problems = _schema_problems(man, store.location)
     if problems:
         return problems
     tables = {}
     for name in man["stimuli"]:
-        tables[name] = _guarded(store, f"{STIMULI_GROUP}/{name}", problems, lambda n=name: set(
-            store.stimuli(n)[STIMULUS].values.tolist())) or set()
+        tables[name] = _guarded(store, f"{STIMULI_GROUP}/{name}", problems, damaged,
+                                lambda n=name: set(store.stimuli(n)[STIMULUS].values.tolist())
+                                ) or set()
     for key in man["subjects"]:
-        problems += _guarded(store, key, problems, lambda k=key: _subject_values(
-            store, k, tables)) or []
-        problems += _nonfinite(store, f"{key}/{BETAS}")
+        problems += _guarded(store, key, problems, damaged,
+                             lambda k=key: _subject_values(store, k, tables)) or []
+        problems += _nonfinite(store, f"{key}/{BETAS}", damaged)
         for name in store.synthetic_sets(key):
-            problems += _nonfinite(store, f"{key}/synthetic/{name}/{BETAS}")
+            problems += _nonfinite(store, f"{key}/synthetic/{name}/{BETAS}", damaged)
     for name in store.embedding_models():
-        problems += _nonfinite(store, f"embeddings/{name}/embedding",
+        problems += _nonfinite(store, f"embeddings/{name}/embedding", damaged,
                                rows=int(man["embeddings"][name]["attributes"].get("count", 0)))
     problems += _interrupted_swaps(store)
     return problems
 
 
-def _guarded(store: Store, key: str, problems: list[str], read: Any) -> Any:
+def _guarded(store: Store, key: str, problems: list[str], damaged: dict[str, str],
+             read: Any) -> Any:
     """``read()``, or None with a problem naming ``key`` where its chunks cannot be read."""
     from nfstore.errors import ChunkError
 
@@ -137,6 +147,7 @@ def _guarded(store: Store, key: str, problems: list[str], read: Any) -> Any:
         return read()
     except ChunkError as err:
         problems.append(_without_hint(err))
+        damaged[err.key] = problems[-1]
     except (RuntimeError, ValueError, OSError) as err:  # a codec's or the backend's error
         problems.append(f"{store.location}/{key}: expected readable arrays; found "
                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
@@ -148,9 +159,9 @@ def _without_hint(err: Exception) -> str:
     return str(err).split("; `nf validate")[0]
 
 
-def _read_chunk(arr: zarr.Array, index: tuple[int, ...], rows: int | None
-                ) -> tuple[np.ndarray, str | None]:
-    """(non-finite values per row, problem or None) of one chunk of ``arr``."""
+def _read_chunk(arr: zarr.Array, path: str, index: tuple[int, ...], rows: int | None
+                ) -> tuple[np.ndarray, str | None, str]:
+    """(non-finite values per row (n,), problem or None, chunk key) of one chunk of ``arr``."""
     from nfstore.errors import ChunkError
 
     sel = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in
@@ -158,18 +169,19 @@ def _read_chunk(arr: zarr.Array, index: tuple[int, ...], rows: int | None
     if rows is not None:
         sel = (slice(sel[0].start, min(sel[0].stop, rows)), *sel[1:])
     n = sel[0].stop - sel[0].start
+    key = "/".join([path, "c", *map(str, index)])
     try:
         x = arr[sel]
     except ChunkError as err:
-        return np.zeros(n, np.int64), _without_hint(err)
+        return np.zeros(n, np.int64), _without_hint(err), err.key or key
     except (RuntimeError, ValueError, OSError) as err:  # a codec's error: damaged bytes
-        key = "/".join(["c", *map(str, index)])
         return np.zeros(n, np.int64), (f"chunk {index} ({key}): expected a chunk that "
-                                       f"decodes; found {type(err).__name__}: {err}")
-    return (~np.isfinite(x)).reshape(n, -1).sum(axis=1), None
+                                       f"decodes; found {type(err).__name__}: {err}"), key
+    return (~np.isfinite(x)).reshape(n, -1).sum(axis=1), None, key
 
 
-def _nonfinite(store: Store, path: str, rows: int | None = None) -> list[str]:
+def _nonfinite(store: Store, path: str, damaged: dict[str, str], rows: int | None = None
+               ) -> list[str]:
     """Non-finite values of a stored array, and its chunks that are missing, truncated or
     unreadable; read chunk by chunk (dask threads), each named when it fails."""
     import itertools
@@ -183,15 +195,16 @@ def _nonfinite(store: Store, path: str, rows: int | None = None) -> list[str]:
     grid = [range(math.ceil(limit / arr.chunks[0]))] + [
         range(math.ceil(s / c)) for s, c in zip(arr.shape[1:], arr.chunks[1:])]
     index = list(itertools.product(*grid))
-    done = dask.compute(*[dask.delayed(_read_chunk)(arr, i, rows) for i in index])
+    done = dask.compute(*[dask.delayed(_read_chunk)(arr, path, i, rows) for i in index])
     per_row = np.zeros(limit, np.int64)
     problems = []
-    for i, (bad, problem) in zip(index, done):
+    for i, (bad, problem, key) in zip(index, done):
         start = i[0] * arr.chunks[0]
         per_row[start:start + bad.size] += bad
         if problem is not None:
             problems.append(problem if problem.startswith(store.location) else
                             f"{store.location}/{path}: {problem}")
+            damaged[key] = problems[-1]
     if per_row.any():
         problems.append(
             f"{store.location}/{path}: {int(per_row.sum())} non-finite values in "

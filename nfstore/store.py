@@ -66,7 +66,9 @@ class Store(RawAccess):
 
     def __init__(self, location: str | os.PathLike[str], *, check: bool = True,
                  storage_options: dict[str, Any] | None = None,
-                 version: str | None = None) -> None:
+                 version: str | None = None, zarr_store: Any = None) -> None:
+        """``zarr_store``: read this opened zarr store instead of ``location``'s (a writable
+        Icechunk session's, checked before it commits: :func:`nfstore.versioned.push`)."""
         self.location = os.fspath(location)
         self.storage_options = dict(storage_options or {})
         self.remote = _remote.is_url(self.location)
@@ -74,7 +76,9 @@ class Store(RawAccess):
         self.fs, self.fs_path = _remote.filesystem(self.location, self.storage_options)
         self.version: str | None = None  # snapshot id of a versioned store
         self._zstore = _remote.zarr_store(self.location, self.storage_options)
-        if version is not None or (self.remote and self._versioned()):
+        if zarr_store is not None:
+            self._zstore = zarr_store
+        elif version is not None or (self.remote and self._versioned()):
             from nfstore.versioned import read_session
 
             self._zstore, self.version = read_session(self.location, self.storage_options,
@@ -108,6 +112,9 @@ class Store(RawAccess):
                 return False
         except OSError:
             return False
+        except Exception as err:  # the backend's own errors (endpoint, credentials)
+            raise StoreError(f"{self.location}: expected a reachable store; found "
+                             f"{_remote.describe_error(err)}") from None
         from nfstore.versioned import is_repository
 
         return is_repository(self.location, self.storage_options)

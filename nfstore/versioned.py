@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nfstore.errors import OptionError, StoreError
+from nfstore import _remote
+from nfstore._remote import reach
+from nfstore.errors import ChunkError, OptionError, StoreError
 
 SKIP = ("_staging/", "_trash/", ".nf-write.lock")  # never published: writes in progress
 PARTIAL = ".partial"  # zarr LocalStore's temporary files (a write killed half-way leaves one)
@@ -70,7 +72,8 @@ def is_repository(location: str, storage_options: dict[str, Any] | None = None) 
         return False
     if not location.startswith("s3://"):
         return False
-    return bool(icechunk.Repository.exists(storage(location, storage_options)))
+    st = storage(location, storage_options)
+    return bool(reach(location, "a reachable bucket", lambda: icechunk.Repository.exists(st)))
 
 
 def open_repository(location: str, storage_options: dict[str, Any] | None = None,
@@ -78,12 +81,13 @@ def open_repository(location: str, storage_options: dict[str, Any] | None = None
     import icechunk
 
     st = storage(location, storage_options)
-    if icechunk.Repository.exists(st):
-        return icechunk.Repository.open(st)
+    what = "a versioned NeuroFusion store (an Icechunk repository, made by nf push)"
+    if reach(location, what, lambda: icechunk.Repository.exists(st)):
+        return reach(location, what, lambda: icechunk.Repository.open(st))
     if not create:
-        raise StoreError(f"{location}: expected a versioned NeuroFusion store (an Icechunk "
-                         f"repository, made by nf push); found none")
-    return icechunk.Repository.create(st)
+        raise StoreError(f"{location}: expected {what}; found none")
+    return reach(location, "a bucket where a repository can be created",
+                 lambda: icechunk.Repository.create(st))
 
 
 def read_session(location: str, storage_options: dict[str, Any] | None = None,
@@ -107,12 +111,14 @@ class PushSummary:
     deleted: int
     bytes: int
     seconds: float
+    repaired: int = 0  # chunks the repository had lost, written again from the local store
 
     def line(self) -> str:
         if not (self.keys or self.deleted):
             return f"nothing changed: {self.url} stays at snapshot {self.snapshot}"
         mb = self.bytes / 2**20
-        return (f"pushed {self.keys} objects ({mb:.1f} MiB; {self.deleted} removed) to "
+        fixed = f"; {self.repaired} lost chunks repaired" if self.repaired else ""
+        return (f"pushed {self.keys} objects ({mb:.1f} MiB; {self.deleted} removed{fixed}) to "
                 f"{self.url} as snapshot {self.snapshot} in {self.seconds:.1f} s "
                 f"({mb / max(self.seconds, 1e-9):.1f} MiB/s)")
 
@@ -129,14 +135,15 @@ def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = N
     only the objects changed since are copied. ``expect``: the snapshot ``main`` must still
     point to (a working copy's base); if another writer published since, nothing is written
     and the error says so (icechunk's own conflict check covers a publication that lands
-    during the copy). The pushed snapshot is then checked against the store schema before the
-    summary is returned.
+    during the copy). Before the commit the session is checked against the store schema and
+    every chunk is read: chunks the repository lost (objects deleted or damaged under it) are
+    written again from the local store (a repair), and a session that still does not
+    validate is not committed.
     """
     import zarr.storage
 
     import nfstore
     from nfstore import _layout
-    from nfstore.schema import validate_store
 
     t0 = time.perf_counter()
     path = _layout.local_store_path(local)
@@ -154,24 +161,51 @@ def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = N
                 if sync and sync["snapshot"] == session.snapshot_id else frozenset())
         src = zarr.storage.LocalStore(str(path), read_only=True)
         copied, deleted, size = asyncio.run(_copy(src, session.store, on_key, progress, same))
+        repaired, size_fixed = _check_session(url, storage_options, session, src)
         if not session.has_uncommitted_changes:  # the same content: no new snapshot
             _write_sync(path, url, session.snapshot_id, stats)
             return PushSummary(url, session.snapshot_id, 0, 0, 0, time.perf_counter() - t0)
         try:
             snapshot = session.commit(message, metadata={
                 "nf_version": nfstore.__version__, "source": str(path.resolve()),
-                "objects": copied, "bytes": size})
+                "objects": copied + repaired, "bytes": size + size_fixed})
         except Exception as err:  # icechunk's conflict: main moved meanwhile
             raise StoreError(f"{url}: the commit was refused ({str(err).splitlines()[0]}); "
                              f"another writer published since: rerun to start from its "
                              f"version") from None
         _write_sync(path, url, snapshot, stats)
-    pushed = nfstore.open_store(url, storage_options=storage_options, version=snapshot)
-    problems = validate_store(pushed)
-    if problems:
-        raise StoreError(f"{url}: snapshot {snapshot} was committed but does not validate: "
-                         f"{problems[0]}")
-    return PushSummary(url, snapshot, copied, deleted, size, time.perf_counter() - t0)
+    return PushSummary(url, snapshot, copied + repaired, deleted, size + size_fixed,
+                       time.perf_counter() - t0, repaired)
+
+
+def _check_session(url: str, storage_options: dict[str, Any] | None, session: Any, src: Any
+                   ) -> tuple[int, int]:
+    """Validate what ``session`` would commit; write again from ``src`` (the local store) the
+    chunks the repository lost. Returns (chunks repaired, their bytes); a session that still
+    does not validate is a :class:`StoreError` (nothing is committed)."""
+    import nfstore
+    from nfstore.schema import validate_store
+
+    def problems(damaged: dict[str, str]) -> list[str]:
+        store = nfstore.Store(url, storage_options=storage_options, check=False,
+                              zarr_store=session.store)
+        return validate_store(store, damaged)
+
+    damaged: dict[str, str] = {}
+    found = problems(damaged)
+    fixed, size = 0, 0
+    if damaged:
+        keys = [k for k in sorted(damaged) if asyncio.run(src.exists(k))]
+        fixed, _, size = asyncio.run(_transfer(src, session.store, keys, [], None, False,
+                                               "repair"))
+        found = problems({})
+    if found:
+        more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
+        raise StoreError(f"{url}: expected a snapshot that validates; found {found[0]}{more}; "
+                         f"nothing was published (a lost chunk is written again by pushing a "
+                         f"local store that holds it, or `nf rollback {url}` to an earlier "
+                         f"snapshot)")
+    return fixed, size
 
 
 SYNC_FILE = ".nf-sync.json"  # in a working copy: the snapshot it holds, its objects' stats
@@ -250,14 +284,22 @@ def pull(url: str, storage_options: dict[str, Any] | None = None, progress: bool
     sync = _read_sync(work, url)
     if sync is not None and sync["snapshot"] == head:
         return PullSummary(url, head, 0, 0, False, time.perf_counter() - t0)
-    src = repo.readonly_session(snapshot_id=head).store  # head, even if main moves on
+    # head, even if main moves on; a chunk the repository lost is a one-line error
+    src = _remote.checked(repo.readonly_session(snapshot_id=head).store, url, False)
     dst = zarr.storage.LocalStore(str(work))
     plan = _changes(repo, src, sync, head, work) if sync is not None else None
-    if plan is None:
-        copied, deleted, _ = asyncio.run(_copy(src, dst, None, progress, label="pull"))
-    else:
-        copied, deleted, _ = asyncio.run(_transfer(src, dst, *plan, None, progress, "pull",
-                                                   absent_is_deleted=True))
+    try:
+        if plan is None:
+            copied, deleted, _ = asyncio.run(_copy(src, dst, None, progress, label="pull"))
+        else:
+            copied, deleted, _ = asyncio.run(_transfer(src, dst, *plan, None, progress,
+                                                       "pull", absent_is_deleted=True))
+    except ChunkError as err:
+        raise StoreError(f"{str(err).split('; `nf validate')[0].rstrip('.')}; snapshot {head} "
+                         f"lost it, so "
+                         f"no working copy can be made; repair with `nf push LOCAL {url}` from "
+                         f"a local store that holds it, or `nf rollback {url}` to an earlier "
+                         f"snapshot") from None
     _write_sync(work, url, head)
     return PullSummary(url, head, copied, deleted, plan is None, time.perf_counter() - t0)
 
@@ -302,8 +344,6 @@ def publishing(url: str, storage_options: dict[str, Any] | None = None,
     snapshot, and the working copy keeps the writer's staged progress, so rerunning the same
     command resumes it there and then publishes.
     """
-    from nfstore import _remote
-
     if not is_repository(url, storage_options):
         fs, root = _remote.filesystem(url, storage_options)
         if fs.exists(f"{root}/zarr.json"):
