@@ -1,7 +1,8 @@
 """Checkpoints: ``model.safetensors`` + ``config.json`` (and, for resuming, the optimizer and RNG
 state as ``state.safetensors`` + ``state.json``). Loading never unpickles anything.
 
-A checkpoint folder is written aside and renamed into place, so a kill never leaves half of one.
+A checkpoint folder is written aside and renamed into place, so a kill, a full disk or a
+read-only folder never leaves half of one as ``best/`` or ``last/``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from nfstore._layout import swap_into_place
 from nfstore.errors import MissingFileError, ReaderError
+from nftrain.errors import os_errno
 from nftrain.model import Decoder, ModelSpec
 
 FILES = ("model.safetensors", "config.json")
@@ -24,10 +26,33 @@ FILES = ("model.safetensors", "config.json")
 
 def save(folder: Path, model: Decoder, meta: dict[str, Any], extra: dict[str, Any] | None = None,
          optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Write a checkpoint folder atomically; ``extra`` tensors/params (e.g. log temperature)."""
+    """Write a checkpoint folder atomically; ``extra`` tensors/params (e.g. log temperature).
+
+    A failed write (a full disk, ...) removes what it wrote aside and leaves the previous
+    ``folder`` as it was; an OS error is raised as an :class:`OSError` naming ``folder``.
+    """
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _write(tmp, model, meta, extra, optimizer)
+        swap_into_place(tmp, folder, folder.with_name(f".{folder.name}.old-{os.getpid()}"))
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:  # failed between the swap's two renames: the previous version goes back
+            recover(folder)
+        except OSError:
+            pass
+        code = os_errno(err)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(folder)) from err
+    return folder
+
+
+def _write(tmp: Path, model: Decoder, meta: dict[str, Any], extra: dict[str, Any] | None,
+           optimizer: torch.optim.Optimizer | None) -> None:
+    """The checkpoint's files, written into the folder ``tmp``."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for k, v in (extra or {}).items():
         tensors[f"extra.{k}"] = v.detach().cpu().reshape(-1).contiguous()
@@ -44,8 +69,6 @@ def save(folder: Path, model: Decoder, meta: dict[str, Any], extra: dict[str, An
         save_file(state, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps({**meta.get("progress", {}),
                                                     "optimizer": scalars}, indent=2))
-    swap_into_place(tmp, folder, folder.with_name(f".{folder.name}.old-{os.getpid()}"))
-    return folder
 
 
 def digest(model: torch.nn.Module) -> str:
@@ -83,8 +106,10 @@ def recover(folder: Path) -> None:
     """Finish or undo a checkpoint swap that a kill interrupted.
 
     :func:`save` renames the previous folder to ``.<name>.old-<pid>`` and then the new one
-    (``.<name>.tmp-<pid>``, complete) into place; killed in between, ``folder`` is missing.
-    The previous version is put back (else the complete new one), and leftovers are removed.
+    (``.<name>.tmp-<pid>``) into place; killed in between, ``folder`` is missing. The previous
+    version is put back, and leftovers are removed. A folder written aside is never put in
+    place: its files may be partly written (killed mid-write), and the previous version is
+    always there to go back to.
     """
     folder = Path(folder)
     if not folder.parent.is_dir():
@@ -92,7 +117,7 @@ def recover(folder: Path) -> None:
     olds = sorted(folder.parent.glob(f".{folder.name}.old-*"))
     tmps = sorted(folder.parent.glob(f".{folder.name}.tmp-*"))
     if not is_complete(folder):
-        for cand in olds + [t for t in tmps if is_complete(t)]:
+        for cand in olds:
             if is_complete(cand):
                 if folder.exists():
                     shutil.rmtree(folder)

@@ -161,6 +161,16 @@ def table(metrics: dict[str, Any]) -> str:
 
 
 def write(metrics: dict[str, Any], out: str | Path) -> Path:
+    """Write ``metrics`` as JSON to ``out``, aside first and then renamed into place (a full
+    disk leaves the previous file, if any, as it was)."""
+    import os
+
     path = Path(out)
-    path.write_text(json.dumps(metrics, indent=2))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(metrics, indent=2))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
