@@ -12,7 +12,8 @@ import click
               default=Path("nf-demo"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(workdir: Path, seed: int) -> None:
-    """Synthesize NSD, BOLD5000 and GOD; ingest, query, embed, augment; print a summary."""
+    """Synthesize NSD, BOLD5000 and GOD; ingest, query, embed, augment, train, evaluate,
+    predict, reconstruct and export, on CPU; print each step and a summary."""
     from nf.demo import run_demo
 
     run_demo(workdir, seed=seed, echo=click.echo)

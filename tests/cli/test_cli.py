@@ -96,7 +96,7 @@ def test_demo_runs(runner: CliRunner, tmp_path: Path) -> None:
 
     metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert metrics["overall"]["top1_brain_to_image"] > 1.5 * metrics["overall"]["chance_top1"]
-    # issue 12 part 4: every dataset clearly above chance, and the decoder above its ridge row
+    # every dataset clearly above chance, and the decoder above its ridge row
     # (seeds 0-2: NSD 5.5-8x, BOLD5000 8-11.5x, GOD 12-14x chance; ridge 0.125-0.317 lower)
     for d, row in metrics["datasets"].items():
         assert row["top1_brain_to_image"] >= 3 * row["chance_top1"], (d, row)
