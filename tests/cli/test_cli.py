@@ -64,10 +64,23 @@ def test_synth_refuses_non_empty_folder(runner: CliRunner, tmp_path: Path) -> No
     (["ingest", "nsd", "{raw}", "--store", "{tmp}/n.zarr", "--subjects", "x"],
      "--subjects: expected NSD subjects like 1 or subj01; got 'x'"),
     (["info", "{tmp}/none.zarr"], "expected a NeuroFusion store"),
+    (["augment", "{store}", "nsd/subj01", "--pool", "novel", "--n", "50", "--noise-scale", "nan"],
+     "noise_scale: expected a finite number >= 0; found nan"),
+    (["augment", "{store}", "nsd/subj01", "--pool", "novel", "--fraction", "inf"],
+     "fraction: expected a finite number > 0; found inf"),
+    (["synth", "nsd", "{tmp}/o", "--sessions", "12", "--trials-per-session", "200"],
+     "sessions x trials_per_session: expected at most 3 x images_per_subject = 300 trials"),
+    (["train", "{store}", "--set", 'subjects=["nsd/subj01"]', "dropout=1.5"],
+     "dropout: expected a finite number in [0, 1); found 1.5"),
+    (["train", "{store}", "--set", 'subjects=["nsd/subj01"]', "epochs=2.5"],
+     "epochs: expected an integer >= 1; found 2.5"),
+    (["train", "{store}", "--config", "{tmp}/latin1.toml"],
+     "latin1.toml: expected UTF-8 TOML; found byte 0xff at offset 0"),
 ])
 def test_user_errors_are_one_line(runner: CliRunner, nsd_raw: Path, nsd_store_ro: Path,
                                   tmp_path: Path, args: list[str], message: str) -> None:
     args = [a.format(store=nsd_store_ro, tmp=tmp_path, raw=nsd_raw) for a in args]
+    (tmp_path / "latin1.toml").write_bytes(b"\xff")
     r = runner.invoke(cli, args)
     assert r.exit_code == 1, r.output
     lines = r.output.strip().splitlines()
