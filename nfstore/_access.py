@@ -10,7 +10,7 @@ import zarr
 
 from nfstore import _remote
 from nfstore._names import BETAS, RECON_GROUP, STAGING_GROUP
-from nfstore.errors import QueryError
+from nfstore.errors import NFError, QueryError, StoreError
 
 
 class RawAccess:
@@ -115,3 +115,15 @@ class RawAccess:
             key, what, command = staged_kind(name, self.location)
             out[key] = (what, command, progress)
         return out
+
+    def _loaded(self, key: str, load: Any) -> Any:
+        """``load()`` (coordinates read into memory); a chunk its codec cannot decode (damaged
+        bytes) is a one-line :class:`StoreError` naming the group."""
+        try:
+            return load()
+        except (RuntimeError, ValueError) as err:
+            if isinstance(err, NFError):
+                raise
+            raise StoreError(f"{self.location}/{key}: expected arrays whose chunks decode; found "
+                             f"{_remote.describe_error(err)} (a damaged chunk); `nf validate "
+                             f"{self.location}` names it") from None

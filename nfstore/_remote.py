@@ -125,6 +125,9 @@ def read_text(fs: Any, path: str) -> str | None:
 
 
 DENSE_ATTR = "nf_chunks_written"  # array attribute: every chunk was written (nfstore._layout)
+# arrays written whole by contract, in stores written before DENSE_ATTR (embedding caches are
+# read up to their ``count`` rows, all written)
+DENSE_NAMES = ("betas", "embedding")
 _CHUNK_KEY = re.compile(r"^(?P<array>.+)/c(?P<index>(?:/\d+)*)$")  # zarr v3 default encoding
 
 
@@ -136,10 +139,11 @@ def checked(zstore: Any, location: str, absent_is_lost: bool = True) -> Any:
 
     class CheckedStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
         """Chunk reads that raise :class:`ChunkError` where zarr would return fill values or
-        a backend traceback: a chunk missing from an array whose chunks were all written (its
-        ``nf_chunks_written`` attribute, or any ``betas`` array), a blosc chunk shorter than
-        its header says (truncated), or a chunk the backend fails to return (an object
-        deleted under a versioned store). One metadata read per array, on its first chunk."""
+        a backend traceback: a chunk missing from an array whose chunks were all written
+        (its ``nf_chunks_written`` attribute, or a ``betas`` or ``embedding`` array), a blosc
+        chunk shorter than its header says (truncated), or a chunk the backend fails to
+        return (an object deleted under a versioned store). One metadata read per array, on
+        its first chunk."""
 
         def __init__(self, store: Any) -> None:
             super().__init__(store)
@@ -185,7 +189,7 @@ def checked(zstore: Any, location: str, absent_is_lost: bool = True) -> Any:
                           if isinstance(c, dict)]
                 self._arrays[array] = {
                     "dense": DENSE_ATTR in (doc.get("attributes") or {})
-                    or array.rsplit("/", 1)[-1] == "betas",
+                    or array.rsplit("/", 1)[-1] in DENSE_NAMES,
                     "blosc": bool(codecs) and codecs[-1] == "blosc"}
             return self._arrays[array]
 

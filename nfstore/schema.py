@@ -120,6 +120,10 @@ def validate_store(store: Store, damaged: dict[str, str] | None = None) -> list[
     problems = _schema_problems(man, store.location)
     if problems:
         return problems
+    for group in [f"{STIMULI_GROUP}/{n}" for n in man["stimuli"]] + list(man["subjects"]):
+        for name in sorted(store._root[group].array_keys()):  # coordinates, tables
+            if name != BETAS and name != "pixels":
+                problems += _nonfinite(store, f"{group}/{name}", damaged, finite=False)
     tables = {}
     for name in man["stimuli"]:
         tables[name] = _guarded(store, f"{STIMULI_GROUP}/{name}", problems, damaged,
@@ -146,9 +150,12 @@ def _guarded(store: Store, key: str, problems: list[str], damaged: dict[str, str
     try:
         return read()
     except ChunkError as err:
-        problems.append(_without_hint(err))
-        damaged[err.key] = problems[-1]
+        if err.key not in damaged:
+            problems.append(_without_hint(err))
+            damaged[err.key] = problems[-1]
     except (RuntimeError, ValueError, OSError) as err:  # a codec's or the backend's error
+        if any(k.startswith(f"{key}/") for k in damaged):
+            return None  # the damaged chunk is named already
         problems.append(f"{store.location}/{key}: expected readable arrays; found "
                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
     return None
@@ -177,13 +184,16 @@ def _read_chunk(arr: zarr.Array, path: str, index: tuple[int, ...], rows: int | 
     except (RuntimeError, ValueError, OSError) as err:  # a codec's error: damaged bytes
         return np.zeros(n, np.int64), (f"chunk {index} ({key}): expected a chunk that "
                                        f"decodes; found {type(err).__name__}: {err}"), key
+    if x.dtype.kind not in "fc":
+        return np.zeros(n, np.int64), None, key
     return (~np.isfinite(x)).reshape(n, -1).sum(axis=1), None, key
 
 
-def _nonfinite(store: Store, path: str, damaged: dict[str, str], rows: int | None = None
-               ) -> list[str]:
-    """Non-finite values of a stored array, and its chunks that are missing, truncated or
-    unreadable; read chunk by chunk (dask threads), each named when it fails."""
+def _nonfinite(store: Store, path: str, damaged: dict[str, str], rows: int | None = None,
+               finite: bool = True) -> list[str]:
+    """Non-finite values of a stored array (where ``finite``: values must be finite), and
+    its chunks that are missing, truncated or unreadable; read chunk by chunk (dask threads),
+    each named when it fails."""
     import itertools
 
     import dask
@@ -205,7 +215,7 @@ def _nonfinite(store: Store, path: str, damaged: dict[str, str], rows: int | Non
             problems.append(problem if problem.startswith(store.location) else
                             f"{store.location}/{path}: {problem}")
             damaged[key] = problems[-1]
-    if per_row.any():
+    if finite and per_row.any():
         problems.append(
             f"{store.location}/{path}: {int(per_row.sum())} non-finite values in "
             f"{int((per_row > 0).sum())} of {per_row.size} rows (first row "

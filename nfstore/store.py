@@ -154,7 +154,8 @@ class Store(RawAccess):
             ds = xr.open_zarr(self._zstore, group=subject, consolidated=False, chunks={},
                               zarr_format=3)
             # small coordinates in memory: selections never touch beta chunks
-            small = {c: ds[c].load() for c in ds.coords if c != BETAS}
+            small = self._loaded(subject, lambda: {c: ds[c].load() for c in ds.coords
+                                                   if c != BETAS})
             self._open[subject] = ds.assign_coords({c: plain_strings(v) for c, v in small.items()})
         return self._open[subject]
 
@@ -262,7 +263,8 @@ class Store(RawAccess):
     def _synthetic(self, subject: str, name: str, voxels: np.ndarray | None) -> xr.DataArray:
         ds = xr.open_zarr(self._zstore, group=f"{subject}/synthetic/{name}",
                           consolidated=False, chunks={}, zarr_format=3)
-        ds = ds.assign_coords({c: plain_strings(ds[c].load()) for c in ds.coords})
+        ds = ds.assign_coords(self._loaded(f"{subject}/synthetic/{name}", lambda: {
+            c: plain_strings(ds[c].load()) for c in ds.coords}))
         x = ds[BETAS]
         measured = self.dataset(subject)
         x = x.assign_coords({c: (VOXEL, measured[c].values) for c in measured.coords
@@ -281,7 +283,8 @@ class Store(RawAccess):
             raise QueryError(f"stimuli: {dataset!r} has no stimulus table in {self.location}; "
                              f"available: {self._children(STIMULI_GROUP)}")
         ds = xr.open_zarr(self._zstore, group=f"{STIMULI_GROUP}/{dataset}",
-                          consolidated=False, zarr_format=3).load()
+                          consolidated=False, zarr_format=3)
+        ds = self._loaded(f"{STIMULI_GROUP}/{dataset}", ds.load)
         ds = ds.assign_coords({c: plain_strings(ds[c]) for c in ds.coords})
         ids = ds[STIMULUS].values.tolist()
         if "identity" not in ds:  # a table written before identities existed
@@ -410,7 +413,8 @@ class Store(RawAccess):
                              f"it has {subjects}")
         ds = xr.open_zarr(self._zstore, group=f"{DECODED_GROUP}/{name}/{subject}",
                           consolidated=False, chunks={}, zarr_format=3)
-        coords = {c: plain_strings(ds[c].load()).values for c in ds.coords}
+        coords = self._loaded(f"{DECODED_GROUP}/{name}/{subject}", lambda: {
+            c: plain_strings(ds[c].load()).values for c in ds.coords})
         return xr.DataArray(ds["embedding"].data, dims=(STIMULUS, "feature"),
                             coords={STIMULUS: coords.pop(STIMULUS),
                                     **{c: (STIMULUS, v) for c, v in coords.items()}},

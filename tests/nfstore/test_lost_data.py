@@ -106,6 +106,22 @@ def test_a_truncated_chunk_is_named_by_validate_and_refused_by_readers(
     _one_line_error(r, "nsd/subj02/betas: chunk (1, 0)", "truncated")
 
 
+def test_a_damaged_coordinate_chunk_is_named(nsd_store: Path, runner: CliRunner,
+                                             tmp_path: Path) -> None:
+    """Small arrays are zstd-compressed (no size in their header): a damaged one fails to
+    decode; readers say so in one line naming the group, ``nf validate`` names the chunk."""
+    chunk = nsd_store / "nsd/subj01/split/c/0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    r = runner.invoke(cli, ["query", str(nsd_store), "nsd/subj01", "--out",
+                            str(tmp_path / "q.npy")])
+    _one_line_error(r, f"{nsd_store}/nsd/subj01: expected arrays whose chunks decode; found "
+                       "RuntimeError: Zstd decompression error")
+    problems = validate_store(nfstore.open_store(nsd_store))
+    assert problems == [f"{nsd_store}/nsd/subj01/split: chunk (0,) (nsd/subj01/split/c/0): "
+                        f"expected a chunk that decodes; found RuntimeError: Zstd "
+                        f"decompression error: invalid input data"], problems
+
+
 # ------------------------------------------------------------------ writers, layout
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
 def test_a_read_only_store_is_a_one_line_error(nsd_store: Path, nsd_raw: Path,
@@ -263,3 +279,22 @@ def test_missing_bucket_and_unreachable_endpoint_are_one_line(s3: dict[str, Any]
                                          "found EndpointConnectionError") as err:
         nfstore.open_store("s3://nf-test/x.zarr", storage_options=closed)
     assert "\n" not in str(err.value)
+
+
+def test_embedding_arrays_written_before_the_mark_are_checked_too(tmp_path: Path) -> None:
+    """An embedding cache written in place (no mark) reads its lost chunk as an error, not
+    as zeros (its fill value)."""
+    import zarr.storage
+
+    from nfstore._remote import checked
+
+    arr = zarr.open_group(str(tmp_path), mode="w", zarr_format=3).create_array(
+        "embeddings/m/embedding", shape=(4, 2), chunks=(2, 2), dtype="float32")
+    arr[:] = np.arange(8, dtype="float32").reshape(4, 2) + 1
+    assert DENSE_ATTR not in arr.attrs
+    (tmp_path / "embeddings/m/embedding/c/1/0").unlink()
+    store = checked(zarr.storage.LocalStore(str(tmp_path), read_only=True), "loc")
+    back = zarr.open_array(store, path="embeddings/m/embedding", mode="r")
+    np.testing.assert_array_equal(back[:2], [[1, 2], [3, 4]])
+    with pytest.raises(ChunkError, match=r"loc/embeddings/m/embedding: chunk \(1, 0\)"):
+        back[2:]
