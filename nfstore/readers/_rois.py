@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nfstore import _io
+
 # Built-in label names of NSD atlases, used when the atlas' .ctab file is absent.
 NSD_ATLAS_LABELS: dict[str, dict[int, str]] = {
     "prf-visualrois": {1: "V1v", 2: "V1d", 3: "V2v", 4: "V2d", 5: "V3v", 6: "V3d", 7: "hV4"},
@@ -35,9 +37,13 @@ ALIASES: dict[str, tuple[str, ...]] = {
 
 
 def read_ctab(path: Path) -> dict[int, str]:
-    """Read a FreeSurfer-style ``index name`` colour table (first two columns only)."""
+    """Read a FreeSurfer-style ``index name`` colour table (first two columns only).
+
+    FreeSurfer writes these tables as ASCII, and NSD's loaders read them with pandas' UTF-8
+    default; any other encoding is a one-line :class:`ReaderError` naming the file.
+    """
     labels: dict[int, str] = {}
-    for line in path.read_text().splitlines():
+    for line in _io.read_text(path, "a FreeSurfer colour table").splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].lstrip("-").isdigit():
             labels[int(parts[0])] = parts[1]

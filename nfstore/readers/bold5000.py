@@ -105,17 +105,28 @@ def _roi_file(root: Path, subject: str, options: Options) -> Path:
 
 
 def _roi_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """ROI variable -> shape, from the file's directory (no data read)."""
+    """ROI variable -> shape, from the file's directory (no data read); every variable must
+    hold floats (MATLAB double or single)."""
     if path.suffix == ".mat":
         import scipy.io
 
         with _io.reading(path, "MATLAB v5 .mat"):
-            found = {name: tuple(shape) for name, shape, _ in scipy.io.whosmat(str(path))}
+            listing = scipy.io.whosmat(str(path))
+        found = {name: tuple(shape) for name, shape, _ in listing}
+        kinds = {name: cls for name, _, cls in listing}
+        floats = ("double", "single")
     else:
         import h5py
 
         with _io.reading(path, "HDF5"), h5py.File(path, "r") as f:
             found = {k: tuple(f[k].shape) for k in f.keys()}
+            kinds = {k: str(f[k].dtype) if hasattr(f[k], "dtype") else "group" for k in f}
+        floats = ("float16", "float32", "float64")
+    odd = {k: v for k, v in kinds.items() if k in ROI_KEYS and v not in floats}
+    if odd:
+        name = sorted(odd)[0]
+        raise ReaderError(f"{path}: expected ROI variables of a float type ({', '.join(floats)})"
+                          f"; found {name} of type {odd[name]}")
     unknown = sorted(set(found) - set(ROI_KEYS))
     missing = [k for k in ROI_KEYS if k not in found]
     if unknown or missing:
@@ -150,7 +161,8 @@ def _session_blocks(path: Path, transposed: bool, n_trials: int, session: np.nda
 
 
 def _load(path: Path, transposed: bool) -> np.ndarray:
-    """All ROI variables side by side: float32 (n_trials, n_voxels) in ROI_KEYS order."""
+    """All ROI variables side by side: float32 (n_trials, n_voxels) in ROI_KEYS order (values
+    beyond float32's range become inf, which the ingest refuses or replaces)."""
     if path.suffix == ".mat":
         data = _io.load_mat(path, ROI_KEYS)
     else:
@@ -158,8 +170,9 @@ def _load(path: Path, transposed: bool) -> np.ndarray:
 
         with _io.reading(path, "HDF5"), h5py.File(path, "r") as f:
             data = {k: f[k][()] for k in ROI_KEYS}
-    parts = [np.asarray(data[k], dtype=np.float32) for k in ROI_KEYS]
-    return np.hstack([p.T if transposed else p for p in parts])
+    with _io.reading(path, "BOLD5000 ROI betas"), np.errstate(over="ignore"):
+        parts = [np.asarray(data[k], dtype=np.float32) for k in ROI_KEYS]
+        return np.hstack([p.T if transposed else p for p in parts])
 
 
 def _sessions(root: Path, subject: str, names: list[str], list_path: Path
@@ -173,7 +186,8 @@ def _sessions(root: Path, subject: str, names: list[str], list_path: Path
     for sd in sess_dirs:
         s = int(re.search(r"sess(\d+)$", sd.name).group(1))  # type: ignore[union-attr]
         for r, run_file in enumerate(sorted(sd.glob("*.txt")), start=1):
-            lines = [ln.strip() for ln in run_file.read_text().splitlines() if ln.strip()]
+            text = _io.read_text(run_file, "a BOLD5000 presentation list")
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
             seq += lines
             session += [s] * len(lines)
             run += [r] * len(lines)
@@ -186,7 +200,8 @@ def _sessions(root: Path, subject: str, names: list[str], list_path: Path
 def _test_stems(root: Path) -> set[str]:
     for rel in TEST_LISTS:
         if (root / rel).is_file():
-            return {stem(x) for x in (root / rel).read_text().splitlines() if x.strip()}
+            text = _io.read_text(root / rel, "the list of repeated (test) images")
+            return {stem(x) for x in text.splitlines() if x.strip()}
     raise MissingFileError(f"{root / TEST_LISTS[0]}: missing file; expected the list of "
                            f"repeated (test) images")
 
@@ -197,7 +212,8 @@ def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
     n = subject[-1]
     list_path = _io.require_file(root / "ROIs/stim_lists" / f"CSI0{n}_stim_lists.txt",
                                  f"the trial order of {subject}")
-    names = [ln.strip() for ln in list_path.read_text().splitlines() if ln.strip()]
+    names = [ln.strip() for ln in _io.read_text(list_path, "a BOLD5000 stimulus list")
+             .splitlines() if ln.strip()]
     path = _roi_file(root, subject, options)
     shapes = _roi_shapes(path)
     n_trials = len(names)

@@ -123,7 +123,10 @@ def _bdata_layout(path: Path) -> tuple[str, str, list[str], np.ndarray, tuple[in
                               f"{sorted(f[mkey].keys())}")
         keys = _text(f[mkey]["key"][()])
         value = np.asarray(f[mkey]["value"][()], dtype=np.float64)
-        shape = tuple(f[dkey].shape)
+        shape, dtype = tuple(f[dkey].shape), f[dkey].dtype
+    if dtype.kind != "f":
+        raise ReaderError(f"{path}: expected a float {dkey} (float16, float32 or float64); "
+                          f"found {dtype}")
     if len(shape) != 2:
         raise ReaderError(f"{path}: expected a 2-D {dkey} (samples x columns); found {shape}")
     if value.shape != (len(keys), shape[1]):
@@ -157,8 +160,8 @@ def _read_columns(path: Path, dkey: str, cols: list[int]) -> np.ndarray:
 def _load_rows(path: Path, dkey: str, start: int, stop: int, voxels: np.ndarray) -> np.ndarray:
     import h5py
 
-    with _io.reading(path, "BData HDF5"), h5py.File(path, "r") as f:
-        return np.asarray(f[dkey][start:stop], dtype=np.float32)[:, voxels]
+    with _io.reading(path, "BData HDF5"), h5py.File(path, "r") as f, np.errstate(over="ignore"):
+        return np.asarray(f[dkey][start:stop], dtype=np.float32)[:, voxels]  # inf if too big
 
 
 def _grid(path: Path, keys: list[str], value: np.ndarray, voxels: np.ndarray

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,7 @@ STIM_INFO = Path("nsddata/experiments/nsd/nsd_stim_info_merged.csv")
 STIMULI = Path("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
 SCALE = 300.0  # int16 betas are percent signal change x 300
 FORMATS = ("auto", "nifti", "hdf5")
+BETA_DTYPES = "int16 (as released) or float16, float32, float64"
 _SUFFIX = {"nifti": ".nii.gz", "hdf5": ".hdf5"}
 
 
@@ -147,26 +149,40 @@ def _beta_files(beta_dir: Path, fmt: str) -> dict[int, Path]:
     return found
 
 
-def _beta_shape(path: Path) -> tuple[tuple[int, int, int], int]:
-    """Spatial grid (X, Y, Z) and trial count of one betas file, from its header."""
+def _check_dtype(path: Path, dtype: np.dtype) -> None:
+    """Betas must be int16 (the release: percent signal change x 300) or floats in the same
+    units; anything else (complex, other integers, bool) is refused before anything is read."""
+    dtype = np.dtype(dtype)
+    if not ((dtype.kind == "i" and dtype.itemsize == 2) or dtype.kind == "f"):
+        raise ReaderError(f"{path}: expected betas of dtype {BETA_DTYPES}; found {dtype}")
+
+
+def _beta_header(path: Path) -> tuple[tuple[int, int, int], int, Any]:
+    """Spatial grid (X, Y, Z), trial count and NIfTI image (None for HDF5) of one betas file,
+    from its header, after checking its dtype."""
     if path.name.endswith(".nii.gz"):
-        shape, _, _ = _io.nifti_header(path)
+        shape, _, img = _io.nifti_header(path)
         if len(shape) != 4:
             raise ReaderError(f"{path}: expected a 4-D (X, Y, Z, trials) image; found {shape}")
-        return (shape[0], shape[1], shape[2]), shape[3]
+        _check_dtype(path, img.header.get_data_dtype())
+        return (shape[0], shape[1], shape[2]), shape[3], img
     import h5py
 
     with _io.reading(path, "HDF5"), h5py.File(path, "r") as f:
         if "betas" not in f:
             raise ReaderError(f"{path}: expected dataset 'betas'; found {sorted(f.keys())}")
-        shape = f["betas"].shape
+        shape, dtype = f["betas"].shape, f["betas"].dtype
     if len(shape) != 4:
         raise ReaderError(f"{path}: expected /betas of shape (trials, Z, Y, X); found {shape}")
-    return (shape[3], shape[2], shape[1]), shape[0]
+    _check_dtype(path, dtype)
+    return (shape[3], shape[2], shape[1]), shape[0], None
 
 
 def _load_block(path: Path, ijk: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """Betas of the selected voxels, float32 (n_trials, n_voxels) in percent signal change."""
+    """Betas of the selected voxels, float32 (n_trials, n_voxels) in percent signal change.
+
+    Float values beyond float32's range become inf (refused or replaced by the ingest's
+    ``nonfinite`` policy, never stored)."""
     i, j, k = ijk
     if path.name.endswith(".nii.gz"):
         data = _io.nifti_data(path)  # (X, Y, Z, T), Fortran order as stored
@@ -180,12 +196,16 @@ def _load_block(path: Path, ijk: tuple[np.ndarray, np.ndarray, np.ndarray]) -> n
             d = f["betas"]
             box = d[:, k.min():k.max() + 1, j.min():j.max() + 1, i.min():i.max() + 1]
             vals = box[:, k - k.min(), j - j.min(), i - i.min()]
-    return np.multiply(vals, np.float32(1 / SCALE), dtype=np.float32)  # one pass
+    with _io.reading(path, "NSD betas"), np.errstate(over="ignore", invalid="ignore"):
+        return np.multiply(vals, np.float32(1 / SCALE), dtype=np.float32)  # one pass
 
 
-def _read_rois(roi_dir: Path, root: Path, grid: tuple[int, ...], ijk: tuple[np.ndarray, ...]
+def _read_rois(roi_dir: Path, root: Path, ref: tuple[Path, Any], ijk: tuple[np.ndarray, ...]
                ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """Native and alias ROI masks over the selected voxels, plus the prf-visualrois labels."""
+    """Native and alias ROI masks over the selected voxels, plus the prf-visualrois labels.
+
+    ``ref`` is nsdgeneral's path and image: every atlas must share its grid and affine."""
+    grid = tuple(int(n) for n in ref[1].shape[:3])
     names: list[str] = ["nsdgeneral"]
     masks: list[np.ndarray] = [np.ones(ijk[0].size, bool)]
     by_label: dict[str, np.ndarray] = {}
@@ -194,9 +214,10 @@ def _read_rois(roi_dir: Path, root: Path, grid: tuple[int, ...], ijk: tuple[np.n
         atlas = path.name[: -len(".nii.gz")]
         if atlas == "nsdgeneral" or atlas.startswith(("lh.", "rh.")):
             continue
-        shape, _, _ = _io.nifti_header(path)
+        shape, _, img = _io.nifti_header(path)
         if shape[:3] != grid:
             raise ReaderError(f"{path}: expected the nsdgeneral grid {grid}; found {shape}")
+        _io.same_space(path, img, *ref)
         values = _io.nifti_data(path)[ijk].astype(np.int64)
         ctab = root / "nsddata/freesurfer/fsaverage/label" / f"{atlas}.mgz.ctab"
         labels = read_ctab(ctab) if ctab.is_file() else NSD_ATLAS_LABELS.get(atlas, {})
@@ -236,7 +257,7 @@ def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
                                f"sessions {sorted(files)}")
 
     general_path = roi_dir / "nsdgeneral.nii.gz"
-    grid, affine, _ = _io.nifti_header(general_path)
+    grid, affine, general_img = _io.nifti_header(general_path)
     general = _io.nifti_data(general_path)
     selected = general == 1
     if not selected.any():
@@ -244,7 +265,7 @@ def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
 
     # voxel order: prf-visualrois label (1..7, then unlabelled), then C-order grid index
     ijk0 = np.nonzero(selected)
-    names, masks, prf = _read_rois(roi_dir, root, grid[:3], ijk0)
+    names, masks, prf = _read_rois(roi_dir, root, (general_path, general_img), ijk0)
     key = np.where(prf > 0, prf, np.iinfo(np.int64).max) if prf is not None else np.zeros(
         ijk0[0].size, np.int64)
     order = np.lexsort((np.arange(key.size), key))
@@ -280,13 +301,15 @@ def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
     for s in sessions:
         idx = np.flatnonzero(session_col == s)
         path = files[s]
-        bgrid, n_t = _beta_shape(path)
+        bgrid, n_t, img = _beta_header(path)
         if bgrid != grid[:3]:
             raise ReaderError(f"{path}: expected the ROI grid {grid[:3]} (nsdgeneral.nii.gz); "
                               f"found {bgrid}")
         if n_t != idx.size:
             raise ReaderError(f"{path}: expected {idx.size} trials (responses.tsv rows of "
                               f"session {s}); found {n_t}")
+        if img is not None:  # HDF5 betas carry no affine
+            _io.same_space(path, img, general_path, general_img)
         rows.append(idx)
         blocks.append(Block(f"session {s}", start, start + n_t,
                             (lambda p=path: _load_block(p, ijk)), (path,)))
