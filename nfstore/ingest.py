@@ -44,7 +44,13 @@ from nfstore._names import (
 from nfstore._version import __version__
 from nfstore.errors import MissingFileError, NFError, OptionError, StoreError
 from nfstore.ingest_cluster import ClusterRun, connect, stage_on_cluster
-from nfstore.normalize import normalized_block, set_normalization, spanning_stats
+from nfstore.normalize import (
+    NONFINITE,
+    normalized_block,
+    set_nonfinite,
+    set_normalization,
+    spanning_stats,
+)
 from nfstore.readers import get_reader
 from nfstore.readers.base import Block, RawSubject, StimulusTable
 from nfstore.stimuli import commit_stimulus_table, fingerprints_to_compute
@@ -65,6 +71,7 @@ class IngestSummary:
     voxels: dict[str, int] = field(default_factory=dict)
     bytes_written: int = 0
     seconds: float = 0.0
+    nonfinite: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         rate = self.trials / self.seconds if self.seconds else 0.0
@@ -75,7 +82,10 @@ class IngestSummary:
                 f"{self.seconds:.1f} s ({rate:.0f} trials/s, {mb / max(self.seconds, 1e-9):.1f} "
                 f"MiB/s)" + (f"; resumed {', '.join(self.resumed)}" if self.resumed else "")
                 + (f"; skipped {', '.join(self.skipped)} (already complete from the same files)"
-                   if self.skipped else ""))
+                   if self.skipped else "")
+                + (f"; {sum(self.nonfinite.values())} non-finite betas stored as 0 ("
+                   + ", ".join(f"{k}: {n}" for k, n in self.nonfinite.items()) + ")"
+                   if any(self.nonfinite.values()) else ""))
 
 
 def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
@@ -83,7 +93,7 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
            overwrite: bool = False, dtype: str = "float32", voxel_chunk: int = VOXEL_CHUNK,
            normalization: str | None = None, progress: bool = False,
            on_block: Callable[[str, str], None] | None = None,
-           scheduler: str | None = None) -> IngestSummary:
+           scheduler: str | None = None, nonfinite: str = "error") -> IngestSummary:
     """Ingest subjects of ``dataset`` from ``raw_root`` into ``store``.
 
     Parameters
@@ -116,11 +126,20 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
         ``raw_root`` and write the store at the same paths as here (a shared filesystem). This
         process checks, keeps the progress files and commits, as without a scheduler, so the
         values are the same and a killed run resumes the same way.
+    nonfinite : {"error", "zero"}
+        Betas that are NaN or infinite once read as float32 (float64 values beyond float32's
+        range included): ``"error"`` refuses the file with a one-line error naming it and the
+        count; ``"zero"`` leaves them out of the normalization statistics, stores them as 0 and
+        records their count (``normalization.nonfinite_values`` in the subject's attributes,
+        and the summary line). Finite betas above ``nfstore.normalize.MAX_ABS`` in magnitude
+        are refused either way.
     """
     t0 = time.perf_counter()
     reader = get_reader(dataset)
     if dtype not in DTYPES:
         raise OptionError(f"--dtype: expected one of {list(DTYPES)}; got {dtype!r}")
+    if nonfinite not in NONFINITE:
+        raise OptionError(f"nonfinite: expected one of {list(NONFINITE)}; got {nonfinite!r}")
     root = Path(raw_root)
     if not root.is_dir():
         raise MissingFileError(f"{root}: missing folder; expected the {dataset} dataset root")
@@ -134,6 +153,7 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     raws = [reader.open_subject(root, name, options) for name in names]
     for raw in raws:
         set_normalization(raw, normalization)
+        set_nonfinite(raw, nonfinite)
     table = reader.stimulus_table(root, options)
     path = _layout.local_store_path(store)
     if path.exists():
@@ -141,7 +161,8 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     created = _layout.ensure_store(path)
     try:
         with _layout.writing(path, f"nf ingest {dataset}"):
-            run = ClusterRun(dataset, root.resolve(), options, normalization, scheduler)
+            run = ClusterRun(dataset, root.resolve(), options, normalization, scheduler,
+                             nonfinite)
             summary = _write_subjects(path, run, raws, table, overwrite, dtype, voxel_chunk,
                                       progress, on_block)
     except NFError:
@@ -177,8 +198,8 @@ def _write_subjects(path: Path, run: ClusterRun, raws: list[RawSubject], table: 
             key = subject_key(dataset, raw.subject)
             staged = _layout.staging_path(path, key)
             try:
-                resumed = _stage(raw, staged, dtype, voxel_chunk, str(root.resolve()), bar,
-                                 on_block, key, (client, run))
+                resumed, n_bad = _stage(raw, staged, dtype, voxel_chunk, str(root.resolve()),
+                                        bar, on_block, key, (client, run))
             except NFError:
                 _layout.discard(staged)  # a user error leaves no trace of this subject
                 raise
@@ -197,6 +218,7 @@ def _write_subjects(path: Path, run: ClusterRun, raws: list[RawSubject], table: 
             committed_any = True
             summary.subjects.append(key)
             summary.resumed += [key] if resumed else []
+            summary.nonfinite[key] = n_bad
             summary.trials += raw.n_trials
             summary.voxels[key] = raw.n_voxels
             summary.bytes_written += raw.n_trials * raw.n_voxels * np.dtype(dtype).itemsize
@@ -268,8 +290,9 @@ def _fingerprint(raw: RawSubject, dtype: str, voxel_chunk: int) -> str:
 
 def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root: str,
            bar: Any, on_block: Callable[[str, str], None] | None, key: str,
-           cluster: tuple[Any, ClusterRun | None] = (None, None)) -> bool:
-    """Write ``raw`` into ``staged`` block by block; returns True if it resumed earlier work."""
+           cluster: tuple[Any, ClusterRun | None] = (None, None)) -> tuple[bool, int]:
+    """Write ``raw`` into ``staged`` block by block; returns whether it resumed earlier work
+    and how many non-finite betas were stored as 0."""
     progress_file = staged.with_suffix(".json")
     fingerprint = _fingerprint(raw, dtype, voxel_chunk)
     state = _layout.read_json(progress_file)
@@ -278,7 +301,7 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
         _layout.discard(staged)
         staged.parent.mkdir(parents=True, exist_ok=True)
         _write_template(raw, staged, dtype, voxel_chunk, raw_root)
-        state = {"fingerprint": fingerprint, "blocks_done": [], "zero_std": 0}
+        state = {"fingerprint": fingerprint, "blocks_done": [], "zero_std": 0, "nonfinite": 0}
         _layout.write_json_atomic(progress_file, state)
     assert state is not None
     betas = zarr.open_array(str(staged / BETAS), mode="r+")
@@ -289,9 +312,10 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
     none = raw.normalization.get("method") == "none"
     stats = None if none or not todo else spanning_stats(raw, fit)
 
-    def done(block: Block, n_zero: int) -> None:  # after the block's write has completed
+    def done(block: Block, n_zero: int, n_bad: int) -> None:  # after the block's write
         state["blocks_done"].append(block.label)
         state["zero_std"] += n_zero
+        state["nonfinite"] = state.get("nonfinite", 0) + n_bad
         _layout.write_json_atomic(progress_file, state)
         bar.update(1)
         bar.set_postfix_str(f"{key} {block.label}")
@@ -306,25 +330,28 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
         _stage_here(raw, todo, betas, stats, fit, none, dtype, done)
     group = zarr.open_group(str(staged), mode="r+")
     norm = dict(raw.normalization, zero_std_pairs=int(state["zero_std"]))
+    n_bad = int(state.get("nonfinite", 0))
+    if "nonfinite" in norm:
+        norm["nonfinite_values"] = n_bad
     group.attrs.update({"normalization": norm, "ingest_fingerprint": fingerprint,
                         STATUS_ATTR: COMPLETE})
-    return resumed
+    return resumed, n_bad
 
 
 def _stage_here(raw: RawSubject, todo: list[Block], betas: Any, stats: Any, fit: np.ndarray,
-                none: bool, dtype: str, done: Callable[[Block, int], None]) -> None:
+                none: bool, dtype: str, done: Callable[[Block, int, int], None]) -> None:
     """Three-stage pipeline: load (thread) -> normalize (here) -> write (thread)."""
     with ThreadPoolExecutor(max_workers=1) as writer:
         previous = None
         for block, x in _prefetched(todo):
-            z, n_zero = normalized_block(raw, block, x, stats, fit, none)
+            z, n_zero, n_bad = normalized_block(raw, block, x, stats, fit, none)
             del x
             future = writer.submit(betas.__setitem__, slice(block.start, block.stop),
                                    z.astype(dtype, copy=False))
             if previous is not None:
                 previous[0].result()
                 done(*previous[1:])
-            previous = (future, block, n_zero)
+            previous = (future, block, n_zero, n_bad)
         if previous is not None:
             previous[0].result()
             done(*previous[1:])

@@ -16,7 +16,7 @@ from typing import Any
 import zarr
 
 from nfstore.errors import OptionError
-from nfstore.normalize import normalized_block, set_normalization
+from nfstore.normalize import normalized_block, set_nonfinite, set_normalization
 from nfstore.readers import get_reader
 from nfstore.readers.base import Block, RawSubject
 
@@ -30,6 +30,7 @@ class ClusterRun:
     options: Any
     normalization: str | None
     scheduler: str | None = None
+    nonfinite: str = "error"
 
 
 def connect(scheduler: str | None) -> Any:
@@ -46,7 +47,7 @@ def connect(scheduler: str | None) -> Any:
 
 def stage_on_cluster(client: Any, run: ClusterRun, raw: RawSubject, todo: list[Block],
                      betas: str, stats: Any, dtype: str,
-                     done: Callable[[Block, int], None]) -> None:
+                     done: Callable[[Block, int, int], None]) -> None:
     """One task per block: a worker reopens the subject, loads, normalizes and writes the
     block's rows (whole trial chunks, so tasks never share a chunk); this process records each
     block as it completes."""
@@ -58,7 +59,7 @@ def stage_on_cluster(client: Any, run: ClusterRun, raw: RawSubject, todo: list[B
                              dtype, pure=False): b for b in todo}
     try:
         for future in as_completed(futures):
-            done(futures[future], future.result())
+            done(futures[future], *future.result())
     finally:
         client.cancel(list(futures))
 
@@ -66,12 +67,16 @@ def stage_on_cluster(client: Any, run: ClusterRun, raw: RawSubject, todo: list[B
 _OPENED: dict[tuple[Any, ...], RawSubject] = {}  # per worker process: subjects reopened
 
 
-def _write_block(run: ClusterRun, subject: str, n: int, betas: str, stats: Any, dtype: str) -> int:
-    """A cluster task: write block ``n`` of ``subject``; returns its zero-std pair count."""
-    key = (run.dataset, str(run.root), subject, repr(run.options), run.normalization)
+def _write_block(run: ClusterRun, subject: str, n: int, betas: str, stats: Any, dtype: str
+                 ) -> tuple[int, int]:
+    """A cluster task: write block ``n`` of ``subject``; returns its zero-std pair count and
+    its count of non-finite values stored as 0."""
+    key = (run.dataset, str(run.root), subject, repr(run.options), run.normalization,
+           run.nonfinite)
     if key not in _OPENED:
         raw = get_reader(run.dataset).open_subject(run.root, subject, run.options)
         set_normalization(raw, run.normalization)
+        set_nonfinite(raw, run.nonfinite)
         _OPENED.clear()  # one subject at a time is enough: blocks come subject by subject
         _OPENED[key] = raw
     raw = _OPENED[key]
@@ -79,6 +84,6 @@ def _write_block(run: ClusterRun, subject: str, n: int, betas: str, stats: Any, 
     fit = raw.norm_fit if raw.norm_fit is not None else (raw.trials["split"] == "train"
                                                           ).to_numpy()
     none = raw.normalization.get("method") == "none"
-    z, n_zero = normalized_block(raw, block, block.load(), stats, fit, none)
+    z, n_zero, n_bad = normalized_block(raw, block, block.load(), stats, fit, none)
     zarr.open_array(betas, mode="r+")[block.start:block.stop] = z.astype(dtype, copy=False)
-    return n_zero
+    return n_zero, n_bad

@@ -1,5 +1,6 @@
-"""Normalization of betas: pure functions, statistics from training trials only, and the
-per-subject choice of method (``--normalization``, :func:`set_normalization`)."""
+"""Normalization of betas: pure functions, statistics from training trials only, the
+per-subject choice of method (``--normalization``, :func:`set_normalization`), and the check
+every loaded block passes first (finite values of a sane magnitude, :func:`checked_betas`)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ def group_stats(blocks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], ddo
 
     For normalization groups that span several blocks (e.g. a whole subject). Blocks are
     combined with Chan et al.'s pairwise update of (count, mean, M2) in float64, so the result
-    equals one pass over all rows up to rounding.
+    equals one pass over all rows up to rounding. NaN values are left out: every voxel keeps its
+    own count.
 
     Parameters
     ----------
@@ -82,27 +84,42 @@ def group_stats(blocks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], ddo
 
     Returns
     -------
-    stats : group -> (mean (V,) float64, scale (V,) float64; 0 where the std is zero)
+    stats : group -> (mean (V,) float64, scale (V,) float64; 0 where the std is zero or
+        undefined)
     """
-    acc: dict[object, tuple[int, np.ndarray, np.ndarray]] = {}
+    acc: dict[object, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for x, groups, fit in blocks:
         for g in np.unique(groups[fit]):
-            rows = np.asarray(x[(groups == g) & fit], dtype=np.float64)
-            n_b, mean_b = rows.shape[0], rows.mean(axis=0)
-            m2_b = ((rows - mean_b) ** 2).sum(axis=0)
-            if g in acc:
-                n_a, mean_a, m2_a = acc[g]
-                n = n_a + n_b
-                delta = mean_b - mean_a
-                acc[g] = (n, mean_a + delta * n_b / n, m2_a + m2_b + delta ** 2 * n_a * n_b / n)
-            else:
-                acc[g] = (n_b, mean_b, m2_b)
+            part = _moments(np.asarray(x[(groups == g) & fit], dtype=np.float64))
+            acc[g] = _merge(acc[g], part) if g in acc else part
     out = {}
     for g, (n, mean, m2) in acc.items():
-        var = m2 / max(n - ddof, 1) if n > ddof else np.zeros_like(m2)
+        var = np.divide(m2, n - ddof, out=np.zeros_like(m2), where=n > ddof)
         ok = var > 0
         out[g] = (mean, np.divide(1.0, np.sqrt(var), out=np.zeros_like(var), where=ok))
     return out
+
+
+def _moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-voxel (count, mean, M2) of the non-NaN values of ``rows`` (n, V) float64."""
+    ok = ~np.isnan(rows)
+    if ok.all():
+        mean = rows.mean(axis=0)
+        return np.full(rows.shape[1], rows.shape[0], np.int64), mean, ((rows - mean) ** 2).sum(0)
+    n = ok.sum(axis=0)
+    mean = np.divide(np.where(ok, rows, 0.0).sum(0), n, out=np.zeros(rows.shape[1]),
+                     where=n > 0)
+    return n, mean, (np.where(ok, rows - mean, 0.0) ** 2).sum(0)
+
+
+def _merge(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray,
+           np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chan et al.'s pairwise update of per-voxel (count, mean, M2)."""
+    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
+    n = n_a + n_b
+    frac = np.divide(n_b, n, out=np.zeros(n.shape), where=n > 0)
+    delta = mean_b - mean_a
+    return n, mean_a + delta * frac, m2_a + m2_b + delta ** 2 * n_a * frac
 
 
 def apply_stats(x: np.ndarray, groups: np.ndarray,
@@ -129,6 +146,62 @@ def apply_stats(x: np.ndarray, groups: np.ndarray,
 
 
 DEFAULT_NORMALIZATION = {"nsd": "session-train", "bold5000": "session-train", "god": "run"}
+NONFINITE = ("error", "zero")
+MAX_ABS = 1e6  # larger betas (in the reader's units, e.g. percent signal change) are refused
+
+
+def set_nonfinite(raw: RawSubject, policy: str) -> None:
+    """Record how non-finite betas of ``raw`` are treated (call after set_normalization).
+
+    ``"error"`` (the default, not recorded) refuses them; ``"zero"`` leaves them out of the
+    statistics and stores 0, and is recorded in ``raw.normalization`` (so in the fingerprint).
+    """
+    if policy not in NONFINITE:
+        raise OptionError(f"nonfinite: expected one of {list(NONFINITE)}; got {policy!r}")
+    if policy != "error":
+        raw.normalization = {**raw.normalization, "nonfinite": policy}
+
+
+def checked_betas(block: Block, x: np.ndarray, policy: str = "error"
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The block's betas as float32 after checking their values.
+
+    Parameters
+    ----------
+    block : Block
+        Names the file and trials in messages.
+    x : array of shape (n_trials, n_voxels)
+    policy : {"error", "zero"}
+        Non-finite values (NaN, or inf: also float64 values beyond float32's range) are a
+        one-line :class:`ReaderError` naming the file and the count, or (``"zero"``) become NaN
+        here, are left out of the statistics and are stored as 0.
+
+    Returns
+    -------
+    x : float32 array of shape (n_trials, n_voxels)
+    bad : bool array of the same shape marking the non-finite values, or None if there are none
+
+    Finite values of magnitude above :data:`MAX_ABS` are refused whatever the policy.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.asarray(x, dtype=np.float32)
+        peak = max(float(np.abs(x.max())), float(np.abs(x.min()))) if x.size else 0.0
+    bad = None
+    if not np.isfinite(peak):
+        bad = ~np.isfinite(x)
+        if policy != "zero":
+            n_nan = int(np.isnan(x).sum())
+            raise ReaderError(
+                f"{block.files[0]}: expected finite betas; found {n_nan} NaN and "
+                f"{int(bad.sum()) - n_nan} infinite (as float32) values in "
+                f"{int(bad.any(axis=1).sum())} of {x.shape[0]} trials ({block.label}); pass "
+                f"nonfinite='zero' to store them as 0")
+        x = np.where(bad, np.float32(np.nan), x)
+        peak = float(np.abs(x[~bad]).max(initial=0.0))
+    if peak > MAX_ABS:
+        raise ReaderError(f"{block.files[0]}: expected betas of magnitude at most {MAX_ABS:g} "
+                          f"({block.label}); found {peak:.4g}")
+    return x, bad
 
 
 def set_normalization(raw: RawSubject, method: str | None) -> None:
@@ -175,21 +248,32 @@ def spanning_stats(raw: RawSubject, fit: np.ndarray) -> dict[object, Any] | None
             blocks_of.setdefault(g, set()).add(n)
     if all(len(v) == 1 for v in blocks_of.values()):
         return None
-    parts = ((b.load(), raw.norm_group[b.start:b.stop], fit[b.start:b.stop])
-             for b in raw.blocks)  # one block in memory at a time
+    policy = raw.normalization.get("nonfinite", "error")
+    parts = ((checked_betas(b, b.load(), policy)[0], raw.norm_group[b.start:b.stop],
+              fit[b.start:b.stop]) for b in raw.blocks)  # one block in memory at a time
     return group_stats(parts, int(raw.normalization.get("ddof", 0)))
 
 
 def normalized_block(raw: RawSubject, block: Block, x: np.ndarray, stats: Any,
-                     fit: np.ndarray, none: bool) -> tuple[np.ndarray, int]:
-    """The block's z-scored betas and its count of zero-std (group, voxel) pairs."""
+                     fit: np.ndarray, none: bool) -> tuple[np.ndarray, int, int]:
+    """The block's normalized betas, its count of zero-std (group, voxel) pairs and its count
+    of non-finite values stored as 0 (``raw.normalization["nonfinite"] == "zero"``)."""
     want = (block.stop - block.start, raw.n_voxels)
     if x.shape != want:
         raise ReaderError(f"{block.files[0]}: expected betas of shape {want}; found {x.shape}")
+    x, bad = checked_betas(block, x, raw.normalization.get("nonfinite", "error"))
     rows = slice(block.start, block.stop)
+    ddof = int(raw.normalization.get("ddof", 0))
     if none:
-        return np.asarray(x, np.float32), 0
-    if stats is not None:
-        return apply_stats(x, raw.norm_group[rows], stats)
-    return zscore_groups(x, raw.norm_group[rows], fit[rows],
-                         ddof=int(raw.normalization.get("ddof", 0)))
+        z, n_zero = x, 0
+    elif stats is not None:
+        z, n_zero = apply_stats(x, raw.norm_group[rows], stats)
+    elif bad is None:
+        z, n_zero = zscore_groups(x, raw.norm_group[rows], fit[rows], ddof=ddof)
+    else:  # statistics of the finite values only
+        groups = raw.norm_group[rows]
+        z, n_zero = apply_stats(x, groups, group_stats([(x, groups, fit[rows])], ddof))
+    if bad is None:
+        return z, n_zero, 0
+    z[bad] = 0.0
+    return z, n_zero, int(bad.sum())
