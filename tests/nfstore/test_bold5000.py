@@ -139,10 +139,76 @@ def _runs_disagree(raw: Path) -> str:
     return "Stimuli_Presentation_Lists/CSI1: expected the runs to list the 180 trials"
 
 
+MAT = "ROIs/CSI1/mat/CSI1_ROIs_TR34.mat"
+H5 = "ROIs/CSI1/h5/CSI1_ROIs_TR34.h5"
+
+
+def _rewrite_mat(raw: Path, **changes: np.ndarray) -> None:
+    mat = {k: v for k, v in scipy.io.loadmat(raw / MAT).items() if not k.startswith("__")}
+    scipy.io.savemat(raw / MAT, {**mat, **changes})
+
+
+def _mat_nan(raw: Path) -> str:
+    ppa = scipy.io.loadmat(raw / MAT)["LHPPA"]
+    ppa[5, :3] = np.nan
+    _rewrite_mat(raw, LHPPA=ppa)
+    return "CSI1_ROIs_TR34.mat: expected finite betas; found 3 NaN and 0 infinite (as float32) " \
+           "values in 1 of"
+
+
+def _mat_int16(raw: Path) -> str:
+    _rewrite_mat(raw, RHRSC=np.rint(scipy.io.loadmat(raw / MAT)["RHRSC"]).astype(np.int16))
+    return "CSI1_ROIs_TR34.mat: expected ROI variables of a float type (double, single); found " \
+           "RHRSC of type int16"
+
+
+def _h5_only(raw: Path, change) -> None:
+    """Keep only the .h5 ROI file (auto then reads it) and rewrite its LHOPA with ``change``."""
+    (raw / MAT).unlink()
+    with h5py.File(raw / H5, "r+") as f:
+        data = change(f["LHOPA"][()])
+        del f["LHOPA"]
+        f.create_dataset("LHOPA", data=data)
+
+
+def _h5_float64_overflow(raw: Path) -> str:
+    def change(d: np.ndarray) -> np.ndarray:
+        d = d.astype(np.float64)
+        d[:2, 4] = 1e300  # (voxels, trials) as MATLAB writes it: trial 5, two voxels
+        return d
+    _h5_only(raw, change)
+    return "CSI1_ROIs_TR34.h5: expected finite betas; found 0 NaN and 2 infinite (as float32) " \
+           "values in 1 of"
+
+
+def _h5_complex(raw: Path) -> str:
+    _h5_only(raw, lambda d: d.astype(np.complex64))
+    return "CSI1_ROIs_TR34.h5: expected ROI variables of a float type (float16, float32, " \
+           "float64); found LHOPA of type complex64"
+
+
+def _stim_list_latin1(raw: Path) -> str:
+    path = raw / "ROIs/stim_lists/CSI01_stim_lists.txt"
+    path.write_bytes(path.read_bytes().replace(b".jpg", "é.jpg".encode("latin-1"), 1))
+    return "CSI01_stim_lists.txt: expected UTF-8 text (a BOLD5000 stimulus list); found byte 0xe9"
+
+
 @pytest.mark.parametrize("break_tree", [_extra_line, _unknown_key, _missing_image,
-                                        _missing_test_list, _runs_disagree],
+                                        _missing_test_list, _runs_disagree, _mat_nan, _mat_int16,
+                                        _h5_float64_overflow, _h5_complex, _stim_list_latin1],
                          ids=lambda f: f.__name__.strip("_"))
 def test_errors_are_one_line_and_store_unchanged(bold_copy: Path, nsd_store: Path,
                                                  break_tree) -> None:
     message = break_tree(bold_copy)
     assert_fails_cleanly("bold5000", bold_copy, nsd_store, message, subjects=["1"])
+
+
+def test_nonfinite_zero_stores_zero(bold_copy: Path, tmp_path: Path) -> None:
+    _mat_nan(bold_copy)
+    summary = nfstore.ingest("bold5000", bold_copy, tmp_path / "s.zarr", subjects=["1"],
+                             nonfinite="zero")
+    assert summary.nonfinite == {"bold5000/CSI1": 3}
+    store = nfstore.open_store(tmp_path / "s.zarr")
+    x = store.betas("bold5000/CSI1", roi="LHPPA").values
+    assert np.isfinite(x).all() and (x[5, :3] == 0).all() and (x[:, :3] != 0).sum() > 100
+    assert store.attrs("bold5000/CSI1")["normalization"]["nonfinite_values"] == 3

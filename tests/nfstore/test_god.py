@@ -116,7 +116,34 @@ def _corrupt(raw: Path) -> str:
     return "Subject1.h5: cannot read as BData HDF5"
 
 
-@pytest.mark.parametrize("break_tree", [_drop_voxeldata, _no_bdata, _missing_image, _corrupt],
+def _voxel_columns(f: h5py.File) -> np.ndarray:
+    keys = [k.decode() for k in f["metadata/key"][()]]
+    return np.flatnonzero(f["metadata/value"][()][keys.index("VoxelData")] == 1)
+
+
+def _rewrite_dataset(raw: Path, change) -> None:
+    with h5py.File(raw / "Subject1.h5", "r+") as f:
+        data = change(f["dataset"][()], _voxel_columns(f))
+        del f["dataset"]
+        f.create_dataset("dataset", data=data)
+
+
+def _nan_voxels(raw: Path) -> str:
+    def change(d: np.ndarray, voxels: np.ndarray) -> np.ndarray:
+        d[3, voxels[:4]] = np.nan
+        return d
+    _rewrite_dataset(raw, change)
+    return "Subject1.h5: expected finite betas; found 4 NaN and 0 infinite (as float32) " \
+           "values in 1 of"
+
+
+def _int_dataset(raw: Path) -> str:
+    _rewrite_dataset(raw, lambda d, v: np.rint(d * 1000).astype(np.int64))
+    return "Subject1.h5: expected a float dataset (float16, float32 or float64); found int64"
+
+
+@pytest.mark.parametrize("break_tree", [_drop_voxeldata, _no_bdata, _missing_image, _corrupt,
+                                        _nan_voxels, _int_dataset],
                          ids=lambda f: f.__name__.strip("_"))
 def test_errors_are_one_line_and_store_unchanged(god_copy: Path, nsd_store: Path,
                                                  break_tree) -> None:

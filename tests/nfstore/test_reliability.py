@@ -5,12 +5,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import tracemalloc
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pytest
@@ -178,9 +180,129 @@ def _missing_stimuli(raw: Path) -> str:
     return "nsd_stimuli.hdf5: missing file; expected the NSD image brick"
 
 
+ROI_DIR = "nsddata/ppdata/subj01/func1pt8mm/roi"
+CTAB = "nsddata/freesurfer/fsaverage/label/prf-visualrois.mgz.ctab"
+
+
+def _general_voxels(raw: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grid indices (i, j, k) of the first ``n`` voxels of subj01's nsdgeneral == 1."""
+    general = np.asanyarray(nib.load(raw / ROI_DIR / "nsdgeneral.nii.gz").dataobj) == 1
+    return tuple(a[:n] for a in np.nonzero(general))  # type: ignore[return-value]
+
+
+def _h5_session2(raw: Path, change) -> Path:
+    """Rewrite session 2's HDF5 betas (T, Z, Y, X) with ``change(betas)`` and remove its NIfTI,
+    so that the ingest reads the HDF5 file (``auto`` takes NIfTI where present)."""
+    (raw / (SESSION.format(2) + ".nii.gz")).unlink(missing_ok=True)
+    path = raw / (SESSION.format(2) + ".hdf5")
+    with h5py.File(path, "r+") as f:
+        data = change(f["betas"][()])
+        del f["betas"]
+        f.create_dataset("betas", data=data)
+    return path
+
+
+def _nan_trial(data: np.ndarray, raw: Path, value: float, dtype: str) -> np.ndarray:
+    i, j, k = _general_voxels(raw, 5)
+    out = data.astype(dtype)
+    out[7, k, j, i] = value  # five voxels of one trial
+    return out
+
+
+def _h5_nan(raw: Path) -> str:
+    _h5_session2(raw, lambda d: _nan_trial(d, raw, np.nan, "float32"))
+    return ("betas_session02.hdf5: expected finite betas; found 5 NaN and 0 infinite (as "
+            "float32) values in 1 of 40 trials (session 2); pass nonfinite='zero'")
+
+
+def _h5_float64_overflow(raw: Path) -> str:
+    _h5_session2(raw, lambda d: _nan_trial(d, raw, 1e300, "float64"))  # inf in float32
+    return "betas_session02.hdf5: expected finite betas; found 0 NaN and 5 infinite"
+
+
+def _h5_complex(raw: Path) -> str:
+    _h5_session2(raw, lambda d: d.astype(np.complex64))
+    return ("betas_session02.hdf5: expected betas of dtype int16 (as released) or float16, "
+            "float32, float64; found complex64")
+
+
+def _h5_uint8(raw: Path) -> str:
+    _h5_session2(raw, lambda d: np.clip(d, 0, 255).astype(np.uint8))
+    return "betas_session02.hdf5: expected betas of dtype int16 (as released) or float16, " \
+           "float32, float64; found uint8"
+
+
+def _h5_int64_huge(raw: Path) -> str:
+    _h5_session2(raw, lambda d: d.astype(np.int64) * 10**12)
+    return "found int64"
+
+
+def _h5_absurd_float(raw: Path) -> str:
+    _h5_session2(raw, lambda d: _nan_trial(d, raw, 3e12, "float64"))
+    return "betas_session02.hdf5: expected betas of magnitude at most 1e+06 (session 2); found 1e+10"
+
+
+def _nifti_float_nan(raw: Path) -> str:
+    path = raw / (SESSION.format(3) + ".nii.gz")
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    i, j, k = _general_voxels(raw, 5)
+    data[i, j, k, 11] = np.nan
+    img.header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
+    return ("betas_session03.nii.gz: expected finite betas; found 5 NaN and 0 infinite (as "
+            "float32) values in 1 of 40 trials (session 3)")
+
+
+def _ctab_not_utf8(raw: Path) -> str:
+    text = (raw / CTAB).read_text()
+    (raw / CTAB).write_bytes(b"\xff\xfe" + text.encode("utf-16-le"))
+    return "prf-visualrois.mgz.ctab: expected UTF-8 text (a FreeSurfer colour table); found " \
+           "byte 0xff at offset 0"
+
+
+def _x_flipped(affine: np.ndarray, nx: int) -> np.ndarray:
+    """The affine of the same volume stored with the x axis reversed."""
+    out = affine.copy()
+    out[:3, 0] = -affine[:3, 0]
+    out[:3, 3] = affine[:3, 3] + affine[:3, 0] * (nx - 1)
+    return out
+
+
+def _resave(path: Path, affine: np.ndarray, flip: bool = False) -> None:
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj)
+    header = img.header.copy()
+    nib.save(nib.Nifti1Image(data[::-1] if flip else data, affine, header), path)
+
+
+def _betas_x_flipped(raw: Path) -> str:
+    path = raw / (SESSION.format(3) + ".nii.gz")
+    img = nib.load(path)
+    _resave(path, _x_flipped(img.affine, img.shape[0]), flip=True)
+    return ("betas_session03.nii.gz: expected the affine of nsdgeneral.nii.gz [[1.8, 0.0, 0.0, "
+            "-12.6], [0.0, 1.8, 0.0, -14.4], [0.0, 0.0, 1.8, -12.6]]; found [[-1.8, 0.0, 0.0, "
+            "10.8], ")
+
+
+def _betas_4mm(raw: Path) -> str:
+    path = raw / (SESSION.format(1) + ".nii.gz")
+    _resave(path, np.diag([4.0, 4.0, 4.0, 1.0]))
+    return "betas_session01.nii.gz: expected the affine of nsdgeneral.nii.gz [[1.8, "
+
+
+def _roi_x_flipped(raw: Path) -> str:
+    path = raw / ROI_DIR / "prf-visualrois.nii.gz"
+    img = nib.load(path)
+    _resave(path, _x_flipped(img.affine, img.shape[0]), flip=True)
+    return "prf-visualrois.nii.gz: expected the affine of nsdgeneral.nii.gz [[1.8, "
+
+
 BREAKERS = [_corrupt_mat, _mat_without_sharedix, _missing_responses, _truncated_nifti,
             _corrupt_gzip_header, _corrupt_hdf5, _roi_grid_mismatch, _beta_grid_mismatch,
-            _trial_count_mismatch, _missing_stimuli]
+            _trial_count_mismatch, _missing_stimuli, _h5_nan, _h5_float64_overflow, _h5_complex,
+            _h5_uint8, _h5_int64_huge, _h5_absurd_float, _nifti_float_nan, _ctab_not_utf8,
+            _betas_x_flipped, _betas_4mm, _roi_x_flipped]
 
 
 @pytest.mark.parametrize("break_tree", BREAKERS, ids=lambda f: f.__name__.strip("_"))
@@ -247,3 +369,124 @@ def test_kill_9_resumes_other_datasets(request: pytest.FixtureRequest, tmp_path:
     assert a.subjects() == b.subjects()
     for key in a.subjects():
         np.testing.assert_array_equal(a.betas(key).values, b.betas(key).values)
+
+
+def _session_rows(store: Path, session: int) -> np.ndarray:
+    """Betas of subj01's session (40 trials) in C order of the grid."""
+    from tests.nfstore.test_ingest_nsd import _c_order
+
+    st = nfstore.open_store(store)
+    x = st.betas("nsd/subj01").values[:, _c_order(st, "nsd/subj01")]
+    return x[(session - 1) * 40: session * 40]
+
+
+def test_nonfinite_zero_stores_zero_and_counts(raw_copy: Path, nsd_store_ro: Path,
+                                               tmp_path: Path) -> None:
+    """NaN left out of the session's statistics, stored as 0, counted and reported."""
+    _nifti_float_nan(raw_copy)
+    store = tmp_path / "z.zarr"
+    summary = nfstore.ingest("nsd", raw_copy, store, subjects=["1"], nonfinite="zero")
+    assert summary.nonfinite == {"nsd/subj01": 5}
+    assert "5 non-finite betas stored as 0 (nsd/subj01: 5)" in summary.line()
+    st = nfstore.open_store(store)
+    norm = st.attrs("nsd/subj01")["normalization"]
+    assert norm["nonfinite"] == "zero" and norm["nonfinite_values"] == 5
+    assert validate_store(st) == []
+    for s in (1, 2):  # untouched sessions: as without the option
+        np.testing.assert_array_equal(_session_rows(store, s), _session_rows(nsd_store_ro, s))
+    # session 3, directly: mean and std of each voxel's finite train values
+    general = np.asanyarray(nib.load(raw_copy / ROI_DIR / "nsdgeneral.nii.gz").dataobj) == 1
+    x = nib.load(raw_copy / (SESSION.format(3) + ".nii.gz")).get_fdata()[general].T / 300.0
+    train = st.dataset("nsd/subj01").split.values[80:] == "train"
+    mean = np.nanmean(x[train], axis=0)
+    std = np.nanstd(x[train], axis=0)
+    want = np.where(np.isnan(x), 0.0, (x - mean) / np.where(std > 0, std, np.inf))
+    got = _session_rows(store, 3)
+    assert np.isfinite(got).all() and (got[11, :5] == 0).all()
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_nonfinite_zero_with_statistics_across_sessions(raw_copy: Path, tmp_path: Path) -> None:
+    """train-global: one statistics pass over every session, infinities left out there too."""
+    _h5_float64_overflow(raw_copy)
+    clean = tmp_path / "clean"
+    shutil.copytree(raw_copy, clean)
+    _h5_session2(clean, lambda d: np.where(np.abs(d) < 1e38, d, np.nan))
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    with pytest.raises(nfstore.ReaderError, match="found 0 NaN and 5 infinite"):
+        nfstore.ingest("nsd", raw_copy, a, subjects=["1"], normalization="train-global")
+    assert not a.exists()
+    nfstore.ingest("nsd", raw_copy, a, subjects=["1"], normalization="train-global",
+                   nonfinite="zero")
+    nfstore.ingest("nsd", clean, b, subjects=["1"], normalization="train-global",
+                   nonfinite="zero")  # NaN where the other has inf: the same store
+    got = nfstore.open_store(a).betas("nsd/subj01").values
+    np.testing.assert_array_equal(got, nfstore.open_store(b).betas("nsd/subj01").values)
+    assert np.isfinite(got).all() and (got == 0).sum() >= 5
+    assert nfstore.open_store(a).attrs("nsd/subj01")["normalization"]["nonfinite_values"] == 5
+
+
+def test_nonfinite_policy_is_checked(nsd_raw: Path, tmp_path: Path) -> None:
+    with pytest.raises(nfstore.OptionError, match=r"nonfinite: expected one of \['error', "
+                                                  r"'zero'\]; got 'drop'"):
+        nfstore.ingest("nsd", nsd_raw, tmp_path / "s.zarr", nonfinite="drop")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def _reheader(raw: Path, header: nib.Nifti1Header, flip_session: int | None = None) -> None:
+    """Every NIfTI file of subj01 on a real scanner header's affine (oblique, big-endian);
+    ``flip_session``'s betas with x reversed in storage and affine."""
+    affine = header.get_best_affine()
+    files = sorted((raw / ROI_DIR).glob("*.nii.gz")) + [
+        raw / (SESSION.format(s) + ".nii.gz") for s in (1, 2, 3)]
+    for path in files:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+        h = header.copy()
+        h.set_data_dtype(data.dtype)
+        flip = flip_session is not None and path.name == f"betas_session{flip_session:02d}.nii.gz"
+        aff = _x_flipped(affine, data.shape[0]) if flip else affine
+        nib.save(nib.Nifti1Image(data[::-1] if flip else data, aff, h), path)
+
+
+def test_real_header_affine_ingests_and_its_flip_is_refused(raw_copy: Path, nsd_store_ro: Path,
+                                                            tmp_path: Path) -> None:
+    from tests.realdata import nibabel_test_files
+
+    header = nib.load(nibabel_test_files() / "anatomical.nii").header  # sform/qform code 2
+    assert header.endianness == ">" and header["sform_code"] == 2
+    _reheader(raw_copy, header)
+    store = tmp_path / "s.zarr"
+    nfstore.ingest("nsd", raw_copy, store, subjects=["1"])
+    np.testing.assert_array_equal(nfstore.open_store(store).betas("nsd/subj01").values,
+                                  nfstore.open_store(nsd_store_ro).betas("nsd/subj01").values)
+    _reheader(raw_copy, header, flip_session=2)
+    want = np.round(header.get_best_affine()[:3], 4) + 0.0
+    assert_fails_cleanly("nsd", raw_copy, tmp_path / "f.zarr",
+                         f"betas_session02.nii.gz: expected the affine of nsdgeneral.nii.gz "
+                         f"{want.tolist()}; found [[{-want[0, 0]}, ", subjects=["1"])
+
+
+def test_qform_only_betas_match_within_tolerance(raw_copy: Path, nsd_store_ro: Path,
+                                                 tmp_path: Path) -> None:
+    """The same affine held as a quaternion (qform, float32 rounding) instead of an sform."""
+    path = raw_copy / (SESSION.format(2) + ".nii.gz")
+    img = nib.load(path)
+    img.header.set_sform(None, code=0)
+    img.header.set_qform(img.affine, code=1)
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), None, img.header), path)
+    assert nib.load(path).header["sform_code"] == 0
+    store = tmp_path / "q.zarr"
+    nfstore.ingest("nsd", raw_copy, store, subjects=["1"])
+    np.testing.assert_array_equal(nfstore.open_store(store).betas("nsd/subj01").values,
+                                  nfstore.open_store(nsd_store_ro).betas("nsd/subj01").values)
+
+
+def test_ctab_with_utf8_byte_order_mark_reads_the_same(raw_copy: Path, nsd_store_ro: Path,
+                                                       tmp_path: Path) -> None:
+    (raw_copy / CTAB).write_bytes(b"\xef\xbb\xbf" + (raw_copy / CTAB).read_bytes())
+    store = tmp_path / "c.zarr"
+    nfstore.ingest("nsd", raw_copy, store, subjects=["1"])
+    got = nfstore.open_store(store).dataset("nsd/subj01").roi.values.tolist()
+    assert "prf-visualrois/V1v" in got
+    assert got == nfstore.open_store(nsd_store_ro).dataset("nsd/subj01").roi.values.tolist()
