@@ -79,3 +79,22 @@ def test_group_stats_over_blocks_equal_one_pass() -> None:
     want, want_zero = zscore_groups(x, groups, fit)
     np.testing.assert_allclose(z, want, atol=1e-5)
     assert n_zero == want_zero == 2
+
+
+def test_group_stats_leave_nan_out() -> None:
+    """Per-voxel counts: NaN values are left out of mean and std; an all-NaN voxel gets scale 0."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(2, 3, (40, 6))
+    x[[3, 8, 20, 33], 1] = np.nan
+    x[:, 5] = np.nan
+    groups = np.repeat([1, 2], 20)
+    fit = rng.random(40) < 0.8
+    parts = [(x[a:b], groups[a:b], fit[a:b]) for a, b in ((0, 15), (15, 27), (27, 40))]
+    stats = group_stats(iter(parts), ddof=1)
+    for g in (1, 2):
+        ref = x[(groups == g) & fit]
+        mean, scale = stats[g]
+        np.testing.assert_allclose(mean[:5], np.nanmean(ref[:, :5], axis=0), rtol=1e-12)
+        np.testing.assert_allclose(scale[:5], 1 / np.nanstd(ref[:, :5], axis=0, ddof=1),
+                                   rtol=1e-12)
+        assert mean[5] == 0 and scale[5] == 0

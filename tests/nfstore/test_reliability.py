@@ -239,7 +239,8 @@ def _h5_int64_huge(raw: Path) -> str:
 
 def _h5_absurd_float(raw: Path) -> str:
     _h5_session2(raw, lambda d: _nan_trial(d, raw, 3e12, "float64"))
-    return "betas_session02.hdf5: expected betas of magnitude at most 1e+06 (session 2); found 1e+10"
+    return ("betas_session02.hdf5: expected betas of magnitude at most 1e+06 (session 2); "
+            "found 1e+10")
 
 
 def _nifti_float_nan(raw: Path) -> str:
@@ -490,3 +491,23 @@ def test_ctab_with_utf8_byte_order_mark_reads_the_same(raw_copy: Path, nsd_store
     got = nfstore.open_store(store).dataset("nsd/subj01").roi.values.tolist()
     assert "prf-visualrois/V1v" in got
     assert got == nfstore.open_store(nsd_store_ro).dataset("nsd/subj01").roi.values.tolist()
+
+
+def test_nonfinite_on_a_cluster_as_here(raw_copy: Path, tmp_path: Path) -> None:
+    """Workers apply the same policy: the error reaches the caller; "zero" gives the same store."""
+    from distributed import LocalCluster
+
+    _nifti_float_nan(raw_copy)
+    here, there = tmp_path / "here.zarr", tmp_path / "there.zarr"
+    nfstore.ingest("nsd", raw_copy, here, subjects=["1"], nonfinite="zero")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        with pytest.raises(nfstore.ReaderError, match="found 5 NaN"):
+            nfstore.ingest("nsd", raw_copy, there, subjects=["1"],
+                           scheduler=cluster.scheduler_address)
+        summary = nfstore.ingest("nsd", raw_copy, there, subjects=["1"], nonfinite="zero",
+                                 scheduler=cluster.scheduler_address)
+    assert summary.nonfinite == {"nsd/subj01": 5}
+    a, b = nfstore.open_store(here), nfstore.open_store(there)
+    np.testing.assert_array_equal(a.betas("nsd/subj01").values, b.betas("nsd/subj01").values)
+    assert a.attrs("nsd/subj01")["normalization"] == b.attrs("nsd/subj01")["normalization"]
