@@ -38,13 +38,14 @@ def register(store: Any) -> None:
     _OPENED[store.location] = store
 
 
-def opened(path: str):  # noqa: ANN201 - one opened Store per served location, not one per image
+def opened(path: str) -> Any:
+    """The opened store at ``path``: the one :func:`register` kept, else opened here once
+    (one opened Store per served location, not one per image)."""
     if path not in _OPENED:
         import nfstore
 
-        _OPENED[path] = nfstore.openopened(path)
+        _OPENED[path] = nfstore.open_store(path)
     return _OPENED[path]
-
 
 
 @lru_cache(maxsize=2048)
