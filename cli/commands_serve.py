@@ -19,15 +19,18 @@ from nf._options import remote_store
 @click.option("--encoder", type=click.Path(), help="nf embed encoder (best of --samples > 1).")
 @click.option("--size", type=click.IntRange(8), default=256, show_default=True,
               help="Job image size in pixels.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A host name or address clients may use besides 127.0.0.1, localhost, ::1 "
+                   "and --host (repeatable; requests naming any other host get 400).")
 @remote_store
 def serve(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
           ip_adapter: str | None, checkpoints: tuple[str, ...], encoder: str | None,
-          size: int) -> None:
+          size: int, allowed_hosts: tuple[str, ...]) -> None:
     """Browse STORE in a web browser: subjects, stimuli, reconstructions, metrics."""
     from nfserve.server import run
 
     run(store, host, port, allow_jobs, sdxl, ip_adapter, list(checkpoints), encoder, size,
-        click.echo)
+        click.echo, allowed_hosts)
 
 
 COMMANDS = [serve]

@@ -222,6 +222,7 @@ def gallery(view: View, name: str, subject: str | None, sort: str | None = None,
               "metrics": {k: float(v[i]) for k, v in metrics.items()}} for i in shown]
     return {"set": name, "subject": subject, "subjects": subs, "sort": sort, "order": order,
             "page": page, "pages": max(1, -(-n // PAGE)), "n": n, "items": items,
+            "samples": samples,
             "metrics": sorted(metrics), "blurry": blurry, "source": r["attrs"].get("source"),
             "means": {k: float(np.mean(v)) for k, v in metrics.items()}}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nfstore
@@ -12,7 +12,12 @@ from nfstore.errors import OptionError
 
 def run(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
         ip_adapter: str | None, checkpoints: list[str], encoder: str | None, size: int,
-        echo: Callable[[str], None] = print) -> None:
+        echo: Callable[[str], None] = print, allowed_hosts: Sequence[str] = ()) -> None:
+    """Serve ``store`` on ``host:port`` until interrupted.
+
+    Requests must name 127.0.0.1, localhost, ::1, ``host`` or one of ``allowed_hosts`` in
+    their ``Host`` header (others get 400: a page of another site cannot reach the store
+    through DNS rebinding)."""
     import uvicorn
 
     from nfserve.app import ServeConfig, create_app
@@ -37,9 +42,14 @@ def run(store: str, host: str, port: int, allow_jobs: bool, sdxl: str | None,
     cfg = ServeConfig(opened, allow_jobs, Path(sdxl) if sdxl else None,
                       Path(ip_adapter) if ip_adapter else None,
                       tuple(Path(c) for c in checkpoints),
-                      Path(encoder) if encoder else None, token, size)
-    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+                      Path(encoder) if encoder else None, token, size,
+                      hosts=(host, *allowed_hosts))
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     echo(f"nf serve: {path} at {url}" + ("" if allow_jobs else " (read-only)"))
     if host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"warning: --host {host} makes the store reachable from the network")
+        if host in ("0.0.0.0", "::") and not allowed_hosts:
+            echo("note: requests must name 127.0.0.1 or localhost in their Host header; add "
+                 "--allowed-host NAME for each name other machines use to reach this one")
     uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")

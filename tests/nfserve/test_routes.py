@@ -16,10 +16,12 @@ from nfrecon.metrics import pixel_metrics
 from nfrecon.report import chosen_images, ground_truth
 from nfserve.app import ServeConfig, create_app
 
+BASE = "http://127.0.0.1"  # the app answers loopback Host names only
+
 
 @pytest.fixture(scope="module")
 def client(served: dict[str, Path]) -> TestClient:
-    return TestClient(create_app(ServeConfig(served["store"])))
+    return TestClient(create_app(ServeConfig(served["store"])), base_url=BASE)
 
 
 def test_pages_and_their_json_twins(client: TestClient, served: dict[str, Path]) -> None:
@@ -102,13 +104,13 @@ def jobs(served: dict[str, Path]):  # noqa: ANN201
     app = create_app(ServeConfig(served["store"], allow_jobs=True, sdxl=served["sdxl"],
                                  ip_adapter=served["ip_adapter"],
                                  checkpoints=(served["checkpoint"],), token="secret", size=32))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=BASE) as c:
         yield c
 
 
 def _upload(c: TestClient, payload: bytes, token: str | None = "secret") -> object:
-    return c.post("/api/jobs/upload", data={"subject": "nsd/subj01", "steps": "2",
-                                            **({"token": token} if token else {})},
+    return c.post("/api/jobs/upload", data={"subject": "nsd/subj01", "steps": "2"},
+                  headers={"x-nf-token": token} if token else {},
                   files={"file": ("x.npy", payload)})
 
 
@@ -135,9 +137,8 @@ def test_job_security(jobs: TestClient, served: dict[str, Path]) -> None:
                          (b"\0" * (16 * 2**20 + 1), "larger than 16 MiB")):
         r = _upload(jobs, payload)
         assert r.status_code == 400 and msg in r.json()["error"], r.text[:300]
-    r = jobs.post("/api/jobs/upload", data={"subject": "nsd/subj01", "checkpoint": "3",
-                                            "token": "secret"}, files={"file": ("x.npy",
-                                                                                _npy(good))})
+    r = jobs.post("/api/jobs/upload", data={"subject": "nsd/subj01", "checkpoint": "3"},
+                  headers={"x-nf-token": "secret"}, files={"file": ("x.npy", _npy(good))})
     assert r.status_code == 400 and "checkpoint: expected 0..0" in r.json()["error"]
     r = jobs.post("/api/jobs/trial", headers={"x-nf-token": "secret"}, data={
         "decoded": "../ridge", "subject": "nsd/subj01", "stimulus": "nsd/00003"})
@@ -183,6 +184,6 @@ def test_trial_and_upload_jobs_write_reconstruction_sets(jobs: TestClient,
     rec = nfstore.open_store(served["store"]).decoded(f"job-{u['id']}-decoded", "nsd/subj01")
     assert rec.sizes["stimulus"] == 1 and rec.attrs["source"] == "uploaded betas (nf serve)"
     assert jobs.get(f"/image/recon/{u['result']}/nsd/subj01/0/0").status_code == 200
-    listed = jobs.get("/api/jobs").json()
+    listed = jobs.get("/api/jobs", headers={"x-nf-token": "secret"}).json()
     assert {jid, u["id"]} <= {j["id"] for j in listed["jobs"]}
     assert listed["checkpoints"] == [str(served["checkpoint"])]
