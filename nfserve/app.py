@@ -90,7 +90,7 @@ def create_app(cfg: ServeConfig, runner: Any = None) -> FastAPI:
 
 
 # ------------------------------------------------------------------------- errors
-def one_line(text: str, limit: int = 500) -> str:
+def one_line(text: str, limit: int = 1000) -> str:
     """``text`` on one line (whitespace runs collapsed), at most ``limit`` characters."""
     return " ".join(str(text).split())[:limit]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,18 @@ def test_a_store_read_error_is_a_clean_500(losing: TestClient, url: str) -> None
         assert r.headers["content-type"].startswith("text/html")
         assert re.search(r"<h1 class=\"error\">500</h1><p>" + re.escape(want), r.text)
     assert "Traceback" not in r.text and "File \"" not in r.text
+
+
+def test_a_lost_chunk_is_a_500_naming_it(served: dict[str, Path], tmp_path: Path) -> None:
+    store = Path(shutil.copytree(served["store"], tmp_path / "nf.zarr"))
+    shutil.rmtree(store / "reconstructions/recon/nsd/subj01/images/c/0")  # row 0 lost
+    c = TestClient(create_app(ServeConfig(store)), base_url=BASE)
+    for url in ("/image/recon/recon/nsd/subj01/0/0", "/api/gallery/recon", "/gallery/recon",
+                "/api/compare?a=recon&b=recon-i2i"):
+        r = c.get(url)
+        assert r.status_code == 500, (url, r.text[:300])
+        text = r.json()["error"] if "/api/" in url or "/image/" in url else re.search(
+            r"<p>(.*)</p>", r.text).group(1)
+        assert "reconstructions/recon/nsd/subj01/images" in text and "expected a stored " \
+            "chunk" in text and "\n" not in text, text
+    assert c.get("/image/recon/recon/nsd/subj01/1/0").status_code == 200  # row 1 is there
