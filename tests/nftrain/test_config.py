@@ -125,3 +125,13 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(nfstore.OptionError, match=r"^epochs: expected an integer >= 1; found "
                                                   r"'3' \(a string\)$"):
         load(tmp_path / "y.toml")
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:x"])
+def test_a_device_torch_does_not_know_is_one_line(device: str) -> None:
+    from nftrain.train import _device
+
+    want = (r"^device: expected a torch device \(cpu, cuda, cuda:N, mps, \.\.\.\); "
+            rf"found '{device}'$")
+    with pytest.raises(nfstore.OptionError, match=want):
+        _device(build({**BASE, "device": device}))

@@ -29,7 +29,8 @@ def test_example_configs_load() -> None:
     ({"subjects": ["nsd/subj01"], "epoch": 3}, "unknown config keys ['epoch']; valid keys: ["),
     ({"subjects": []}, "subjects: expected at least one subject"),
     ({"subjects": ["a/b"], "batch_size": 1}, "batch_size: expected an integer >= 2"),
-    ({"subjects": ["a/b"], "val_fraction": 1.5}, "val_fraction: expected a finite number in (0, 1); found 1.5"),
+    ({"subjects": ["a/b"], "val_fraction": 1.5},
+     "val_fraction: expected a finite number in (0, 1); found 1.5"),
     ({"subjects": ["a/b"], "learn_temperature": "maybe"}, "learn_temperature: expected"),
 ])
 def test_config_errors(values: dict, message: str) -> None:
