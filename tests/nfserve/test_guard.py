@@ -183,3 +183,14 @@ def test_pages_have_no_inline_script(readonly: TestClient, recorded: TestClient,
     job = pages[-1].text
     assert f'data-id="{jid}"' in job and 'data-live="1"' in job  # site.js follows it
     assert "data-autosubmit" in pages[3].text
+
+
+def test_cli_allowed_host_is_checked_before_serving(served: dict[str, Path]) -> None:
+    from click.testing import CliRunner
+    from nf.main import _register, cli
+
+    _register()
+    r = CliRunner().invoke(cli, ["serve", str(served["store"]), "--allowed-host", "*.lan"])
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        "Error: allowed_hosts: expected a host name or IP address; found '*.lan'"], r.output
+    assert "--allowed-host NAME" in CliRunner().invoke(cli, ["serve", "--help"]).output
