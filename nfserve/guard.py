@@ -83,19 +83,21 @@ def token_ok(headers: Headers, token: str) -> bool:
 def cross_site(headers: Headers) -> str:
     """Why a state-changing request comes from another site, or empty if it does not.
 
-    A browser sends ``Origin`` with a POST; it must be this server as the client addressed it
-    (the ``Host`` header). Without ``Origin``, ``Sec-Fetch-Site`` (if sent) must be
-    ``same-origin`` or ``none``. A request with neither (a script) passes on to the token."""
+    ``Sec-Fetch-Site`` (sent by current browsers to 127.0.0.1, localhost and https) must be
+    ``same-origin`` or ``none``; ``Origin`` must be this server as the client addressed it
+    (the ``Host`` header). ``Origin: null`` carries no origin: the pages' own forms send it,
+    as their ``Referrer-Policy`` is ``no-referrer``, so it passes on, as does a request with
+    neither header (a script), to the token check; the token cookie is ``SameSite=Strict``,
+    so a browser does not send it with a request from another site."""
     host = headers.get("host", "").lower()
-    origin = headers.get("origin")
-    if origin is not None:
-        parts = urlsplit(origin.strip().lower())
-        if parts.scheme not in ("http", "https") or parts.netloc != host:
-            return f"Origin: expected http://{host}; found {origin[:80]!r}"
-        return ""
     site = headers.get("sec-fetch-site")
     if site is not None and site.lower() not in ("same-origin", "none"):
         return f"Sec-Fetch-Site: expected same-origin; found {site[:40]!r}"
+    origin = headers.get("origin")
+    if origin is not None and origin.strip().lower() != "null":
+        parts = urlsplit(origin.strip().lower())
+        if parts.scheme not in ("http", "https") or parts.netloc != host:
+            return f"Origin: expected http://{host}; found {origin[:80]!r}"
     return ""
 
 

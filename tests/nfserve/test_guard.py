@@ -117,10 +117,14 @@ def trial(served: dict[str, Path]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("headers, status", [
-    ({"origin": "http://evil.com"}, 403), ({"origin": "null"}, 403),
+    ({"origin": "http://evil.com"}, 403), ({"origin": "null", "sec-fetch-site": "cross-site"},
+                                           403),
     ({"origin": "http://127.0.0.1:9999"}, 403), ({"sec-fetch-site": "cross-site"}, 403),
-    ({"sec-fetch-site": "same-site"}, 403), ({"origin": "http://127.0.0.1"}, 202),
-    ({"sec-fetch-site": "same-origin"}, 202), ({}, 202)])
+    ({"sec-fetch-site": "same-site"}, 403), ({"origin": "file://"}, 403),
+    ({"origin": "http://127.0.0.1", "sec-fetch-site": "cross-site"}, 403),
+    ({"origin": "http://127.0.0.1"}, 202), ({"sec-fetch-site": "same-origin"}, 202),
+    # a page with Referrer-Policy: no-referrer posts its forms with Origin: null
+    ({"origin": "null", "sec-fetch-site": "same-origin"}, 202), ({}, 202)])
 def test_job_posts_from_another_site_are_refused(recorded: TestClient, trial: dict[str, str],
                                                  headers: dict[str, str], status: int) -> None:
     recorded.cookies.set("nf_token", TOKEN)
