@@ -48,53 +48,65 @@ def embed(store: str, model: str, size: int, latent_size: int, weights: str | No
     `--model pixels` caches downsampled RGB pixels (`--size`) of every dataset image instead,
     the low-level target of `nf decode-ridge --target pixels`; `--model sdxl-vae --weights
     SDXL_DIR` caches the SDXL VAE's raw latents (`--latent-size`), the target of
-    `nf decode-ridge --target sdxl-vae`. `--cache-pixels` copies the images of the
-    `--stimuli` tables into the store first (alone, without --weights, it only does that)."""
-    from pathlib import Path
-
+    `nf decode-ridge --target sdxl-vae`. `--cache-pixels` also copies the images of the
+    `--stimuli` tables into the store (alone, without --weights, it only does that). Options,
+    weights and cache are all checked before `--pool` is registered: a failed command leaves
+    the store as it was."""
     from nfstore.errors import OptionError
 
-    if cache_pixels:
-        import nfstore
-        from nfstore._names import DATASETS
-        from nfstore.pixels import cache_pixels as cache
-
-        tables = nfstore.open_store(store).stimulus_tables()
-        pick = (None if stimuli == "all" else [t for t in tables if t not in DATASETS]
-                if stimuli == "pool" else [stimuli])
-        click.echo(cache(store, pick, pixel_size, progress).line())
-        if weights is None and model.startswith("ip-adapter"):
-            return
+    if pool_dir is not None and not model.startswith("ip-adapter"):
+        raise OptionError(f"--pool: registers images for the ip-adapter models; found "
+                          f"--model {model}")
     if model == "pixels":
         from nfstore.lowlevel import embed_pixels
 
+        _cache_pixels(store, stimuli, cache_pixels, pixel_size, progress)
         r = embed_pixels(store, size)
         click.echo(f"cached {r['stimuli']} downsampled images ({size} x {size}) as "
                    f"embeddings/pixels in {r['seconds']:.1f} s")
         return
     if weights is None:
+        if cache_pixels and model.startswith("ip-adapter") and pool_dir is None:
+            _cache_pixels(store, stimuli, cache_pixels, pixel_size, progress)
+            return
         raise OptionError(f"--weights: required for --model {model} (the image encoder, or "
                           f"for sdxl-vae a diffusers SDXL folder)")
     if model == "sdxl-vae":
         from nfstore.lowlevel import embed_vae_latents
 
+        _cache_pixels(store, stimuli, cache_pixels, pixel_size, progress)
         r = embed_vae_latents(store, weights, latent_size, batch_size, device, progress)
         click.echo(f"cached the SDXL VAE latents (4 x {latent_size} x {latent_size}) of "
                    f"{r['stimuli']} images as embeddings/sdxl-vae in {r['seconds']:.1f} s")
         return
-    from nfstore.embeddings import embed_store, register_pool
+    from nfstore.embeddings import embed_store
 
-    if pool_dir is not None:
-        n = register_pool(Path(store), pool_dir, pool_name)
-        click.echo(f"registered {n} images of {pool_dir} as {pool_name}/...")
-        if stimuli == "all":
-            stimuli = pool_name
-    summary = embed_store(store, model, weights, stimuli=stimuli, batch_size=batch_size,
-                          device=device, dtype=dtype, tokens=tokens, workers=workers,
-                          skip_bad=skip_bad, overwrite=overwrite, progress=progress)
+    # options, weights and cache are checked before the pool is registered or anything written
+    summary = embed_store(store, model, weights, stimuli=stimuli, pool=pool_dir,
+                          pool_name=pool_name, batch_size=batch_size, device=device, dtype=dtype,
+                          tokens=tokens, workers=workers, skip_bad=skip_bad, overwrite=overwrite,
+                          progress=progress)
+    if summary.registered:
+        click.echo(f"registered {summary.registered} images of {pool_dir} as {pool_name}/...")
     for line in summary.skipped:
         click.echo(f"skipped {line}", err=True)
     click.echo(summary.line())
+    _cache_pixels(store, pool_name if pool_dir is not None and stimuli == "all" else stimuli,
+                  cache_pixels, pixel_size, progress)
 
+
+def _cache_pixels(store: str, stimuli: str, wanted: bool, pixel_size: int | None,
+                  progress: bool) -> None:
+    """``--cache-pixels``: copy the images of the ``--stimuli`` tables into the store."""
+    if not wanted:
+        return
+    import nfstore
+    from nfstore._names import DATASETS
+    from nfstore.pixels import cache_pixels as cache
+
+    tables = nfstore.open_store(store).stimulus_tables()
+    pick = (None if stimuli == "all" else [t for t in tables if t not in DATASETS]
+            if stimuli == "pool" else [stimuli])
+    click.echo(cache(store, pick, pixel_size, progress).line())
 
 COMMANDS = [embed]

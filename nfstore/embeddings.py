@@ -36,6 +36,7 @@ class EmbedSummary:
     cached: int = 0
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    registered: int = 0  # images of a pool registered first (``pool``)
 
     def line(self) -> str:
         rate = self.embedded / self.seconds if self.seconds else 0.0
@@ -44,8 +45,15 @@ class EmbedSummary:
                 + (f"; skipped {len(self.skipped)} unreadable" if self.skipped else ""))
 
 
-def register_pool(store: Path, folder: str | Path, name: str) -> int:
-    """Add a folder of novel images as stimuli ``<name>/<relative path stem>``; returns count."""
+def _pool_table(folder: str | Path, name: str) -> Any:
+    """The stimulus table of a folder of novel images (checks only; nothing is written).
+
+    Returns
+    -------
+    nfstore.readers.base.StimulusTable with ids ``<name>/<relative path stem>``
+    """
+    from nfstore.readers.base import StimulusTable
+
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in DATASETS or name in (
             STIMULI_GROUP, EMBEDDINGS_GROUP):
         raise OptionError(f"--pool-name: expected a name of letters, digits, '_' or '-' that is "
@@ -63,16 +71,39 @@ def register_pool(store: Path, folder: str | Path, name: str) -> int:
     if dup:
         raise OptionError(f"--pool: several files share the stimulus id {dup[0]!r} (same path, "
                           f"different extension)")
-    from nfstore.readers.base import StimulusTable
-    from nfstore.stimuli import commit_stimulus_table
+    return StimulusTable(name, np.array(ids, dtype=object), np.array(rel, dtype=object),
+                         np.full(len(ids), -1, np.int64), base.resolve())
 
+
+def _commit_pool(path: Path, table: Any, skip_bad: bool) -> list[str]:
+    """Fingerprint the pool's images, then write its stimulus table (the caller holds the
+    write lock). An unreadable image (decompression bombs included) is a one-line error
+    before anything is written, unless ``skip_bad``: then it is registered without a
+    fingerprint (``nf embed`` skips it) and its line returned."""
+    from nfstore.stimuli import commit_stimulus_table, fingerprints_to_compute
+
+    errors: list[str] = []
+    known = fingerprints_to_compute(path, table, list(table.stimulus), errors=errors)
+    if errors and not skip_bad:
+        raise ReaderError(f"{errors[0]} ({len(errors)} of {len(table.stimulus)} pool images "
+                          f"unreadable; skip_bad goes on without them)")
+    commit_stimulus_table(path, table, known=known)
+    return errors
+
+
+def register_pool(store: Path, folder: str | Path, name: str, skip_bad: bool = False) -> int:
+    """Add a folder of novel images as stimuli ``<name>/<relative path stem>``; returns count.
+
+    Parameters
+    ----------
+    skip_bad : bool
+        Register unreadable images (without fingerprint) instead of failing on the first.
+    """
+    table = _pool_table(folder, name)
     path = _layout.local_store_path(store)
     with _layout.writing(path, "nf embed --pool"):
-        commit_stimulus_table(path, StimulusTable(name, np.array(ids, dtype=object),
-                                                  np.array(rel, dtype=object),
-                                                  np.full(len(ids), -1, np.int64),
-                                                  base.resolve()))
-    return len(ids)
+        _commit_pool(path, table, skip_bad)
+    return len(table.stimulus)
 
 
 class _Images:
@@ -89,6 +120,8 @@ class _Images:
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
         from PIL import Image
 
+        from nfstore.imagefile import open_rgb
+
         path, key, row = self.items[i]
         if self._proc is None:
             self._proc = encoders.processor()
@@ -100,9 +133,10 @@ class _Images:
                     self._h5[path] = h5py.File(path, "r")
                 img = Image.fromarray(self._h5[path][key][row])
             else:
-                with Image.open(path) as im:
-                    img = im.convert("RGB")
+                img = open_rgb(path)
             return i, encoders.preprocess(img, self._proc), ""
+        except ReaderError as err:  # one line naming the file already
+            return i, None, str(err)
         except Exception as err:  # reported per file by the caller
             return i, None, f"{path}{f' row {row}' if row >= 0 else ''}: {type(err).__name__}: " \
                             f"{' '.join(str(err).split())[:200]}"
@@ -110,6 +144,21 @@ class _Images:
 
 def _collate(batch: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int, Any, str]]:
     return batch
+
+
+def _clash(store: Path, name: str, meta: dict[str, Any], overwrite: bool) -> list[str]:
+    """Attributes in which the cache ``/embeddings/<name>`` differs from ``meta`` (none if it
+    does not exist); a difference without ``overwrite`` is a one-line error."""
+    path = store / EMBEDDINGS_GROUP / name
+    if not path.is_dir():
+        return []
+    old = dict(zarr.open_group(str(path), mode="r").attrs)
+    clash = [k for k in ("weights_sha256", "dtype", "feature_shape") if old.get(k) != meta[k]]
+    if clash and not overwrite:
+        raise StoreError(f"{store}/{EMBEDDINGS_GROUP}/{name}: cached with other "
+                         f"{', '.join(clash)} ({old.get('weights', {}).get('path')}); pass "
+                         f"--overwrite to replace the cache")
+    return clash
 
 
 def _cache_group(store: Path, name: str, meta: dict[str, Any], shape: tuple[int, ...],
@@ -123,13 +172,7 @@ def _cache_group(store: Path, name: str, meta: dict[str, Any], shape: tuple[int,
     path = store / EMBEDDINGS_GROUP / name
     staged = None
     if path.is_dir():
-        old = dict(zarr.open_group(str(path), mode="r").attrs)
-        clash = [k for k in ("weights_sha256", "dtype", "feature_shape")
-                 if old.get(k) != meta[k]]
-        if clash and not overwrite:
-            raise StoreError(f"{store}/{EMBEDDINGS_GROUP}/{name}: cached with other "
-                             f"{', '.join(clash)} ({old.get('weights', {}).get('path')}); pass "
-                             f"--overwrite to replace the cache")
+        clash = _clash(store, name, meta, overwrite)
         if not clash:
             return _resume(path, shape), None
         staged = _layout.staging_path(store, f"{EMBEDDINGS_GROUP}.{name}")
@@ -175,18 +218,26 @@ def _todo(store: Any, datasets: list[str], done: set[str]) -> list[tuple[str, st
 
 
 def embed_store(location: str | Path, model: str, weights: str | Path, *,
-                stimuli: str = "all", batch_size: int = 32, device: str = "cpu",
-                dtype: str = "float32", tokens: bool = False, workers: int = 2,
-                skip_bad: bool = False, overwrite: bool = False, progress: bool = False,
+                stimuli: str = "all", pool: str | Path | None = None, pool_name: str = "pool",
+                batch_size: int = 32, device: str = "cpu", dtype: str = "float32",
+                tokens: bool = False, workers: int = 2, skip_bad: bool = False,
+                overwrite: bool = False, progress: bool = False,
                 on_batch: Callable[[int], None] | None = None) -> EmbedSummary:
     """Embed every stimulus image of the store that the cache does not hold yet.
+
+    Every option, the weights (loaded) and the cache are checked before anything is written,
+    so a call that fails on them leaves the store unchanged.
 
     Parameters
     ----------
     location : path of a local store
     model : {"ip-adapter-sdxl", "ip-adapter-sdxl-vit-h"}
     weights : path of the encoder (see :func:`nfstore.encoders.locate_weights`)
-    stimuli : "all", a dataset name, "pool" (every pool) or a pool name
+    stimuli : "all", a dataset name, "pool" (every pool) or a pool name; with ``pool``,
+        "all" means that pool
+    pool : folder, optional
+        Register this folder of novel images as pool ``pool_name`` first
+        (:func:`register_pool`), once the checks above have passed.
     dtype : {"float32", "float16"}
         Stored precision (the model also runs in float16 on CUDA).
     tokens : bool
@@ -194,6 +245,8 @@ def embed_store(location: str | Path, model: str, weights: str | Path, *,
         ``<model>-tokens`` instead of the global embedding.
     workers : int
         DataLoader worker processes decoding images.
+    skip_bad : bool
+        Report unreadable images (in :attr:`EmbedSummary.skipped`) and go on without them.
     on_batch : callable, optional
         Called with the number of committed rows after each batch.
     """
@@ -207,29 +260,44 @@ def embed_store(location: str | Path, model: str, weights: str | Path, *,
         raise OptionError(f"--dtype: expected float32 or float16; got {dtype!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise OptionError(f"--device: {device} requested but CUDA is not available")
+    table = _pool_table(pool, pool_name) if pool is not None else None
+    stimuli = pool_name if table is not None and stimuli == "all" else stimuli
     path = _layout.local_store_path(location)
     store = nfstore.open_store(path)
     with _layout.writing(path, f"nf embed --model {model}"):
-        return _embed(store, path, spec, model, weights, stimuli=stimuli, batch_size=batch_size,
-                      device=device, dtype=dtype, tokens=tokens, workers=workers,
-                      skip_bad=skip_bad, overwrite=overwrite, progress=progress,
-                      on_batch=on_batch, t0=t0)
+        chosen = _chosen(store, path, stimuli, [pool_name] if table is not None else [])
+        encoder, meta = _load(spec, model, weights, device, dtype, tokens)
+        name = f"{model}-tokens" if tokens else model
+        _clash(path, name, meta, overwrite)
+        if table is not None:
+            _commit_pool(path, table, skip_bad)
+            store = nfstore.open_store(path)
+        summary = _embed(store, path, encoder, name, meta, chosen, batch_size=batch_size,
+                         device=device, dtype=dtype, tokens=tokens, workers=workers,
+                         skip_bad=skip_bad, overwrite=overwrite, progress=progress,
+                         on_batch=on_batch, t0=t0)
+        summary.registered = 0 if table is None else len(table.stimulus)
+        return summary
 
 
-def _embed(store: Any, path: Path, spec: Any, model: str, weights: str | Path, *, stimuli: str,
-           batch_size: int, device: str, dtype: str, tokens: bool, workers: int,
-           skip_bad: bool, overwrite: bool, progress: bool,
-           on_batch: Callable[[int], None] | None, t0: float) -> EmbedSummary:
-    import torch
-    from tqdm.auto import tqdm
-
-    tables = store._children(STIMULI_GROUP)
+def _chosen(store: Any, path: Path, stimuli: str, new: list[str]) -> list[str]:
+    """Stimulus tables named by ``stimuli`` (``new``: pools about to be registered)."""
+    tables = store._children(STIMULI_GROUP) + [t for t in new
+                                                if t not in store._children(STIMULI_GROUP)]
     pools = [t for t in tables if t not in DATASETS]
     chosen = {"all": tables, "pool": pools}.get(stimuli, [stimuli])
     unknown = [c for c in chosen if c not in tables]
     if unknown:
         raise OptionError(f"--stimuli: {unknown[0]!r} has no stimulus table in {path}; "
                           f"available: all, pool, {', '.join(tables)}")
+    return chosen
+
+
+def _load(spec: Any, model: str, weights: str | Path, device: str, dtype: str, tokens: bool
+          ) -> tuple[Any, dict[str, Any]]:
+    """The loaded encoder and the cache attributes it makes (output ``feature_shape``)."""
+    import torch
+
     where = encoders.locate_weights(weights, spec)
     encoder = encoders.load_encoder(where, spec, device=device,
                                     dtype="float16" if device.startswith("cuda") else "float32",
@@ -237,13 +305,23 @@ def _embed(store: Any, path: Path, spec: Any, model: str, weights: str | Path, *
     probe = encoder(torch.zeros(1, 3, 224, 224, device=device, dtype=next(
         encoder.model.parameters()).dtype), tokens=tokens)
     shape = tuple(int(s) for s in probe.shape[1:])
-    name = f"{model}-tokens" if tokens else model
     meta = {"model": model, "weights": {"layout": where.layout, "path": str(where.path.resolve()),
                                         "files": [f.name for f in where.files]},
             "weights_sha256": encoders.checksum(where.files), "dtype": dtype,
             "feature_shape": list(shape), "preprocessing": encoders.PREPROCESSING,
             "output": "hidden_states[-2]" if tokens else "image_embeds (unnormalized)",
             "nf_version": __version__}
+    return encoder, meta
+
+
+def _embed(store: Any, path: Path, encoder: Any, name: str, meta: dict[str, Any],
+           chosen: list[str], *, batch_size: int, device: str, dtype: str, tokens: bool,
+           workers: int, skip_bad: bool, overwrite: bool, progress: bool,
+           on_batch: Callable[[int], None] | None, t0: float) -> EmbedSummary:
+    import torch
+    from tqdm.auto import tqdm
+
+    shape = tuple(meta["feature_shape"])
     group, staged = _cache_group(path, name, meta, shape, overwrite)
     count = int(group.attrs["count"])
     done = set(group["stimulus"][:count].tolist()) if count else set()

@@ -189,6 +189,9 @@ def processor() -> Any:
 
 
 def preprocess(image: Any, proc: Any) -> np.ndarray:
-    """One PIL image -> float32 array (3, 224, 224)."""
-    return np.asarray(proc(images=image.convert("RGB"), return_tensors="np")["pixel_values"][0],
+    """One PIL image (any mode; alpha composited by :func:`nfstore.imagefile.to_rgb`) ->
+    float32 array (3, 224, 224)."""
+    from nfstore.imagefile import to_rgb
+
+    return np.asarray(proc(images=to_rgb(image), return_tensors="np")["pixel_values"][0],
                       dtype=np.float32)

@@ -9,9 +9,9 @@ such copies whatever their names:
   ``cocoId`` in ``nsd_stim_info_merged.csv``, BOLD5000 COCO files, pool files with COCO names),
   ``imagenet/<synset>_<n>`` (GOD images, BOLD5000 ImageNet files, pool files with ImageNet
   names), otherwise ``<dataset or pool>/<id>``;
-- ``fingerprint``: a 64-bit perceptual hash (DCT pHash, :mod:`imagehash`) of the decoded
-  pixels, which survives re-encoding and mild resizing; two images whose hashes differ in at
-  most ``max_distance`` bits are taken as the same picture.
+- ``fingerprint``: hashes of windows of the decoded picture (:mod:`nfstore.copies`), which
+  find re-encoded, resized, grey, brightened, mirrored and cropped copies, and the uncropped
+  original of a square-cropped stimulus.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nfstore import copies
+from nfstore.errors import ReaderError
+
 COCO_FILE = re.compile(r"COCO_(?:train|val)\d{4}_(\d{12})")
 IMAGENET_FILE = re.compile(r"(n\d{8}_\d+)")
-MAX_DISTANCE = 3  # pHash bits; re-encoded copies differ by 0-2 bits, other images by ~32
+MAX_DISTANCE = copies.MAX_DISTANCE  # bits of a 63-bit window hash
 NO_FINGERPRINT = ""
 
 
@@ -69,24 +72,37 @@ def identities(table: str, stimuli: Sequence[str], coco_ids: dict[str, int] | No
                      for s in stimuli], dtype=object)
 
 
-def fingerprint(pixels: np.ndarray) -> str:
-    """64-bit DCT perceptual hash of an RGB image (H, W, 3) uint8, as 16 hex digits."""
-    import imagehash
-    from PIL import Image
+def fingerprint(pixels: np.ndarray, crops: bool = True) -> str:
+    """Window fingerprint of an RGB image (H, W, 3) uint8 (:func:`nfstore.copies.fingerprint`).
 
-    return str(imagehash.phash(Image.fromarray(np.asarray(pixels, np.uint8))))
+    ``crops`` adds the crop windows (stimuli of datasets, which may be held out); pool images
+    need only the whole image and its square slides.
+    """
+    return copies.fingerprint(pixels, crops)
 
 
-def fingerprint_files(items: Iterable[tuple[str, int]], root: Path, workers: int = 4
-                      ) -> list[str]:
+def fingerprint_files(items: Iterable[tuple[str, int]], root: Path, workers: int = 4,
+                      crops: bool = True, errors: list[str] | None = None) -> list[str]:
     """Fingerprints of images stored as files or rows of an HDF5 ``imgBrick``.
 
     Parameters
     ----------
     items : iterable of (file relative to ``root``, row in the brick or -1 for image files)
+    crops : bool
+        Also hash the crop windows (see :func:`fingerprint`).
+    errors : list, optional
+        Receives one line per unreadable image file (``<path>: expected ...; found ...``,
+        decompression bombs included); such files get no fingerprint.
+
+    Returns
+    -------
+    list of str, one per item (``""`` for none)
     """
+    from nfstore.imagefile import open_rgb
+
     items = list(items)
     out = [NO_FINGERPRINT] * len(items)
+    failed: dict[int, str] = {}
     bricks: dict[str, list[int]] = {}
     files: list[int] = []
     for i, (f, row) in enumerate(items):
@@ -95,13 +111,11 @@ def fingerprint_files(items: Iterable[tuple[str, int]], root: Path, workers: int
         (bricks.setdefault(f, []) if row >= 0 else files).append(i)
 
     def one_file(i: int) -> None:
-        from PIL import Image
-
         try:
-            with Image.open(root / items[i][0]) as im:
-                out[i] = fingerprint(np.asarray(im.convert("RGB")))
-        except (OSError, ValueError):  # unreadable: no fingerprint (nf embed reports it)
-            out[i] = NO_FINGERPRINT
+            out[i] = fingerprint(np.asarray(open_rgb(root / items[i][0], copies.WORK_SIDE)),
+                                 crops)
+        except ReaderError as err:  # no fingerprint; reported to the caller
+            failed[i] = str(err)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one_file, files))
@@ -112,36 +126,27 @@ def fingerprint_files(items: Iterable[tuple[str, int]], root: Path, workers: int
                 part = idx[start:start + 256]
                 block = read_brick_rows(np.array([items[i][1] for i in part]), str(root / f),
                                          "imgBrick")
-                for i, p in zip(part, pool.map(fingerprint, list(block))):
+                for i, p in zip(part, pool.map(lambda x: fingerprint(x, crops), list(block))):
                     out[i] = p
+    if errors is not None:
+        errors += [failed[i] for i in sorted(failed)]
     return out
 
 
-def _as_int(prints: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    ok = np.array([bool(p) for p in prints])
-    vals = np.array([int(p, 16) if p else 0 for p in prints], dtype=np.uint64)
-    return vals, ok
-
-
 def near_pairs(a: Sequence[str], b: Sequence[str], max_distance: int = MAX_DISTANCE,
-               block: int = 4096) -> list[tuple[int, int]]:
-    """Index pairs ``(i, j)`` with ``hamming(a[i], b[j]) <= max_distance`` (missing prints never
-    match).
+               crops: bool = True) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)`` where ``b[j]`` is a copy of ``a[i]`` (missing prints never match;
+    :func:`nfstore.copies.copy_pairs`).
 
     Parameters
     ----------
-    a, b : sequences of 16-hex-digit fingerprints (``""`` for none), lengths n_a and n_b
+    a, b : sequences of fingerprints (``""`` for none), lengths n_a and n_b
+    max_distance : int
+        Bits (of 63) within which two window hashes are the same picture.
+    crops : bool
+        Also find ``b`` images that are crops of ``a`` images.
     """
-    va, oka = _as_int(a)
-    vb, okb = _as_int(b)
-    ia, ib = np.flatnonzero(oka), np.flatnonzero(okb)
-    pairs: list[tuple[int, int]] = []
-    for start in range(0, ia.size, block):
-        rows = ia[start:start + block]
-        d = np.bitwise_count(va[rows][:, None] ^ vb[ib][None, :])
-        r, c = np.nonzero(d <= max_distance)
-        pairs += list(zip(rows[r].tolist(), ib[c].tolist()))
-    return pairs
+    return copies.copy_pairs(a, b, max_distance, crops)
 
 
 def groups(identity: Sequence[str], prints: Sequence[str], max_distance: int = MAX_DISTANCE
@@ -172,8 +177,8 @@ def groups(identity: Sequence[str], prints: Sequence[str], max_distance: int = M
             union(first[ident], i)
         else:
             first[ident] = i
-    for i, j in near_pairs(prints, prints, max_distance):
-        if i < j:
+    for i, j in near_pairs(prints, prints, max_distance, crops=False):
+        if i != j:
             union(i, j)
     return np.array([find(i) for i in range(n)], dtype=np.int64)
 

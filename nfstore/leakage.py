@@ -1,10 +1,12 @@
 """``nf leakage``: held-out stimuli that reach training under another name (or the same one).
 
 A test or imagery stimulus of any subject leaks when the same picture -- same id, same
-``identity`` or a fingerprint within :data:`nfstore.identity.MAX_DISTANCE` bits -- is a train
-stimulus of any subject, a stimulus of a synthetic set, or an image of a pool. The report lists
-every such pair; :meth:`LeakageReport.excluded` is the set of stimulus ids training and
-augmentation leave out by default.
+``identity`` or a copy by content (:mod:`nfstore.copies`: re-encoded, resized, grey,
+brightened, mirrored or cropped, or the uncropped original of a square-cropped stimulus) -- is
+a train stimulus of any subject, a stimulus of a synthetic set, or an image of a pool. The
+report lists every such pair; :meth:`LeakageReport.excluded` is the set of stimulus ids training
+and augmentation leave out by default. Fingerprints written by an earlier version (one pHash)
+are compared only with each other and counted in :attr:`LeakageReport.legacy`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nfstore import copies
 from nfstore import identity as ident
 from nfstore._names import DATASETS, SPLIT, STIMULUS
 
@@ -52,6 +55,7 @@ class LeakageReport:
     n_held_out: int = 0
     n_used: int = 0
     max_distance: int = ident.MAX_DISTANCE
+    legacy: int = 0  # stimuli whose fingerprint is from an earlier version (not recomputed yet)
 
     def excluded(self) -> set[str]:
         """Stimulus ids whose trials training (measured and synthetic) leaves out."""
@@ -66,6 +70,7 @@ class LeakageReport:
     def to_dict(self) -> dict[str, Any]:
         return {"held_out_stimuli": self.n_held_out, "used_stimuli": self.n_used,
                 "max_distance": self.max_distance, "counts": self.counts(),
+                "legacy_fingerprints": self.legacy,
                 "leaking_held_out": len({d.held_out for d in self.duplicates}),
                 "duplicates": [asdict(d) for d in self.duplicates]}
 
@@ -80,6 +85,10 @@ class LeakageReport:
                f"training, synthetic sets or pools ({len(self.duplicates)} copies; "
                f"{self.n_used} stimuli used for training or augmentation checked)"]
         out += [f"  {pair}: {c}" for pair, c in self.counts().items()]
+        if self.legacy:
+            out.append(f"note: {self.legacy} stimuli have fingerprints from an earlier version, "
+                       f"compared only with each other (re-encoded copies only); rerun nf ingest "
+                       f"or nf embed --pool of their tables to find crops and mirrored copies")
         return out
 
 
@@ -113,7 +122,8 @@ def find_leakage(store: Any, max_distance: int = ident.MAX_DISTANCE) -> LeakageR
     ----------
     store : nfstore.Store
     max_distance : int
-        Fingerprints (64-bit pHash) within this many bits are the same picture.
+        Window hashes (63 bits, :mod:`nfstore.copies`) within this many bits are the same
+        picture.
     """
     held, used = _uses(store)
     h_ids, u_ids = sorted(held), sorted(used)
@@ -135,7 +145,8 @@ def find_leakage(store: Any, max_distance: int = ident.MAX_DISTANCE) -> LeakageR
         split, subjects = held[h_ids[i]]
         dups.append(Duplicate(h_ids[i], split, sorted(subjects), u_ids[j], sorted(used[u_ids[j]]),
                               by))
-    return LeakageReport(dups, len(h_ids), len(u_ids), max_distance)
+    legacy = copies.legacy_count(list(h_print) + list(u_print))
+    return LeakageReport(dups, len(h_ids), len(u_ids), max_distance, legacy)
 
 
 __all__ = ["find_leakage", "LeakageReport", "Duplicate"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from nfstore import identity
-from nfstore.errors import MissingFileError, QueryError
+from nfstore import copies, identity
+from nfstore.errors import MissingFileError, QueryError, ReaderError
 from nfstore.readers.base import StimulusTable
 
 
@@ -29,15 +29,17 @@ def read_brick_rows(rows: np.ndarray, path: str, key: str) -> np.ndarray:
 
 def _read_image_files(rows: np.ndarray, paths: tuple[str, ...], size: tuple[int, int] | None
                       ) -> np.ndarray:
+    """Pixels (n, H, W, 3) uint8 of image files (alpha composited, :mod:`nfstore.imagefile`)."""
     from PIL import Image
+
+    from nfstore.imagefile import open_rgb
 
     imgs = []
     for r in rows:
-        with Image.open(paths[int(r)]) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-            imgs.append(np.asarray(im))
+        im = open_rgb(paths[int(r)])
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+        imgs.append(np.asarray(im))
     return np.stack(imgs)
 
 
@@ -88,8 +90,13 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
 
         sizes = set()
         for p in paths:
-            with Image.open(p) as im:
-                sizes.add((im.size[1], im.size[0]))
+            try:
+                with Image.open(p) as im:
+                    sizes.add((im.size[1], im.size[0]))
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                raise ReaderError(f"{p}: expected an image PIL can decode; found "
+                                  f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
+                                  ) from None
         if len(sizes) > 1:
             raise QueryError(f"images: stimuli have different sizes {sorted(sizes)[:3]}; "
                              f"pass size=(height, width)")
@@ -99,11 +106,25 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
                            new_axis=[1, 2, 3], chunks=(rows.chunks[0], *size, 3))
 
 
-def fingerprints_to_compute(store: Path, table: StimulusTable, ids: Sequence[str]
-                            ) -> dict[str, str]:
+def _with_crops(table: str) -> bool:
+    """Whether prints of ``table`` hash crop windows: datasets' stimuli may be held out."""
+    from nfstore._names import DATASETS
+
+    return table in DATASETS
+
+
+def _current(print_: str, table: str) -> bool:
+    """Whether a stored print can be kept: made by this version, with the windows its table
+    needs (legacy prints are recomputed)."""
+    return copies.is_current(print_) and (not _with_crops(table) or copies.has_crops(print_))
+
+
+def fingerprints_to_compute(store: Path, table: StimulusTable, ids: Sequence[str],
+                            errors: list[str] | None = None) -> dict[str, str]:
     """Fingerprints of the stimuli ``ids`` of ``table`` that the store's current table lacks
-    for the same file and row: stimulus id -> fingerprint (so they can be computed while
-    something else runs, and handed to :func:`commit_stimulus_table`)."""
+    for the same file and row (or holds from an earlier version): stimulus id -> fingerprint
+    (so they can be computed while something else runs, and handed to
+    :func:`commit_stimulus_table`). ``errors`` receives one line per unreadable image file."""
     import xarray as xr
 
     from nfstore._names import STIMULI_GROUP
@@ -118,21 +139,25 @@ def fingerprints_to_compute(store: Path, table: StimulusTable, ids: Sequence[str
                 old["index"].values.tolist(), old["fingerprint"].values.tolist())}
     want = set(ids)
     todo = [(i, str(f), int(n)) for i, f, n in zip(table.stimulus, table.file, table.index)
-            if i in want and f and not (i in have and have[i][:2] == (f, int(n)) and have[i][2])]
-    prints = identity.fingerprint_files([(f, n) for _, f, n in todo], Path(table.root))
-    return {i: p for (i, _, _), p in zip(todo, prints)}
+            if i in want and f and not (i in have and have[i][:2] == (f, int(n))
+                                        and _current(have[i][2], table.dataset))]
+    prints = identity.fingerprint_files([(f, n) for _, f, n in todo], Path(table.root),
+                                        crops=_with_crops(table.dataset), errors=errors)
+    return {i: p for (i, _, _), p in zip(todo, prints) if p}
 
 
 def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequence[str] = (),
                           fingerprint_ids: Sequence[str] | None = None,
-                          known: dict[str, str] | None = None) -> None:
+                          known: dict[str, str] | None = None,
+                          errors: list[str] | None = None) -> None:
     """Replace ``/stimuli/<table.dataset>`` (staged, then renamed).
 
     Rows: ``table``, the rows of the previous table it does not list, and the ``referenced``
     ids found in neither (no pixels: empty ``file``). Every row gets its ``identity`` and a
-    ``fingerprint`` (:mod:`nfstore.identity`): kept from the previous table for the same file
-    and row, computed for the stimuli in ``fingerprint_ids`` (default: every row with pixels),
-    empty otherwise.
+    ``fingerprint`` (:mod:`nfstore.copies`): kept from the previous table for the same file
+    and row (unless made by an earlier version), computed for the stimuli in
+    ``fingerprint_ids`` (default: every row with pixels), empty otherwise. Unreadable image
+    files get none; ``errors`` receives one line per such file.
     """
     import xarray as xr
     import zarr
@@ -160,8 +185,8 @@ def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequenc
             if i not in seen:
                 seen[i] = len(ids)
                 ids.append(i), files.append(f), index.append(n), ident.append(d)
-                prints.append(p)
-            elif (files[seen[i]], index[seen[i]]) == (f, n):
+                prints.append(p if _current(p, table.dataset) else identity.NO_FINGERPRINT)
+            elif (files[seen[i]], index[seen[i]]) == (f, n) and _current(p, table.dataset):
                 prints[seen[i]] = p  # same pixels as before
     for i in referenced:
         if i not in seen:
@@ -174,7 +199,9 @@ def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequenc
     want = set(ids if fingerprint_ids is None else fingerprint_ids)
     todo = [n for n, i in enumerate(ids) if i in want and files[n] and not prints[n]]
     for n, p in zip(todo, identity.fingerprint_files([(files[n], int(index[n])) for n in todo],
-                                                     Path(table.root))):
+                                                     Path(table.root),
+                                                     crops=_with_crops(table.dataset),
+                                                     errors=errors)):
         prints[n] = p
     staged = _layout.staging_path(store, key)
     _layout.discard(staged)
@@ -187,7 +214,8 @@ def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequenc
     ds.to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
     zarr.open_group(str(staged), mode="r+").attrs.update(
         {"dataset": table.dataset, "raw_root": str(table.root), "nf_version": __version__,
-         "fingerprint": f"imagehash.phash 64-bit; duplicates within {identity.MAX_DISTANCE} bits"})
+         "fingerprint": f"nfstore.copies {copies.PREFIX} window hashes (63-bit DCT signs); "
+                        f"copies within {copies.MAX_DISTANCE} bits"})
     from nfstore.pixels import PIXELS
 
     if (previous / PIXELS).is_dir():  # the pixel cache moves with its table (rows by id)

@@ -41,6 +41,8 @@ def synth_pool(out: Path, cfg: PoolSynthConfig = PoolSynthConfig()) -> dict[str,
     """Write the pool under ``out``; returns a summary."""
     from PIL import Image
 
+    from nfstore.imagefile import open_rgb
+
     t0 = time.perf_counter()
     rng = np.random.default_rng([cfg.seed, 11])
     synsets = rng.choice(np.arange(9000000, 9999999), max(1, cfg.n // 5), replace=False)
@@ -52,15 +54,14 @@ def synth_pool(out: Path, cfg: PoolSynthConfig = PoolSynthConfig()) -> dict[str,
     if cfg.god:
         test = sorted((Path(cfg.god) / "images" / "test").glob("*.JPEG"))
         for k, src in enumerate(test[:cfg.god_copies + cfg.god_renamed]):
-            with Image.open(src) as im:
-                im = im.convert("RGB")
-                if k < cfg.god_copies:  # the same picture under its ImageNet name, resized
-                    dst = out / src.stem.split("_")[0] / f"{src.stem}.png"
-                    im = im.resize((cfg.image_size, cfg.image_size), Image.Resampling.BICUBIC)
-                else:  # renamed: nothing but the pixels says what it is
-                    dst = out / "misc" / f"copy_{k}.png"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                im.save(dst, format="PNG")
-                copies += 1
+            im = open_rgb(src)
+            if k < cfg.god_copies:  # the same picture under its ImageNet name, resized
+                dst = out / src.stem.split("_")[0] / f"{src.stem}.png"
+                im = im.resize((cfg.image_size, cfg.image_size), Image.Resampling.BICUBIC)
+            else:  # renamed: nothing but the pixels says what it is
+                dst = out / "misc" / f"copy_{k}.png"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            im.save(dst, format="PNG")
+            copies += 1
     return {"subjects": 0, "images": cfg.n + copies, "trials": 0,
             "seconds": time.perf_counter() - t0}

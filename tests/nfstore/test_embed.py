@@ -147,7 +147,10 @@ def test_pool_tokens_float16_and_skip_bad(store: Path, tiny, tmp_path: Path) -> 
         (pool / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8)).save(pool / rel)
     (pool / "b" / "broken.jpg").write_bytes(b"not an image")
-    assert register_pool(store, pool, "imnet") == 4
+    with pytest.raises(nfstore.ReaderError, match=r"broken.jpg: expected an image PIL can "
+                       r"decode.*1 of 4 pool images unreadable; skip_bad"):
+        register_pool(store, pool, "imnet")
+    assert register_pool(store, pool, "imnet", skip_bad=True) == 4
     with pytest.raises(nfstore.ReaderError, match=r"broken.jpg: .*pass --skip-bad"):
         embed_store(store, "ip-adapter-sdxl", tiny["hf"], stimuli="imnet", workers=0)
     s = embed_store(store, "ip-adapter-sdxl", tiny["hf"], stimuli="pool", workers=1,
