@@ -89,6 +89,10 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
                    "nsd, bold5000 default), run (each run by its own statistics, TEST RUNS "
                    "INCLUDED; god default), train-global (all train trials), none.")
 @click.option("--overwrite", is_flag=True, help="Replace subjects already in the store.")
+@click.option("--nonfinite", type=click.Choice(["error", "zero"]), default="error",
+              show_default=True,
+              help="Betas that are NaN or infinite as float32: refuse the file (error), or leave "
+                   "them out of the statistics and store 0, counted in the summary (zero).")
 @pixel_cache_options
 @click.option("--scheduler", metavar="ADDRESS",
               help="Dask distributed scheduler (tcp://host:8786): blocks (NSD sessions) of every "
@@ -99,7 +103,7 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
 def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | None,
            sessions: str | None, beta_version: str | None, fmt: str | None, tr: str | None,
            images: str | None, dtype: str, normalization: str | None, overwrite: bool,
-           cache_pixels: bool, pixel_size: int | None, scheduler: str | None,
+           nonfinite: str, cache_pixels: bool, pixel_size: int | None, scheduler: str | None,
            progress: bool) -> None:
     """Ingest DATASET from RAW_ROOT (original layout) into the store."""
     import nfstore
@@ -111,7 +115,7 @@ def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | 
                            images=images, sessions=tuple(ranges) if ranges else None)
     summary = nfstore.ingest(dataset, raw_root, store, subjects=subjects, options=options,
                              overwrite=overwrite, dtype=dtype, normalization=normalization,
-                             progress=progress, scheduler=scheduler)
+                             progress=progress, scheduler=scheduler, nonfinite=nonfinite)
     click.echo(summary.line())
     if cache_pixels:
         from nfstore.pixels import cache_pixels as cache
@@ -192,7 +196,8 @@ def query(store: str, subject: str, roi: tuple[str, ...] | None, split: str | No
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Write the full list of copies as JSON.")
 @click.option("--max-distance", type=click.IntRange(0, 64), default=None,
-              help="Fingerprint bits within which two images are the same picture [3].")
+              help="Bits within which two window hashes (63-bit) are the same picture [6]; "
+                   "fingerprints of earlier versions (one pHash) use 3.")
 @remote_store
 def leakage(store: str, json_out: str | None, max_distance: int | None) -> None:
     """Held-out (test/imagery) stimuli whose picture is also a train stimulus of any subject,

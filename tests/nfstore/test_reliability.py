@@ -511,3 +511,22 @@ def test_nonfinite_on_a_cluster_as_here(raw_copy: Path, tmp_path: Path) -> None:
     a, b = nfstore.open_store(here), nfstore.open_store(there)
     np.testing.assert_array_equal(a.betas("nsd/subj01").values, b.betas("nsd/subj01").values)
     assert a.attrs("nsd/subj01")["normalization"] == b.attrs("nsd/subj01")["normalization"]
+
+
+def test_cli_nonfinite_flag(raw_copy: Path, tmp_path: Path) -> None:
+    """`nf ingest --nonfinite`: the default refuses in one line; `zero` stores and reports."""
+    from click.testing import CliRunner
+
+    from nf.main import _register, cli
+
+    _register()
+    _nifti_float_nan(raw_copy)
+    store = tmp_path / "cli.zarr"
+    args = ["ingest", "nsd", str(raw_copy), "--store", str(store), "--subjects", "1",
+            "--no-progress"]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 1 and "found 5 NaN" in refused.output
+    assert "Traceback" not in refused.output and not store.exists()
+    done = CliRunner().invoke(cli, args + ["--nonfinite", "zero"])
+    assert done.exit_code == 0, done.output
+    assert "5 non-finite betas stored as 0" in done.output

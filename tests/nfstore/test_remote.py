@@ -166,8 +166,8 @@ def test_nf_serve_pages_and_images_from_the_url(pair: dict[str, Any]) -> None:
 
     from nfserve.app import ServeConfig, create_app
 
-    remote = TestClient(create_app(ServeConfig(pair["remote"])))
-    local = TestClient(create_app(ServeConfig(pair["local"])))
+    remote = TestClient(create_app(ServeConfig(pair["remote"])), base_url="http://127.0.0.1")
+    local = TestClient(create_app(ServeConfig(pair["local"])), base_url="http://127.0.0.1")
     over = remote.get("/api/overview").json()
     assert [s["key"] if isinstance(s, dict) else s for s in over["subjects"]] == [
         s["key"] if isinstance(s, dict) else s for s in local.get("/api/overview").json()[
