@@ -23,7 +23,8 @@ def compare(location: str | Path, subject: str, names: dict[str, str], size: int
     Parameters
     ----------
     names : row label -> reconstruction set; every set must hold the first set's stimuli
-    size : images are compared at this size (ground truth and sets resized to it)
+    size : the sets are resized to this size; the ground truth enters at its native size
+        (the metric convention resizes both)
     networks : :func:`nfrecon.metrics.load_networks` output; adds ``alexnet2`` (2-way)
 
     Returns
@@ -44,7 +45,7 @@ def compare(location: str | Path, subject: str, names: dict[str, str], size: int
             raise nfstore.StoreError(f"{name}: no image of {len(missing)} stimuli of the "
                                      f"first set (e.g. {missing[:3]})")
         sets[label] = resize(imgs[[index[s] for s in stim]], size)
-    gt = ground_truth(store, stim, size)
+    gt = ground_truth(store, stim)
     first = next(iter(sets.values()))
     sets["shuffled"] = first[derangement(len(first), seed)]
     sets["mean train image"] = np.broadcast_to(mean_train_image(store, subject, size),

@@ -1,18 +1,22 @@
 """The eight image metrics of brain-decoding papers, as the published code computes them.
 
-Variants (``reconstruction.md``, Metrics conventions):
+Variants (``reconstruction.md``, Metrics conventions). The ground truth enters at its native
+size (each image its own: BOLD5000 and GOD images differ), so the convention's own resizing is
+the only one applied to it.
 
 - ``mindeye2`` (default; MindEye1/2's notebooks): float images in [0, 1], NCHW, first resized to
-  256 x 256; every later resize is torchvision's tensor ``Resize`` (bilinear, short side, no
-  center crop) with ``antialias=False`` (their torchvision < 0.17 did not antialias). PixCorr and
-  SSIM at 425 px; AlexNet at 256, Inception at 342, CLIP at 224, EffNet-B at 255, SwAV at 224.
-  SSIM: ``skimage.color.rgb2gray`` then a plain 2-D ``structural_similarity(gaussian_weights=True,
-  sigma=1.5, use_sample_covariance=False, data_range=1.0)``. EffNet-B: IMAGENET1K_V2 weights.
-- ``brain-diffuser``: reconstructions as uint8 (PNG truncation), resized to 425 with PIL bicubic
-  for PixCorr/SSIM against the 425 px ground truth; every feature network gets PIL bilinear
-  224 x 224 (Inception too). SSIM under its scikit-image 0.17.2: ``multichannel=True`` on a 2-D
-  gray image took the 425 columns as channels, so it is the **mean of 1-D SSIMs down the
-  columns** (``channel_axis=-1`` today). EffNet-B: the legacy IMAGENET1K_V1 weights.
+  256 x 256 (both sides, whatever the aspect ratio); every later resize is torchvision's tensor
+  ``Resize`` (bilinear, short side, no center crop) with ``antialias=False`` (their torchvision
+  < 0.17 did not antialias). PixCorr and SSIM at 425 px; AlexNet at 256, Inception at 342, CLIP
+  at 224, EffNet-B at 255, SwAV at 224. SSIM: ``skimage.color.rgb2gray`` then a plain 2-D
+  ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+  data_range=1.0)``. EffNet-B: IMAGENET1K_V2 weights.
+- ``brain-diffuser``: reconstructions as uint8 (PNG truncation) and the ground truth, resized to
+  425 x 425 with PIL bicubic for PixCorr/SSIM (NSD's ground truth already is 425 px); every
+  feature network gets PIL bilinear 224 x 224 (Inception too). SSIM under its scikit-image
+  0.17.2: ``multichannel=True`` on a 2-D gray image took the 425 columns as channels, so it is
+  the **mean of 1-D SSIMs down the columns** (``channel_axis=-1`` today). EffNet-B: the legacy
+  IMAGENET1K_V1 weights.
 
 2-way identification (AlexNet, Inception, CLIP): ``r = corrcoef(gt, rec)[:N, N:]``; image j
 scores ``sum_i [r[i, j] < r[j, j]] / (N - 1)``; the metric is the mean (chance 0.5). EffNet-B and
@@ -107,23 +111,48 @@ def resize_tensor(x: Any, size: int) -> Any:
                      interpolation=InterpolationMode.BILINEAR, antialias=False)
 
 
-def resize_pil(images: np.ndarray, size: int, method: str) -> np.ndarray:
-    """PIL resize of uint8 images (N, H, W, 3) to size x size (``bilinear``/``bicubic``)."""
+def resize_pil(images: Any, size: int, method: str) -> np.ndarray:
+    """PIL resize of uint8 images (N, H, W, 3), or N arrays (H_i, W_i, 3), to uint8 (N, size,
+    size, 3) (``bilinear``/``bicubic``)."""
     from PIL import Image
 
     m = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[method]
     return np.stack([np.asarray(Image.fromarray(im).resize((size, size), m)) for im in images])
 
 
-def prepare(images: np.ndarray, variant: str, size: int, pil_method: str = "bilinear") -> Any:
-    """uint8 (N, H, W, 3) -> float tensor (N, 3, size, size) in [0, 1], as ``variant`` does."""
+def resize_256(images: Any) -> Any:
+    """MindEye2's first step: uint8 images -> float tensor (N, 3, 256, 256) in [0, 1], tensor
+    bilinear resize of both sides without antialias.
+
+    Parameters
+    ----------
+    images : uint8 array (N, H, W, 3), or a sequence of N arrays (H_i, W_i, 3) of any sizes
+    """
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    groups = [images] if isinstance(images, np.ndarray) and images.ndim == 4 else [
+        np.asarray(im)[None] for im in images]
+    return torch.cat([TF.resize(torch.from_numpy(np.ascontiguousarray(g)).permute(0, 3, 1, 2)
+                                .float() / 255, [256, 256],
+                                interpolation=InterpolationMode.BILINEAR, antialias=False)
+                      for g in groups])
+
+
+def prepare(images: Any, variant: str, size: int, pil_method: str = "bilinear") -> Any:
+    """uint8 images -> float tensor (N, 3, size, size) in [0, 1], as ``variant`` does.
+
+    Parameters
+    ----------
+    images : uint8 array (N, H, W, 3), or a sequence of N arrays (H_i, W_i, 3) of any sizes
+    """
     import torch
 
     if variant == "brain-diffuser":
         return torch.from_numpy(resize_pil(images, size, pil_method)).permute(0, 3, 1, 2
                                                                              ).float() / 255
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    return resize_tensor(resize_tensor(x, 256), size)
+    return resize_tensor(resize_256(images), size)
 
 
 # --------------------------------------------------------------------------- networks
@@ -202,25 +231,33 @@ def load_networks(paths: dict[str, Path], clip: str | Path, device: str) -> list
             Network("swav", sw_fx, "swav", IMAGENET)]
 
 
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
 def load_clip(path: str | Path, device: str) -> Callable[[Any], Any]:
-    """CLIP ViT-L/14 image features (768-d ``image_embeds``/``encode_image``) from a Hugging Face
-    ``CLIPVisionModelWithProjection`` folder, an OpenAI ``ViT-L-14.pt`` file (read by open_clip's
-    ``load_openai_model``), or an open_clip ``ViT-L-14-quickgelu`` weights file (the OpenAI
-    weights need QuickGELU)."""
+    """CLIP ViT-L/14 image features (768-d ``image_embeds``/``encode_image``) from an open_clip
+    folder as model hubs hold them (``open_clip_config.json``, whose ``model_cfg`` gives the
+    architecture, + ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``), a
+    Hugging Face ``CLIPVisionModelWithProjection`` folder, an OpenAI ``ViT-L-14.pt`` file (read
+    by open_clip's ``load_openai_model``), or an open_clip ``ViT-L-14-quickgelu`` weights file
+    (the OpenAI weights need QuickGELU)."""
     import torch
 
     p = Path(path)
-    if (p / "config.json").is_file():
+    if (p / OPEN_CLIP_CONFIG).is_file():
+        model = _open_clip_folder(p)
+    elif (p / "config.json").is_file():
         from transformers import CLIPVisionModelWithProjection
 
-        model = CLIPVisionModelWithProjection.from_pretrained(str(p), local_files_only=True)
-        model = model.eval().to(device)
+        hf_model = CLIPVisionModelWithProjection.from_pretrained(str(p), local_files_only=True)
+        hf_model = hf_model.eval().to(device)
 
         def hf(x: Any) -> Any:
             with torch.no_grad():
-                return model(pixel_values=x).image_embeds
+                return hf_model(pixel_values=x).image_embeds
         return hf
-    if p.is_file():
+    elif p.is_file():
         import open_clip
 
         try:
@@ -231,27 +268,59 @@ def load_clip(path: str | Path, device: str) -> Callable[[Any], Any]:
         except Exception as err:  # noqa: BLE001
             raise ReaderError(f"--clip {p}: cannot load as open_clip ViT-L-14-quickgelu "
                               f"({type(err).__name__})") from None
-        model = model.eval().to(device)
+    else:
+        raise MissingFileError(
+            f"--clip {p}: expected a Hugging Face CLIPVisionModelWithProjection folder "
+            f"(config.json + weights), an open_clip folder ({OPEN_CLIP_CONFIG} + "
+            f"{' or '.join(OPEN_CLIP_WEIGHTS)}), an OpenAI ViT-L-14.pt file or an open_clip "
+            f"ViT-L-14-quickgelu weights file")
+    model = model.eval().to(device)
 
-        def oc(x: Any) -> Any:
-            with torch.no_grad():
-                return model.encode_image(x)
-        return oc
-    raise MissingFileError(f"--clip {p}: expected a Hugging Face CLIPVisionModelWithProjection "
-                           f"folder (config.json + weights), an OpenAI ViT-L-14.pt file or an "
-                           f"open_clip ViT-L-14-quickgelu weights file")
+    def oc(x: Any) -> Any:
+        with torch.no_grad():
+            return model.encode_image(x)
+    return oc
 
 
-def features(net: Network, images: np.ndarray, variant: str, device: str, batch: int = 32
+def _open_clip_folder(p: Path) -> Any:
+    """The open_clip model of a hub-layout folder, built from its config's ``model_cfg``
+    (open_clip's ``local-dir:`` schema: nothing is fetched) and loaded strictly."""
+    import json
+
+    import open_clip
+
+    found = [w for w in OPEN_CLIP_WEIGHTS if (p / w).is_file()]
+    if not found:
+        raise MissingFileError(f"clip {p}: expected {' or '.join(OPEN_CLIP_WEIGHTS)} beside "
+                               f"{OPEN_CLIP_CONFIG}; found neither")
+    try:
+        cfg = json.loads((p / OPEN_CLIP_CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ReaderError(f"clip {p / OPEN_CLIP_CONFIG}: expected JSON; found "
+                          f"{type(err).__name__}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_cfg"), dict):
+        found_here = sorted(cfg)[:6] if isinstance(cfg, dict) else type(cfg).__name__
+        raise ReaderError(f"clip {p / OPEN_CLIP_CONFIG}: expected an object with 'model_cfg' "
+                          f"(the architecture); found {found_here}")
+    try:
+        return open_clip.create_model(f"local-dir:{p}")
+    except Exception as err:  # noqa: BLE001 - wrong weights for the config, unreadable file
+        raise ReaderError(f"clip {p}: cannot load {found[0]} into the model_cfg of "
+                          f"{OPEN_CLIP_CONFIG} ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:160]})") from None
+
+
+def features(net: Network, images: Any, variant: str, device: str, batch: int = 32
              ) -> dict[str, np.ndarray]:
-    """Outputs of one network for uint8 images (N, H, W, 3), fed in batches."""
+    """Outputs of one network for uint8 images (N, H, W, 3) or N arrays (H_i, W_i, 3), fed in
+    batches."""
     import torch
 
     size = RESIZE[variant][net.size_key]
     mean = torch.tensor(net.norm[0]).view(1, 3, 1, 1)
     std = torch.tensor(net.norm[1]).view(1, 3, 1, 1)
     out: dict[str, list[np.ndarray]] = {}
-    for a in range(0, images.shape[0], batch):
+    for a in range(0, len(images), batch):
         x = (prepare(images[a:a + batch], variant, size) - mean) / std
         with torch.no_grad():
             res = net.fn(x.to(device))
@@ -260,10 +329,16 @@ def features(net: Network, images: np.ndarray, variant: str, device: str, batch:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def pixel_metrics(gt: np.ndarray, rec: np.ndarray, variant: str, batch: int = 64
+def pixel_metrics(gt: Any, rec: np.ndarray, variant: str, batch: int = 64
                   ) -> dict[str, np.ndarray]:
-    """PixCorr and SSIM per image for uint8 images (N, H, W, 3), ``batch`` images at a time
-    (each is resized to 425 px in float64: 4 MB per image and copy)."""
+    """PixCorr and SSIM per image (N,), ``batch`` images at a time (each is resized to 425 px
+    in float64: 4 MB per image and copy).
+
+    Parameters
+    ----------
+    gt : uint8 (N, H, W, 3), or N arrays (H_i, W_i, 3) at their native sizes
+    rec : uint8 (N, h, w, 3)
+    """
     if len(gt) > batch:
         parts = [pixel_metrics(gt[a:a + batch], rec[a:a + batch], variant, batch)
                  for a in range(0, len(gt), batch)]
@@ -278,9 +353,10 @@ def pixel_metrics(gt: np.ndarray, rec: np.ndarray, variant: str, batch: int = 64
     return {"pixcorr": pixcorr(g, r), "ssim": ssim(g, r, columnwise=variant == "brain-diffuser")}
 
 
-def image_metrics(gt: np.ndarray, rec: np.ndarray, networks: list[Network], variant: str,
+def image_metrics(gt: Any, rec: np.ndarray, networks: list[Network], variant: str,
                   device: str = "cpu") -> dict[str, np.ndarray]:
-    """All eight metrics per image (N,), for uint8 ground truth and reconstructions."""
+    """All eight metrics per image (N,), for uint8 ground truth (N, H, W, 3) or N arrays
+    (H_i, W_i, 3) at their native sizes, and reconstructions (N, h, w, 3)."""
     if variant not in VARIANTS:
         raise OptionError(f"--variant: expected one of {list(VARIANTS)}; got {variant!r}")
     out = pixel_metrics(gt, rec, variant)

@@ -29,9 +29,27 @@ def chosen_images(location: str | Path | nfstore.Store, name: str, subject: str
     return imgs[np.arange(imgs.shape[0]), r["chosen"]], r["stimulus"]
 
 
-def ground_truth(store: nfstore.Store, stimuli: np.ndarray, size: int) -> np.ndarray:
-    """Stimulus pixels uint8 (n, H, W, 3); one-image-per-file datasets resized to ``size``."""
-    return np.asarray(store.images(stimuli, size=(size, size)).values)
+def ground_truth(store: nfstore.Store, stimuli: np.ndarray, size: int | None = None
+                 ) -> np.ndarray | list[np.ndarray]:
+    """Stimulus pixels, uint8.
+
+    Parameters
+    ----------
+    stimuli : str array (n,)
+    size : None (what metrics score: every image at its native size) or, for figures, the
+        size one-image-per-file datasets are resized to (image bricks keep theirs)
+
+    Returns
+    -------
+    array (n, H, W, 3), or (``size`` None, images of different sizes) a list of n arrays
+    (H_i, W_i, 3)
+    """
+    if size is not None:
+        return np.asarray(store.images(stimuli, size=(size, size)).values)
+    try:
+        return np.asarray(store.images(stimuli).values)
+    except nfstore.QueryError:  # one-image files of different sizes: each at its own
+        return [np.asarray(store.images([s]).values[0]) for s in stimuli]
 
 
 def mean_train_image(store: nfstore.Store, subject: str, size: int, limit: int = 500
@@ -125,7 +143,7 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
     with _layout.writing(path, f"nf metrics {name}") if path else nullcontext():
         for key in keys:
             rec, stim = chosen_images(store, name, key)
-            gt = ground_truth(store, stim, rec.shape[1])
+            gt = ground_truth(store, stim)  # native sizes: the metric convention resizes
             vals = score(gt, rec)
             pooled[key] = vals
             if path is not None:
@@ -136,8 +154,9 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
             rows = {"shuffled reconstructions": rec[derangement(len(rec), seed)],
                     "mean train image": np.broadcast_to(
                         mean_train_image(store, key, rec.shape[1]), rec.shape).copy()}
-            if vae is not None:
-                rows["VAE round trip (low-level ceiling)"] = vae(gt)
+            if vae is not None:  # the VAE sees the ground truth at the reconstructions' size
+                rows["VAE round trip (low-level ceiling)"] = vae(
+                    ground_truth(store, stim, rec.shape[1]))
             if oracle:
                 orec, ostim = chosen_images(store, oracle, key)
                 if list(ostim) == list(stim):

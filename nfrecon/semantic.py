@@ -44,7 +44,8 @@ def semantic_top1(prob_gt: np.ndarray, prob_rec: np.ndarray, trials: int = 1000,
 
 
 def load_classifier(path: str | Path, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
-    """torchvision ``vit_h_14`` from a local weights file; returns uint8 images -> probs."""
+    """torchvision ``vit_h_14`` from a local weights file; returns uint8 images (N, H, W, 3),
+    or N arrays of any sizes (ground truth at native sizes) -> probabilities (N, 1000)."""
     import torch
     import torchvision.models as tvm
     from torchvision.transforms import functional as TF
@@ -63,12 +64,16 @@ def load_classifier(path: str | Path, device: str = "cpu") -> Callable[[np.ndarr
     mean = torch.tensor(IMAGENET[0]).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET[1]).view(1, 3, 1, 1)
 
-    def probs(images: np.ndarray) -> np.ndarray:
+    def one(image: np.ndarray) -> Any:  # (H, W, 3) uint8 of any size -> (3, 518, 518)
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        return TF.center_crop(TF.resize(x, 518, interpolation=TF.InterpolationMode.BICUBIC,
+                                        antialias=True), 518).float() / 255
+
+    def probs(images: Any) -> np.ndarray:
+        """uint8 (N, H, W, 3), or N arrays (H_i, W_i, 3) -> probabilities (N, 1000)."""
         out = []
         for a in range(0, len(images), 8):
-            x = torch.from_numpy(np.ascontiguousarray(images[a:a + 8])).permute(0, 3, 1, 2)
-            x = TF.center_crop(TF.resize(x, 518, interpolation=TF.InterpolationMode.BICUBIC,
-                                         antialias=True), 518).float() / 255
+            x = torch.stack([one(im) for im in images[a:a + 8]])
             with torch.no_grad():
                 out.append(model(((x - mean) / std).to(device)).softmax(1).cpu().numpy())
         return np.concatenate(out)

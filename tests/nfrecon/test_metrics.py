@@ -230,3 +230,193 @@ def test_clip_from_an_openai_file_equals_the_model(tmp_path: Path) -> None:
     assert got.shape == (2, 768)
     # open_clip rebuilds the OpenAI architecture (its own attention modules): ~1e-3 apart
     torch.testing.assert_close(got, want, atol=5e-3, rtol=1e-2)
+
+
+# --------------------------------------------------------------------------- native ground truth
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
+          "hubble_deep_field", "colorwheel", "coins", "text", "page")
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    return np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
+
+
+def _documented(gt: list[np.ndarray], rec: np.ndarray, variant: str) -> dict[str, np.ndarray]:
+    """PixCorr and SSIM as the published code computes them, written out with torch's
+    ``interpolate``, PIL and scikit-image: each ground-truth image from its native size."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    def mindeye2(a: np.ndarray, clamp: bool) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255
+        for side in (256, 425):  # Resize((256, 256)), then Resize(425)
+            t = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)
+        t = t.clamp(0, 1) if clamp else t
+        return t[0].permute(1, 2, 0).double().numpy()
+
+    def bicubic(a: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(a).resize((425, 425), Image.Resampling.BICUBIC)) / 255
+
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+              channel_axis=-1 if variant == "brain-diffuser" else None)
+    pix, ssim = [], []
+    for g, r in zip(gt, rec):
+        G, R = (mindeye2(g, False), mindeye2(r, True)) if variant == "mindeye2" else (
+            bicubic(g), bicubic(r))
+        pix.append(np.corrcoef(G.ravel(), R.ravel())[0, 1])
+        ssim.append(structural_similarity(rgb2gray(R), rgb2gray(G), **kw))
+    return {"pixcorr": np.array(pix), "ssim": np.array(ssim)}
+
+
+@pytest.fixture(scope="module")
+def photo_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A GOD store whose test pictures are real photographs of ten sizes (none 425 px), with a
+    reconstruction set ``r`` of them at 64 px (the photographs shrunk, plus noise)."""
+    from PIL import Image
+
+    from nfrecon.reconstruct import create_group
+    from nfstore import _layout
+    from nfstore.synth import synthesize
+    from tests.realdata import skimage_photos
+
+    base = tmp_path_factory.mktemp("photos")
+    synthesize("god", base / "god", subjects=(1,), seed=2)
+    photos = skimage_photos()
+    files = sorted((base / "god/images/test").glob("*.JPEG"))
+    for f, n in zip(files, PHOTOS):
+        Image.fromarray(_rgb(photos[n])).save(f, format="JPEG", quality=95)
+    store = base / "nf.zarr"
+    nfstore.ingest("god", base / "god", store)
+    st = nfstore.open_store(store)
+    ds = st.dataset("god/sub-01")
+    stim = np.unique(ds.stimulus.values[ds.split.values == "test"]).astype(object)
+    tab = st.stimuli("god")
+    file_of = dict(zip(tab.stimulus.values, tab["file"].values))
+    gt = [np.asarray(Image.open(st.raw_root("god") / file_of[s]).convert("RGB")) for s in stim]
+    assert len(gt) == 10 and len({g.shape for g in gt}) == 9  # ten photographs, nine sizes
+    assert all(g.shape[0] != 425 for g in gt)
+    rng = np.random.default_rng(0)
+    rec = np.stack([np.clip(np.asarray(Image.fromarray(g).resize((64, 64))).astype(int)
+                            + rng.integers(-40, 40, (64, 64, 3)), 0, 255) for g in gt]
+                   ).astype(np.uint8)
+    staged = _layout.staging_path(store, "reconstructions.r.god.sub-01")
+    g = create_group(staged, stim, 1, 64)
+    g["images"][:] = rec[:, None]
+    g["chosen"][:] = 0
+    _layout.commit(store, staged, "reconstructions/r/god/sub-01")
+    return {"store": store, "gt": gt, "rec": rec, "stim": stim}
+
+
+@pytest.mark.parametrize("variant", M.VARIANTS)
+def test_ground_truth_enters_at_its_native_size(variant: str, photo_store: dict, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import zarr
+    from PIL import Image
+
+    from nfrecon.report import ground_truth, metrics_report
+
+    store = Path(shutil.copytree(photo_store["store"], tmp_path / "nf.zarr"))
+    got = ground_truth(nfstore.open_store(store), photo_store["stim"])
+    for a, b in zip(got, photo_store["gt"]):
+        np.testing.assert_array_equal(a, b)  # each photograph as its file holds it
+    # PixCorr and SSIM only: the feature networks take the same inputs (the next test)
+    monkeypatch.setattr(M, "weight_paths", lambda folder, variant: {})
+    monkeypatch.setattr(M, "load_networks", lambda paths, clip, device: [])
+    rep = metrics_report(store, "r", tmp_path, tmp_path, variant=variant)
+    per = zarr.open_group(str(store / f"reconstructions/r/god/sub-01/metrics/{variant}"),
+                          mode="r")
+    want = _documented(photo_store["gt"], photo_store["rec"], variant)
+    for k in ("pixcorr", "ssim"):
+        np.testing.assert_allclose(per[k][:], want[k], rtol=1e-6, atol=1e-6, err_msg=k)
+        assert rep["subjects"]["god/sub-01"][k]["mean"] == pytest.approx(want[k].mean())
+    # what scoring a ground truth first shrunk to the reconstructions' 64 px gives instead
+    small = [np.asarray(Image.fromarray(g).resize((64, 64), Image.Resampling.BICUBIC))
+             for g in photo_store["gt"]]
+    shrunk = _documented(small, photo_store["rec"], variant)
+    assert abs(shrunk["ssim"].mean() - want["ssim"].mean()) > 0.01
+
+
+@pytest.mark.parametrize("variant", M.VARIANTS)
+def test_networks_take_each_image_at_its_own_size(variant: str, photo_store: dict) -> None:
+    import torchvision.models as tvm
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(0)
+    alex = create_feature_extractor(tvm.alexnet(weights=None).eval(),
+                                    return_nodes={"features.4": "alexnet2"})
+    net = M.Network("alexnet", alex, "alexnet", M.IMAGENET)
+    gt = photo_store["gt"][:3]  # three sizes
+    both = M.features(net, gt, variant, "cpu")
+    for i, img in enumerate(gt):  # one image per call: no other image's size involved
+        alone = M.features(net, img[None], variant, "cpu")
+        np.testing.assert_allclose(both["alexnet2"][i], alone["alexnet2"][0], rtol=1e-5,
+                                   atol=1e-5)
+    # AlexNet's input is 256 px (mindeye2) or 224 px (brain-diffuser), whatever the photo
+    assert both["alexnet2"].shape == (3, 192 * 31 * 31 if variant == "mindeye2"
+                                      else 192 * 27 * 27)
+
+
+# --------------------------------------------------------------------------- open_clip folders
+TINY_CLIP = {"embed_dim": 768, "quick_gelu": True,
+             "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32,
+                            "patch_size": 32},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                          "layers": 1}}
+
+
+def _open_clip_folder(out: Path, weights: str) -> torch.nn.Module:
+    """A tiny random open_clip model in the model-hub layout: ``open_clip_config.json``
+    (``model_cfg`` + ``preprocess_cfg``) and the weights under ``weights``."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    model = open_clip.CLIP(**TINY_CLIP).eval()
+    out.mkdir(parents=True)
+    (out / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": TINY_CLIP, "preprocess_cfg": {"mean": list(M.CLIP_NORM[0]),
+                                                   "std": list(M.CLIP_NORM[1])}}))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if weights.endswith(".safetensors"):
+        save_file(state, str(out / weights))
+    else:
+        torch.save(state, out / weights)
+    return model
+
+
+@pytest.mark.parametrize("weights_file", ["open_clip_pytorch_model.bin",
+                                          "open_clip_model.safetensors"])
+def test_clip_from_an_open_clip_folder_equals_the_model(tmp_path: Path, weights_file: str
+                                                        ) -> None:
+    model = _open_clip_folder(tmp_path / "clip", weights_file)
+    fn = M.load_clip(tmp_path / "clip", "cpu")  # the architecture comes from model_cfg
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        want = model.encode_image(x)
+    got = fn(x)
+    assert got.shape == (2, 768)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_open_clip_folder_errors_are_one_line(tmp_path: Path) -> None:
+    import json
+
+    _open_clip_folder(tmp_path / "c", "open_clip_pytorch_model.bin")
+    (tmp_path / "c/open_clip_pytorch_model.bin").rename(tmp_path / "c/other.bin")
+    with pytest.raises(nfstore.MissingFileError) as err:
+        M.load_clip(tmp_path / "c", "cpu")
+    assert "expected open_clip_model.safetensors or open_clip_pytorch_model.bin" in str(
+        err.value) and "\n" not in str(err.value)
+    (tmp_path / "c/other.bin").rename(tmp_path / "c/open_clip_pytorch_model.bin")
+    cfg = json.loads((tmp_path / "c/open_clip_config.json").read_text())
+    cfg["model_cfg"]["vision_cfg"]["layers"] = 3  # weights of another architecture
+    (tmp_path / "c/open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(nfstore.ReaderError, match="cannot load open_clip_pytorch_model.bin "
+                       "into the model_cfg") as err:
+        M.load_clip(tmp_path / "c", "cpu")
+    assert "\n" not in str(err.value)
+    (tmp_path / "c/open_clip_config.json").write_text(json.dumps({"preprocess_cfg": {}}))
+    with pytest.raises(nfstore.ReaderError, match="expected an object with 'model_cfg'"):
+        M.load_clip(tmp_path / "c", "cpu")
