@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 from nf._options import ManyValues, remote_store, writes_store
 
@@ -57,6 +59,7 @@ def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | 
                  image_size: int, vae: str | None) -> None:
     """Closed-form ridge baseline: SUBJECT's train betas -> embeddings, per-target CV alphas."""
     from nfrecon.decode import decode_ridge as run
+    from nfrecon.pipeline import SIZE_MAX
     from nfrecon.ridge import DEFAULT_ALPHAS
     from nfstore.errors import OptionError
 
@@ -64,6 +67,12 @@ def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | 
         grid = tuple(float(a) for a in alphas) if alphas else DEFAULT_ALPHAS
     except ValueError:
         raise OptionError(f"--alphas: expected numbers; got {list(alphas or ())}") from None
+    bad = [a for a in grid if not math.isfinite(a) or a <= 0]
+    if bad:
+        raise OptionError(f"--alphas: expected finite numbers > 0; found {bad}")
+    if image_size > SIZE_MAX:
+        raise OptionError(f"--image-size: expected at most {SIZE_MAX} (pixels); found "
+                          f"{image_size}")
     click.echo(run(store, subject, name, alphas=grid, cv=cv, split=split, roi=roi,
                    embedding=embedding, rescale=rescale, image_size=image_size, vae=vae).line())
 
@@ -84,14 +93,16 @@ def refine(store: str, decoded: str, name: str, no_rescale: bool) -> None:
 
 @click.command("reconstruct")
 @click.argument("store", type=click.Path(file_okay=False))
-@click.option("--decoded", required=True, help="Decoded set to reconstruct from.")
+@click.option("--decoded", help="Decoded set to reconstruct from (with --from-embeddings: "
+              "optional; without it the --split stimuli of --subjects, default every subject).")
 @click.option("--sdxl", required=True, type=click.Path(), help="Local diffusers SDXL folder "
               "(model_index.json, unet/, vae/, ...) or a single .safetensors file.")
 @click.option("--sdxl-config", type=click.Path(), help="With a single-file --sdxl: a local "
               "diffusers SDXL folder for the configs and tokenizers (weights not needed).")
 @click.option("--ip-adapter", required=True, type=click.Path(),
               help="Local h94/IP-Adapter copy (sdxl_models/ip-adapter_sdxl.{safetensors,bin}).")
-@click.option("--name", help="Reconstruction set [<decoded>, or <decoded>-oracle].")
+@click.option("--name", help="Reconstruction set [<decoded>, <decoded>-oracle, or oracle "
+              "with --from-embeddings and no --decoded].")
 @click.option("--subjects", cls=ManyValues)
 @click.option("--split", default="test", show_default=True, type=SPLIT)
 @click.option("--steps", type=click.IntRange(1), default=30, show_default=True)
@@ -123,22 +134,35 @@ def refine(store: str, decoded: str, name: str, no_rescale: bool) -> None:
 @click.option("--from-embeddings", is_flag=True,
               help="Reconstruct from the true cached embeddings: the oracle row.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many rows per subject.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished set made with other "
+              "settings (it stays readable until the new one is complete). A rerun with the "
+              "same settings does nothing.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @writes_store()
-def reconstruct(store: str, decoded: str, sdxl: str, sdxl_config: str | None, ip_adapter: str,
-                name: str | None, subjects: tuple[str, ...] | None, split: str,
+def reconstruct(store: str, decoded: str | None, sdxl: str, sdxl_config: str | None,
+                ip_adapter: str, name: str | None, subjects: tuple[str, ...] | None, split: str,
                 encoder: str | None, from_embeddings: bool, limit: int | None, progress: bool,
-                init: str | None, init_kind: str, **params: object) -> None:
+                init: str | None, init_kind: str, overwrite: bool, **params: object) -> None:
     """Images from decoded embeddings with SDXL + IP-Adapter (local weights only)."""
-    from nfrecon.reconstruct import ReconConfig
+    from nfrecon.reconstruct import ReconConfig, SetExistsError
     from nfrecon.reconstruct import reconstruct as run
+    from nfstore.errors import OptionError
 
+    if decoded is None and not from_embeddings:
+        raise OptionError("--decoded: expected a decoded set to reconstruct (or "
+                          "--from-embeddings for the true embeddings); found none")
     cfg = ReconConfig(**params)  # type: ignore[arg-type]
-    name = name or (f"{decoded}-oracle" if from_embeddings else decoded)
-    click.echo(run(store, decoded, sdxl, ip_adapter, name, cfg,
-                   subjects=list(subjects) if subjects else None, split=split, encoder=encoder,
-                   from_embeddings=from_embeddings, limit=limit, progress=progress,
-                   sdxl_config=sdxl_config, init=init, init_kind=init_kind).line())
+    name = name or (decoded if not from_embeddings else f"{decoded}-oracle" if decoded
+                    else "oracle")
+    try:
+        summary = run(store, decoded, sdxl, ip_adapter, name, cfg,
+                      subjects=list(subjects) if subjects else None, split=split,
+                      encoder=encoder, from_embeddings=from_embeddings, limit=limit,
+                      progress=progress, sdxl_config=sdxl_config, init=init,
+                      init_kind=init_kind, overwrite=overwrite)
+    except SetExistsError as err:  # the library names its parameter; here it is a flag
+        raise SetExistsError(str(err).replace("overwrite=True", "--overwrite")) from None
+    click.echo(summary.line())
 
 
 @click.command("export-images")
@@ -166,7 +190,9 @@ def export_images(store: str, out: str, name: str, subjects: tuple[str, ...] | N
                    "efficientnet_b1-c27df63c.pth (brain-diffuser: efficientnet_b1_rwightman-"
                    "bac287d4.pth) and swav_800ep_pretrain.pth.tar.")
 @click.option("--clip", required=True, type=click.Path(),
-              help="CLIP ViT-L/14: Hugging Face folder or open_clip ViT-L-14-quickgelu file.")
+              help="CLIP ViT-L/14: Hugging Face folder, open_clip folder (open_clip_config.json "
+                   "+ open_clip_pytorch_model.bin or open_clip_model.safetensors, as on model "
+                   "hubs) or open_clip ViT-L-14-quickgelu file.")
 @click.option("--variant", type=click.Choice(["mindeye2", "brain-diffuser"]),
               default="mindeye2", show_default=True)
 @click.option("--subjects", cls=ManyValues)

@@ -11,6 +11,8 @@ per call.
 
 from __future__ import annotations
 
+import math
+import numbers
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,11 @@ SDXL_FILES = ("model_index.json", "unet/config.json", "vae/config.json",
               "scheduler/scheduler_config.json", "text_encoder/config.json",
               "text_encoder_2/config.json", "tokenizer", "tokenizer_2")
 IP_FILES = ("sdxl_models/ip-adapter_sdxl.safetensors", "sdxl_models/ip-adapter_sdxl.bin")
+SIZE_MAX = 4096  # px: 4x SDXL's native 1024 (larger images exhaust memory, not SDXL's range)
+STEPS_MAX = 1000  # the schedulers' training timesteps: diffusers refuses more inference steps
+GUIDANCE_MAX = 100.0
+IP_SCALE_MAX = 10.0
+SEED_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -46,21 +53,42 @@ class ReconConfig:
     blend: float = 0.0
 
     def check(self) -> None:
+        """One-line :class:`OptionError` naming the first setting out of range (NaN and
+        infinities included), before anything is loaded or written."""
         if self.scheduler not in SCHEDULERS:
-            raise OptionError(f"--scheduler: expected one of {list(SCHEDULERS)}; got "
+            raise OptionError(f"scheduler: expected one of {list(SCHEDULERS)}; found "
                               f"{self.scheduler!r}")
-        for name, ok, want in (("steps", self.steps >= 1, ">= 1"),
-                               ("samples", self.samples >= 1, ">= 1"),
-                               ("batch", self.batch >= 1, ">= 1"),
-                               ("size", self.size >= 8 and self.size % 8 == 0,
-                                "a multiple of 8"),
-                               ("dtype", self.dtype in ("auto", "float32", "float16",
-                                                        "bfloat16"),
-                                "auto, float32, float16 or bfloat16"),
-                               ("strength", 0 < self.strength <= 1, "a number in (0, 1]"),
-                               ("blend", 0 <= self.blend < 1, "a weight in [0, 1)")):
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise OptionError(f"dtype: expected auto, float32, float16 or bfloat16; found "
+                              f"{self.dtype!r}")
+        size_ok = _integer(self.size, 8, SIZE_MAX) and self.size % 8 == 0
+        for name, ok, want in (
+                ("steps", _integer(self.steps, 1, STEPS_MAX), f"an integer in [1, {STEPS_MAX}]"),
+                ("guidance", _real(self.guidance, 0, GUIDANCE_MAX),
+                 f"a finite number in [0, {GUIDANCE_MAX:g}]"),
+                ("ip_scale", _real(self.ip_scale, 0, IP_SCALE_MAX),
+                 f"a finite number in [0, {IP_SCALE_MAX:g}]"),
+                ("size", size_ok, f"a multiple of 8 in [8, {SIZE_MAX}] (pixels)"),
+                ("samples", _integer(self.samples, 1, None), "an integer >= 1"),
+                ("batch", _integer(self.batch, 1, None), "an integer >= 1"),
+                ("seed", _integer(self.seed, 0, SEED_MAX), f"an integer in [0, {SEED_MAX}]"),
+                ("strength", _real(self.strength, 0, 1) and self.strength > 0,
+                 "a number in (0, 1]"),
+                ("blend", _real(self.blend, 0, 1) and self.blend < 1, "a weight in [0, 1)")):
             if not ok:
-                raise OptionError(f"--{name}: expected {want}; got {getattr(self, name)!r}")
+                raise OptionError(f"{name}: expected {want}; found {getattr(self, name)!r}")
+
+
+def _integer(value: Any, lo: int, hi: int | None) -> bool:
+    """``value`` is an integer (not a bool) in [lo, hi] (no upper bound when ``hi`` is None)."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and lo <= value and (hi is None or value <= hi))
+
+
+def _real(value: Any, lo: float, hi: float) -> bool:
+    """``value`` is a finite real number (not a bool) in [lo, hi]."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value) and lo <= value <= hi)
 
 
 def locate_sdxl(path: str | Path) -> Path:
@@ -149,11 +177,31 @@ def load_pipeline(sdxl: str | Path, ip_adapter: str | Path, cfg: ReconConfig,
     pipe.prepare_ip_adapter_image_embeds = types.MethodType(
         lambda self, ip_adapter_image, ip_adapter_image_embeds, *a, **k: ip_adapter_image_embeds,
         pipe)
-    from nfstore.encoders import checksum  # streamed: real SDXL weights are several GB
-
-    files = sorted(f for f in where.rglob("*") if f.is_file()) if where.is_dir() else [where]
-    pipe._nf_checksums = {"sdxl": checksum(tuple(files)), "ip_adapter": checksum((ip_file,))}
     return pipe
+
+
+def weights_checksums(sdxl: str | Path, ip_adapter: str | Path,
+                      sdxl_config: str | Path | None = None) -> dict[str, str]:
+    """sha256 of every file the images depend on: the SDXL folder (or single file, and the
+    configs and tokenizers of its ``sdxl_config``) and the IP-Adapter file. Streamed (real SDXL
+    weights are several GB); nothing is loaded."""
+    from nfstore.encoders import checksum
+
+    where, ip_file = locate_sdxl(sdxl), locate_ip_adapter(ip_adapter)
+    files = sorted(f for f in where.rglob("*") if f.is_file()) if where.is_dir() else [where]
+    out = {"sdxl": checksum(tuple(files)), "ip_adapter": checksum((ip_file,))}
+    config = locate_sdxl_config(where, sdxl_config)
+    if config is not None:
+        out["sdxl_config"] = checksum(tuple(sorted(
+            f for f in config.rglob("*") if f.is_file() and f.suffix in (".json", ".txt"))))
+    return out
+
+
+def encoder_checksum(path: str | Path, model: str) -> str:
+    """sha256 of the ``nf embed`` image encoder's files (best of N chooses with it)."""
+    from nfstore.encoders import checksum, get_model, locate_weights
+
+    return checksum(locate_weights(path, get_model(model)).files)
 
 
 def image_seed(seed: int, row: int, sample: int, samples: int) -> int:
