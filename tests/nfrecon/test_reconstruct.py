@@ -147,7 +147,8 @@ def test_errors_are_one_line_and_leave_the_store_unchanged(store: Path, models: 
         (dict(ip_adapter=tmp_path), nfstore.MissingFileError,
          "expected sdxl_models/ip-adapter_sdxl.safetensors or"),
         (dict(decoded="nope"), nfstore.QueryError, "no decoded set 'nope'"),
-        (dict(subjects=["god/sub-01"]), nfstore.StoreError, "expected subjects with rows in decoded set"),
+        (dict(subjects=["god/sub-01"]), nfstore.StoreError,
+         "expected subjects with rows in decoded set"),
     ]
     for kw, err, text in cases:
         args = dict(decoded="ridge", sdxl=models["sdxl"], ip_adapter=models["ip_adapter"])
