@@ -249,7 +249,7 @@ def test_a_full_disk_leaves_the_set_staged_and_resumable(store: Path, models: di
         m.setattr(nfstore._layout, "commit", _full_disk)
         with pytest.raises(OSError, match="No space left"):
             _run(store, models, "full")
-    assert not (store / "reconstructions/full").exists()
+    assert not (store / "reconstructions/full/nsd/subj01").exists()  # not half-committed
     assert validate_store(nfstore.open_store(store)) == []
     s = _run(store, models, "full")
     assert s.resumed == 4 and s.images == 0  # every row was kept staged
