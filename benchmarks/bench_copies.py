@@ -14,7 +14,6 @@ Run: ``python benchmarks/bench_copies.py [N_TEST]`` (default 16).
 
 from __future__ import annotations
 
-import io
 import platform
 import subprocess
 import sys

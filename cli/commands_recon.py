@@ -21,16 +21,20 @@ SPLIT = click.Choice(["test", "train", "imagery"])
               "held-out train pictures and write it as this decoded set.")
 @click.option("--no-rescale", is_flag=True, help="Refinement: keep output norms.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--allow-store-change", is_flag=True,
+              help="Use a checkpoint trained on other data than STORE holds now (a subject "
+                   "ingested again, embeddings made with other weights); refused by default.")
 @writes_store()
 def predict(store: str, ckpt: str, name: str, subjects: tuple[str, ...] | None, split: str,
-            single_trials: bool, refine_name: str | None, no_rescale: bool, device: str) -> None:
+            single_trials: bool, refine_name: str | None, no_rescale: bool, device: str,
+            allow_store_change: bool) -> None:
     """Decode held-out trials with a checkpoint into embeddings in the store."""
     from nfrecon.decode import predict as run
     from nfrecon.decode import refine
 
     click.echo(run(store, ckpt, name, subjects=list(subjects) if subjects else None,
                    split=split, single_trials=single_trials, include_train=bool(refine_name),
-                   device=device).line())
+                   device=device, allow_store_change=allow_store_change).line())
     if refine_name:
         click.echo(refine(store, name, refine_name, rescale=not no_rescale).line())
 

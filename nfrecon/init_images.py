@@ -41,14 +41,13 @@ def resolve(location: str | Path, name: str, subject: str, kind: str = "auto") -
     ``images``, or ``auto`` (latents where there are some, else images). One-line errors
     name the option and what was found.
     """
-    import zarr
 
     from nfrecon.reconstruct import RECON_GROUP
 
     if kind not in ("auto", "images", "latents"):
         raise OptionError(f"--init-kind: expected auto, images or latents; got {kind!r}")
     store = nfstore.open_store(location)
-    has_images = f"{RECON_GROUP}/{name}/{subject}" in zarr.open_group(str(location), mode="r")
+    has_images = store.has(f"{RECON_GROUP}/{name}/{subject}")
     has_decoded = name in store.decoded_sets() and subject in store.decoded_subjects(name)
     what = store.decoded(name, subject).attrs.get("embedding") if has_decoded else None
     if kind != "images" and what == LATENT_MODEL:
@@ -143,10 +142,8 @@ def write_blend_set(location: Path, name: str, subject: str, weight: float, out:
     g["images"][:] = mixed
     g["chosen"][:] = r["chosen"]
     g["scores"][:] = r["scores"]
-    import zarr
-
-    g["seeds"][:] = zarr.open_group(str(location), mode="r")[
-        f"{RECON_GROUP}/{name}/{subject}/seeds"][:]
+    g["seeds"][:] = nfstore.open_store(location).group(
+        f"{RECON_GROUP}/{name}/{subject}")["seeds"][:]
     g.attrs.update({**r["attrs"], "blend": weight, "blended_from": name,
                     "source": f"pixel blend (MindEye2): {1 - weight:g} x {name} + {weight:g} x "
                               f"{r['attrs'].get('init')}"})

@@ -188,7 +188,7 @@ def per_image_metrics(view: View, name: str, subject: str) -> dict[str, np.ndarr
 
         imgs, stim = chosen_images(view.store, name, subject)
         try:
-            gt = ground_truth(view.store, stim, imgs.shape[1])
+            gt = ground_truth(view.store, stim)
         except NFError:  # e.g. uploaded betas: no ground-truth picture
             gt = None
         out = pixel_metrics(gt, imgs, "mindeye2") if gt is not None and len(stim) else {}

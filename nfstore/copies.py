@@ -26,10 +26,10 @@ Held-out image ``a`` and used image ``b`` are one picture when, within :data:`MA
 bits, mirrored or not: ``a.whole ~ b.whole`` (same picture), ``a.crop ~ b.whole`` (``b`` is a
 crop of ``a``) or ``a.whole ~ b.slide`` (``a`` is a square crop of ``b``).
 
-Prints are text: ``w2:<whole>:<slides>:<crops>``, each hash 16 hex digits, ``8000000000000000`` for a
-window with no hash
-(:data:`NONE`). Prints written before (one 16-hex-digit ``imagehash.phash``) are *legacy*: they
-are compared with each other by the old rule (:data:`LEGACY_MAX_DISTANCE` bits), never with
+Prints are text: ``w2:<whole>:<slides>:<crops>``, each hash 16 hex digits,
+``8000000000000000`` for a window with no hash (:data:`NONE`). Prints written before (one
+16-hex-digit ``imagehash.phash``) are *legacy*: they are compared with each other by the old
+rule (:data:`LEGACY_MAX_DISTANCE` bits), never with
 current prints, and are recomputed by the next ``nf ingest`` or ``nf embed --pool`` of their
 table.
 """

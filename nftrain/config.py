@@ -19,7 +19,6 @@ from typing import Any
 import tomllib
 
 from nfstore.errors import OptionError
-from nfstore.identity import MAX_DISTANCE
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     train_fraction: float = 1.0
     keep_test_duplicates: bool = False
-    duplicate_max_distance: int = MAX_DISTANCE
+    duplicate_max_distance: int = 3
     accumulate: int = 1
     shards: int = 1
     regression: float = 1.0

@@ -69,7 +69,7 @@ def test_gallery_sorts_by_a_metric_and_pages(client: TestClient, served: dict[st
                                              ) -> None:
     g = client.get("/api/gallery/recon?subject=nsd/subj01&sort=pixcorr&order=asc").json()
     imgs, stim = chosen_images(served["store"], "recon", "nsd/subj01")
-    want = pixel_metrics(ground_truth(nfstore.open_store(served["store"]), stim, 32), imgs,
+    want = pixel_metrics(ground_truth(nfstore.open_store(served["store"]), stim), imgs,
                          "mindeye2")["pixcorr"]
     got = [it["metrics"]["pixcorr"] for it in g["items"]]
     assert got == sorted(got) and got[0] == pytest.approx(want.min())

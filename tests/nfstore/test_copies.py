@@ -182,7 +182,6 @@ def test_decompression_bomb_is_one_line_or_skipped(nsd_store: Path, tiny: Path,
 
 def test_wrong_weights_leave_the_store_unchanged(nsd_store: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
-
     from nf.main import _register, cli
 
     pool = tmp_path / "pool"

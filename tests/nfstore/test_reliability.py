@@ -516,7 +516,6 @@ def test_nonfinite_on_a_cluster_as_here(raw_copy: Path, tmp_path: Path) -> None:
 def test_cli_nonfinite_flag(raw_copy: Path, tmp_path: Path) -> None:
     """`nf ingest --nonfinite`: the default refuses in one line; `zero` stores and reports."""
     from click.testing import CliRunner
-
     from nf.main import _register, cli
 
     _register()

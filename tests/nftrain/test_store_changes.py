@@ -99,6 +99,19 @@ def test_nf_evaluate_refuses_in_one_line_and_allows_on_request(swapped: dict) ->
     assert "nsd/subj01" in r.output
 
 
+def test_nf_predict_refuses_in_one_line_and_allows_on_request(swapped: dict) -> None:
+    _register()
+    args = ["predict", str(swapped["store"]), "--checkpoint", str(swapped["out"] / "best"),
+            "--name", "after"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert "--allow-store-change" in r.output
+    assert "after" not in nfstore.open_store(swapped["store"]).decoded_sets()
+    r = CliRunner().invoke(cli, [*args, "--allow-store-change"])
+    assert r.exit_code == 0, r.output
+    assert "after" in nfstore.open_store(swapped["store"]).decoded_sets()
+
+
 def test_training_stops_when_its_synthetic_set_is_rewritten(train_store: Path,
                                                             small_cfg) -> None:
     cfg = small_cfg(subjects=["nsd/subj01"], synthetic=["syn"], epochs=2)
