@@ -4,7 +4,7 @@ N = 8859 trials, d = 1280 features, V = 15724 voxels, 5-fold CV over 8 alphas (p
 alphas). Each method runs in its own process (peak RSS measured there) on the same data; the
 floor is the work of our algorithm divided by this machine's float32 matrix-multiply rate.
 
-``--decode`` times the low-level decoding ridge instead (issue 13): N = 8859 trials, d =
+``--decode`` times the low-level decoding ridge instead: N = 8859 trials, d =
 15724 voxels as features, 3136 SDXL-VAE latent targets (4x28x28), per-target alphas; ours is
 ``nfrecon.ridge.fit_ridge`` (the thin basis from the Gram matrix, since N < d).
 

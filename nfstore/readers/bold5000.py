@@ -1,6 +1,6 @@
 """BOLD5000 reader (release 1 ROI files) -> :class:`RawSubject`.
 
-Files (relative to the BOLD5000 root), see ``shared/reference/dataset-formats.md`` section 2::
+Files (relative to the BOLD5000 root), as the README's BOLD5000 section lists them::
 
     ROIs/CSI{n}/mat/CSI{n}_ROIs_TR{1,2,3,4,5,34}.mat     one (trials x voxels) variable per ROI
     ROIs/CSI{n}/h5/CSI{n}_ROIs_TR{...}.h5                the same; may be transposed (MATLAB)
