@@ -1,5 +1,5 @@
 """Past one machine: the store on an S3-compatible server vs. local disk, and ingest on 1 vs. 2
-Dask workers (issue 15). Everything runs on 127.0.0.1 in one run.
+Dask workers. Everything runs on 127.0.0.1 in one run.
 
 - a V1 query and a whole-subject read, local folder vs. the same store on moto's S3 server
   (best of 3; GET requests counted at the server);
