@@ -82,7 +82,7 @@ def augment_store(store: Path) -> None:
     from nfstore.augment import AugmentConfig, augment
     from nfstore.embeddings import embed_store, register_pool
     from nfstore.synth import _signal
-    from nfstore.synth._images import write_images
+    from nfstore.synth.images import write_images
     from nfstore.tiny import write_tiny_encoder
 
     pool = store.parent / f"{store.stem}_pool"

@@ -35,7 +35,7 @@ def build_store() -> Path:
     from nfstore.augment import AugmentConfig, augment
     from nfstore.embeddings import embed_store, register_pool
     from nfstore.synth import _signal, synthesize
-    from nfstore.synth._images import write_images
+    from nfstore.synth.images import write_images
     from nfstore.tiny import write_tiny_encoder
 
     store = WORK / "quality.zarr"

@@ -101,7 +101,7 @@ def _cache_pixels(store: str, stimuli: str, wanted: bool, pixel_size: int | None
     if not wanted:
         return
     import nfstore
-    from nfstore._names import DATASETS
+    from nfstore.names import DATASETS
     from nfstore.pixels import cache_pixels as cache
 
     tables = nfstore.open_store(store).stimulus_tables()

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from nfstore._version import __version__
+from nfstore import __version__
 from nfstore.errors import NFError
 from nftrain.errors import os_errno
 

@@ -15,7 +15,7 @@ import nfstore
 from nfrecon.decoded import check_name, write_decoded
 from nfrecon.ridge import DEFAULT_ALPHAS, RidgeFit, fit_ridge
 from nfstore import _layout
-from nfstore._names import SPLITS
+from nfstore.names import SPLITS
 from nfstore.encoders import checksum
 from nfstore.errors import OptionError, StoreError
 

@@ -17,8 +17,8 @@ import xarray as xr
 import zarr
 
 from nfstore import _layout
-from nfstore._names import DECODED_GROUP
-from nfstore._version import __version__
+from nfstore.names import DECODED_GROUP
+from nfstore import __version__
 from nfstore.errors import OptionError
 
 

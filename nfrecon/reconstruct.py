@@ -36,8 +36,8 @@ from nfrecon.pipeline import (
     weights_checksums,
 )
 from nfstore import _layout
-from nfstore._names import RECON_GROUP
-from nfstore._version import __version__
+from nfstore.names import RECON_GROUP
+from nfstore import __version__
 from nfstore.errors import OptionError, StoreError
 
 TRUE_EMBEDDING = "ip-adapter-sdxl"  # the embedding reconstructed without a decoded set

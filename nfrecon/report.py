@@ -18,7 +18,7 @@ import nfstore
 from nfrecon import metrics as M
 from nfrecon.reconstruct import RECON_GROUP, read_reconstructions, recon_subjects
 from nfstore import _layout
-from nfstore._version import __version__
+from nfstore import __version__
 
 
 def chosen_images(location: str | Path | nfstore.Store, name: str, subject: str

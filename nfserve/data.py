@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 import nfstore
-from nfstore._names import RECON_GROUP, STIMULI_GROUP
+from nfstore.names import RECON_GROUP, STIMULI_GROUP
 from nfstore.errors import NFError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from nfserve.data import BadRequest, NotFound, View
-from nfstore._names import RECON_GROUP
+from nfstore.names import RECON_GROUP
 
 MAX_SIZE = 1024
 

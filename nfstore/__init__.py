@@ -18,7 +18,8 @@ from nfstore.errors import (
 )
 from nfstore.ingest import IngestSummary, ingest
 from nfstore.store import Store, open_store
+from nfstore.transaction import Transaction, transaction
 
-__all__ = ["__version__", "open_store", "Store", "ingest", "IngestSummary", "NFError",
+__all__ = ["__version__", "open_store", "Store", "transaction", "Transaction", "ingest", "IngestSummary", "NFError",
            "ChunkError", "ReaderError", "MissingFileError", "SchemaError", "StoreError",
            "QueryError", "OptionError"]

@@ -9,7 +9,7 @@ from typing import Any
 import zarr
 
 from nfstore import _remote
-from nfstore._names import BETAS, RECON_GROUP, STAGING_GROUP
+from nfstore.names import BETAS, RECON_GROUP, STAGING_GROUP
 from nfstore.errors import NFError, QueryError, StoreError
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import zarr
 
-from nfstore._names import SCHEMA_VERSION, STAGING_GROUP, STIMULI_GROUP, TRASH_GROUP
+from nfstore.names import SCHEMA_VERSION, STAGING_GROUP, STIMULI_GROUP, TRASH_GROUP
 from nfstore._version import __version__
 from nfstore.errors import OptionError, SchemaError, StoreError
 
@@ -243,7 +243,7 @@ def staged_kind(name: str, store: str) -> tuple[str, str, str]:
     name : path relative to ``_staging`` (``nsd/subj01``, ``reconstructions.rr.nsd.subj01``)
     store : the store's location, for the command
     """
-    from nfstore._names import DATASETS, DECODED_GROUP, RECON_GROUP
+    from nfstore.names import DATASETS, DECODED_GROUP, RECON_GROUP
 
     head, _, rest = name.partition(".")
     parts = rest.split(".")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from nfstore._names import SOURCE, SPLIT, STIMULUS, TRIAL, VOXEL
+from nfstore.names import SOURCE, SPLIT, STIMULUS, TRIAL, VOXEL
 
 
 def plain_strings(x: xr.DataArray) -> xr.DataArray:

@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from nfstore import _layout, encoders
-from nfstore._names import DATASETS, STIMULI_GROUP
+from nfstore.names import DATASETS, STIMULI_GROUP
 from nfstore._version import __version__
 from nfstore.errors import OptionError, ReaderError, StoreError
 

@@ -27,7 +27,7 @@ from zarr.codecs import BloscCodec
 
 from nfstore import _layout
 from nfstore._fields import from_values
-from nfstore._names import (
+from nfstore.names import (
     BETAS,
     COMPLETE,
     INCOMPLETE,

@@ -21,7 +21,7 @@ import numpy as np
 
 from nfstore import copies
 from nfstore import identity as ident
-from nfstore._names import DATASETS, SPLIT, STIMULUS
+from nfstore.names import DATASETS, SPLIT, STIMULUS
 
 HELD_OUT = ("test", "imagery")
 

@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 
 from nfstore import _layout
-from nfstore._names import DATASETS
+from nfstore.names import DATASETS
 from nfstore._version import __version__
 from nfstore.errors import OptionError
 

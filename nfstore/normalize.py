@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nfstore._names import subject_key
+from nfstore.names import subject_key
 from nfstore.errors import OptionError, ReaderError
 
 if TYPE_CHECKING:

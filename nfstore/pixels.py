@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from nfstore._names import STIMULI_GROUP, STIMULUS
+from nfstore.names import STIMULI_GROUP, STIMULUS
 from nfstore.errors import MissingFileError, OptionError, QueryError
 
 PIXELS = "pixels"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from nfstore._names import (
+from nfstore.names import (
     BETAS,
     REPEAT,
     ROI,
@@ -226,7 +226,7 @@ def _nonfinite(store: Store, path: str, damaged: dict[str, str], rows: int | Non
 
 def _interrupted_swaps(store: Store) -> list[str]:
     """Previous versions left aside by a write that was killed between its two renames."""
-    from nfstore._names import TRASH_GROUP
+    from nfstore.names import TRASH_GROUP
 
     trash = f"{store.fs_path}/{TRASH_GROUP}"
     try:

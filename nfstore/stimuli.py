@@ -108,7 +108,7 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
 
 def _with_crops(table: str) -> bool:
     """Whether prints of ``table`` hash crop windows: datasets' stimuli may be held out."""
-    from nfstore._names import DATASETS
+    from nfstore.names import DATASETS
 
     return table in DATASETS
 
@@ -127,7 +127,7 @@ def fingerprints_to_compute(store: Path, table: StimulusTable, ids: Sequence[str
     :func:`commit_stimulus_table`). ``errors`` receives one line per unreadable image file."""
     import xarray as xr
 
-    from nfstore._names import STIMULI_GROUP
+    from nfstore.names import STIMULI_GROUP
 
     have: dict[str, tuple[str, int, str]] = {}
     previous = store / STIMULI_GROUP / table.dataset
@@ -163,7 +163,7 @@ def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequenc
     import zarr
 
     from nfstore import _layout
-    from nfstore._names import STIMULI_GROUP
+    from nfstore.names import STIMULI_GROUP
     from nfstore._version import __version__
 
     key = f"{STIMULI_GROUP}/{table.dataset}"

@@ -17,7 +17,7 @@ import zarr
 
 from nfstore import _remote
 from nfstore._access import RawAccess
-from nfstore._names import (
+from nfstore.names import (
     BETAS,
     COMPLETE,
     DATASETS,
@@ -34,12 +34,12 @@ from nfstore._names import (
     VOXEL,
 )
 from nfstore._query import average_repeats_of, plain_strings
-from nfstore.errors import QueryError, SchemaError, StoreError
+from nfstore.errors import OptionError, QueryError, SchemaError, StoreError
 from nfstore.identity import identities
 
 
-def open_store(location: str | os.PathLike[str] | Store, *, check: bool = True,
-               storage_options: dict[str, Any] | None = None,
+def open_store(location: str | os.PathLike[str] | Store, *, mode: str = "r",
+               check: bool = True, storage_options: dict[str, Any] | None = None,
                version: str | None = None) -> Store:
     """Open a store lazily and check it against the store schema (metadata only).
 
@@ -55,9 +55,18 @@ def open_store(location: str | os.PathLike[str] | Store, *, check: bool = True,
     version : str, optional
         A snapshot id of a versioned store (``nf push``, :mod:`nfstore.versioned`); default
         its latest.
+    mode : ``"r"`` or ``"a"``
+        ``"a"`` creates an empty store at a local ``location`` that does not exist yet. Reads
+        are lazy in both modes; writes go through :meth:`Store.transaction`.
     """
+    if mode not in ("r", "a"):
+        raise OptionError(f"mode: expected 'r' or 'a'; found {mode!r}")
     if isinstance(location, Store):
         return location
+    if mode == "a" and not _remote.is_url(os.fspath(location)):
+        from nfstore._layout import ensure_store
+
+        ensure_store(Path(os.fspath(location).removeprefix("file://")))
     return Store(location, check=check, storage_options=storage_options, version=version)
 
 
@@ -104,6 +113,19 @@ class Store(RawAccess):
             from nfstore.schema import check_store
 
             check_store(self)
+
+    def transaction(self, command: str, *, check: bool = True, progress: bool = False) -> Any:
+        """A write transaction on this store (:func:`nfstore.transaction.transaction`): the
+        one write path. Reopen the store after it to read what it wrote.
+
+        >>> with store.transaction("nf predict") as tx:
+        ...     staged, state, resumed = tx.stage("decoded/rr/nsd/subj01")
+        ...     tx.commit("decoded/rr/nsd/subj01")
+        """
+        from nfstore.transaction import transaction
+
+        return transaction(self.location, command, storage_options=self.storage_options,
+                           check=check, progress=progress)
 
     def _versioned(self) -> bool:
         """A URL without a root ``zarr.json`` may hold an Icechunk repository (``nf push``)."""

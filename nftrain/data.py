@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from nfstore._names import ROI, ROI_MASK, SPLIT, STIMULUS
+from nfstore.names import ROI, ROI_MASK, SPLIT, STIMULUS
 from nfstore.errors import OptionError, QueryError, StoreError
 from nftrain import fingerprint as fp
 from nftrain.config import TrainConfig

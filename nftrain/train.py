@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 import nfstore
-from nfstore._version import __version__
+from nfstore import __version__
 from nfstore.errors import OptionError, StoreError
 from nftrain import checkpoint
 from nftrain import fingerprint as fp

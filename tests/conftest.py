@@ -108,7 +108,7 @@ def train_store_ro(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nfstore.augment import AugmentConfig, augment
     from nfstore.embeddings import embed_store, register_pool
     from nfstore.synth import _signal
-    from nfstore.synth._images import write_images
+    from nfstore.synth.images import write_images
     from nfstore.tiny import write_tiny_encoder
 
     base = tmp_path_factory.mktemp("trainstore")

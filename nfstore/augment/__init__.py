@@ -15,7 +15,7 @@ import xarray as xr
 import zarr
 
 from nfstore import _layout
-from nfstore._names import BETAS, DATASETS, SPLIT, STIMULUS, TRIAL, VOXEL
+from nfstore.names import BETAS, DATASETS, SPLIT, STIMULUS, TRIAL, VOXEL
 from nfstore._version import __version__
 from nfstore.augment.synthesis import (
     AugmentConfig,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from nfstore import _io
-from nfstore._names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
+from nfstore.names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.errors import MissingFileError, OptionError, ReaderError
 from nfstore.readers._rois import union_aliases
 from nfstore.readers.base import Block, RawSubject, StimulusTable, parse_subject, repeat_index

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from nfstore import _io
-from nfstore._names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
+from nfstore.names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.errors import MissingFileError, ReaderError
 from nfstore.readers._rois import union_aliases
 from nfstore.readers.base import (

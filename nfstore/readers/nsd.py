@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from nfstore import _io
-from nfstore._names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
+from nfstore.names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.errors import MissingFileError, OptionError, ReaderError
 from nfstore.readers._rois import NSD_ATLAS_LABELS, alias_rois, atlas_rois, read_ctab
 from nfstore.readers.base import Block, RawSubject, StimulusTable, parse_subject

@@ -18,7 +18,7 @@ import scipy.io
 
 from nfstore.readers.bold5000 import PRESENTATION, ROI_KEYS, STIMULI, TEST_LISTS, TRS
 from nfstore.synth import _signal
-from nfstore.synth._images import write_images
+from nfstore.synth.images import write_images
 
 HRF = {"TR1": 0.2, "TR2": 0.6, "TR3": 1.0, "TR4": 0.9, "TR5": 0.5}
 

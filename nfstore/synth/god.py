@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from nfstore.synth import _signal
-from nfstore.synth._images import write_images
+from nfstore.synth.images import write_images
 
 ROIS = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA")
 

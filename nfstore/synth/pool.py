@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nfstore.synth import _signal
-from nfstore.synth._images import write_images
+from nfstore.synth.images import write_images
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from nfstore.augment import solvers as S
 from nfstore.embeddings import embed_store, register_pool
 from nfstore.schema import validate_store
 from nfstore.synth import _signal, synthesize
-from nfstore.synth._images import write_images
+from nfstore.synth.images import write_images
 from nfstore.tiny import write_tiny_encoder
 from tests.conftest import tree_state
 

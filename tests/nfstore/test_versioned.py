@@ -167,7 +167,7 @@ def test_the_demo_pipeline_writes_and_reads_a_store_on_s3(nsd_raw: Path, god_raw
     """ingest, embed (with a pool), augment, train and evaluate with the store at an s3:// URL:
     every write publishes a snapshot, every read comes from the URL."""
     from nfstore.synth import _signal
-    from nfstore.synth._images import write_images
+    from nfstore.synth.images import write_images
     from nfstore.tiny import write_tiny_encoder
 
     url = "s3://nf-test/pipeline/nf.zarr"

@@ -1,4 +1,5 @@
-"""Canonical dimension, coordinate and identifier names: the one place they are spelled.
+"""Canonical dimension, coordinate and identifier names: the one place they are spelled (public:
+other packages import them from here).
 
 Every module that touches the store imports these constants instead of writing the strings.
 """
