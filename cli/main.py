@@ -1,6 +1,7 @@
 """Root ``nf`` group: user errors become one-line messages (no traceback), exit status 1.
 
-Two kinds are mapped: :class:`~nfstore.errors.NFError` (the message as it is), and a full
+Two kinds are mapped: :class:`~nfstore.errors.NFError` (the message as it is, a leading Python
+parameter name replaced by the flag or argument it came from: :func:`flag_message`), and a full
 disk, an exceeded quota, a read-only file system or a refused permission met while reading or
 writing (an :class:`OSError` with ``ENOSPC``, ``EDQUOT``, ``EROFS`` or ``EACCES``, raised or
 named as the cause of another error, or safetensors' error carrying such an OS error code).
@@ -70,12 +71,29 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except NFError as err:
-            raise click.ClickException(str(err)) from None
+            raise click.ClickException(flag_message(str(err), ctx)) from None
         except Exception as err:
             found = disk_error(err)
             if found is None:
                 raise
             raise click.ClickException(disk_message(*found, _params(ctx))) from None
+
+
+def flag_message(message: str, ctx: click.Context) -> str:
+    """``message`` with a leading Python parameter name (``roi: expected ...``) replaced by the
+    failed command's flag or argument (``--roi: expected ...``, ``STORE: ...``): the library
+    names parameters, the CLI maps them to what the user typed, at its edge."""
+    head, sep, rest = message.partition(": ")
+    _, cmd, _ = ctx.meta.get("nf.command", (None, None, []))
+    if not sep or cmd is None or not head.isidentifier():
+        return message
+    for param in cmd.params:
+        names = {param.name, *(o.lstrip("-").replace("-", "_") for o in param.opts)}
+        if head in names:
+            hint = param.opts[0] if isinstance(param, click.Option) else (
+                param.metavar or (param.name or "").upper())
+            return f"{hint}{sep}{rest}"
+    return message
 
 
 def _params(ctx: click.Context) -> dict[str, Any]:
