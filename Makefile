@@ -23,6 +23,7 @@ demo: $(VENV)/.ml-$(HASH)
 	$(BIN)/nf demo --workdir nf-demo
 
 test: $(VENV)/.test-$(HASH)
+	$(BIN)/ruff check .
 	bash .ci/install-chromium
 	$(BIN)/python -m pytest
 
