@@ -15,11 +15,45 @@ from nf._options import (
     writes_store,
 )
 
-DATASET = click.Choice(["nsd", "bold5000", "god"])
+
+class Registered(click.Choice):
+    """The names of the registered dataset readers (plugins included), looked up when a value
+    is checked or help is shown, not when the CLI is imported."""
+
+    def __init__(self, synth: bool = False) -> None:
+        super().__init__([], case_sensitive=True)
+        self.synth = synth
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        if self.synth:
+            from nfstore.synth import synth_names
+
+            return (*synth_names(), "models")
+        from nfstore.readers import reader_names
+
+        return tuple(reader_names())
+
+    @choices.setter
+    def choices(self, value: object) -> None:  # click.Choice sets it; the registry decides
+        pass
+
+
+def parse_items(items: tuple[str, ...] | None, param: str) -> dict[str, str]:
+    """``("KEY=VALUE", ...)`` -> ``{"key": "VALUE"}`` (dashes in keys become underscores)."""
+    from nfstore.errors import OptionError
+
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"{param}: expected KEY=VALUE; found {item!r}")
+        out[key.strip().replace("-", "_")] = value
+    return out
 
 
 @click.command("synth")
-@click.argument("dataset", type=click.Choice(["nsd", "bold5000", "god", "pool", "models"]))
+@click.argument("dataset", type=Registered(synth=True))
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @subjects_option("Subjects to write, e.g. 1 2 (default: nsd 1 2, bold5000 1 4, god 1 2).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -69,7 +103,7 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
 
 
 @click.command("ingest")
-@click.argument("dataset", type=DATASET)
+@click.argument("dataset", type=Registered())
 @click.argument("raw_root", type=click.Path())
 @store_option
 @subjects_option("Subjects, e.g. 1 2, subj01, CSI1, sub-01 (default: every subject found).")
@@ -81,6 +115,9 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
               help="bold5000: ROI file [TR34 = mean of TR3 and TR4].")
 @click.option("--images", type=click.Path(file_okay=False),
               help="god: folder with training/ and test/ images [RAW_ROOT/images].")
+@click.option("--option", "option", cls=ManyValues, split_commas=False, metavar="KEY=VALUE",
+              help="Any option of the dataset's reader (its Options fields, e.g. space=func1mm "
+                   "for nsd, block_rows=512 for god, or a plugin's own).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True)
 @click.option("--normalization",
@@ -102,17 +139,18 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
 @writes_store()
 def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | None,
            sessions: str | None, beta_version: str | None, fmt: str | None, tr: str | None,
-           images: str | None, dtype: str, normalization: str | None, overwrite: bool,
-           nonfinite: str, cache_pixels: bool, pixel_size: int | None, scheduler: str | None,
-           progress: bool) -> None:
-    """Ingest DATASET from RAW_ROOT (original layout) into the store."""
-    import nfstore
-    from nfstore.ingest import options_from
-    from nfstore.readers.base import parse_ranges
+           images: str | None, option: tuple[str, ...] | None, dtype: str,
+           normalization: str | None, overwrite: bool, nonfinite: str, cache_pixels: bool,
+           pixel_size: int | None, scheduler: str | None, progress: bool) -> None:
+    """Ingest DATASET from RAW_ROOT (original layout) into the store.
 
-    ranges = parse_ranges(sessions, "--sessions")
-    options = options_from(dataset, beta_version=beta_version, format=fmt, tr=tr,
-                           images=images, sessions=tuple(ranges) if ranges else None)
+    DATASET is any registered reader: nsd, bold5000, god, or a plugin (`nfstore.readers`
+    entry points). Reader options: the flags below, or `--option KEY=VALUE` for any."""
+    import nfstore
+
+    options = {**parse_items(option, "option"), **{k: v for k, v in {
+        "beta_version": beta_version, "format": fmt, "tr": tr, "images": images,
+        "sessions": sessions}.items() if v is not None}}
     summary = nfstore.ingest(dataset, raw_root, store, subjects=subjects, options=options,
                              overwrite=overwrite, dtype=dtype, normalization=normalization,
                              progress=progress, scheduler=scheduler, nonfinite=nonfinite)

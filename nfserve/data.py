@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 import nfstore
-from nfstore.names import RECON_GROUP, STIMULI_GROUP
 from nfstore.errors import NFError
+from nfstore.names import RECON_GROUP, STIMULI_GROUP
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STIMULUS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9._-]{1,255}){1,4}$")
@@ -124,7 +124,10 @@ def overview(view: View) -> dict[str, Any]:
         a = read_reconstructions(view.store, name, subs[0])["attrs"] if subs else {}
         recon[name] = {"subjects": subs, "source": a.get("source"), "decoded": a.get("decoded"),
                        "init": a.get("init"), "blend": a.get("blend")}
-    pools = [t for t in st.stimulus_tables() if t not in ("nsd", "bold5000", "god")]
+    from nfstore.readers import reader_names
+
+    datasets = set(reader_names())
+    pools = [t for t in st.stimulus_tables() if t not in datasets]
     return {"store": str(view.path), "subjects": subjects, "embeddings": emb,
             "pools": pools, "decoded": decoded, "reconstructions": recon,
             "synthetic": {k: v["synthetic"] for k, v in info.items() if v["synthetic"]}}

@@ -16,14 +16,10 @@ def from_values(cls: Any, values: dict[str, Any], what: str, flags: bool = True)
     cls : a dataclass
     values : field name -> value (``None`` keeps the field's default)
     what : how the message names a field, e.g. ``"an option of nsd"``
-    flags : list the valid fields as ``--flags`` (else as plain names)
+    flags : unused (kept for callers); messages name fields as Python parameters
     """
     known = sorted(f.name for f in dataclasses.fields(cls))
     unknown = sorted(k for k, v in values.items() if v is not None and k not in known)
-    if unknown:
-        def flag(k: str) -> str:
-            return f"--{k.replace('_', '-')}"
-
-        valid = ", ".join(flag(k) if flags else k for k in known)
-        raise OptionError(f"{', '.join(flag(k) for k in unknown)}: not {what}; valid: {valid}")
+    if unknown:  # named by the parameter (the CLI shows its flag)
+        raise OptionError(f"{unknown[0]}: not {what}; valid: {', '.join(known)}")
     return cls(**{k: v for k, v in values.items() if v is not None})

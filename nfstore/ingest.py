@@ -1,9 +1,11 @@
 """Ingest: raw dataset files -> store groups, streamed block by block, resumable, atomic.
 
-A subject is written into ``_staging/<dataset>/<subject>`` (invisible to queries), one block
-(NSD session) at a time; a small progress file records the finished blocks, so a killed ingest
-resumes where it stopped. When every block is written the group is renamed into place, replacing
-a previous version only at that moment (see :mod:`nfstore._layout`).
+Any registered reader (:mod:`nfstore.readers`, plugins included) can be ingested. The write
+goes through the store's one write path (:func:`nfstore.transaction`): each subject is staged
+(invisible to queries) under its key with the ingest fingerprint as identity, written one block
+(NSD session) at a time, its finished blocks saved as the transaction's progress, so a killed
+ingest resumes where it stopped; when every block is written the subject is committed, replacing
+a previous version only at that moment.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from nfstore import _layout
-from nfstore._fields import from_values
+from nfstore._version import __version__
+from nfstore.errors import MissingFileError, NFError, OptionError, StoreError
+from nfstore.ingest_cluster import ClusterRun, connect, stage_on_cluster
 from nfstore.names import (
     BETAS,
     COMPLETE,
@@ -35,15 +39,11 @@ from nfstore.names import (
     ROI,
     ROI_MASK,
     SOURCE,
-    STAGING_GROUP,
     STATUS_ATTR,
     TRIAL,
     VOXEL,
     subject_key,
 )
-from nfstore._version import __version__
-from nfstore.errors import MissingFileError, NFError, OptionError, StoreError
-from nfstore.ingest_cluster import ClusterRun, connect, stage_on_cluster
 from nfstore.normalize import (
     NONFINITE,
     normalized_block,
@@ -54,6 +54,7 @@ from nfstore.normalize import (
 from nfstore.readers import get_reader
 from nfstore.readers.base import Block, RawSubject, StimulusTable
 from nfstore.stimuli import commit_stimulus_table, fingerprints_to_compute
+from nfstore.transaction import Transaction, transaction
 
 VOXEL_CHUNK = 512
 DTYPES = ("float32", "float16")
@@ -98,14 +99,17 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
 
     Parameters
     ----------
-    dataset : {"nsd"}
+    dataset : str
+        A reader's name (:func:`nfstore.readers.reader_names`: ``nsd``, ``bold5000``, ``god``
+        and plugins).
     raw_root : path
         Root of the dataset in its original layout (never modified).
-    store : path
-        Store folder; created if missing.
+    store : path or URL
+        Store folder, created if missing (or a versioned store's URL).
     subjects : list of str, optional
         Subject names accepted by the reader (``1``, ``subj01``); default: all found.
-    options : reader ``Options``, optional
+    options : reader ``Options`` or dict, optional
+        A dict is converted by the reader (``Reader.parse_options``).
     overwrite : bool
         Replace subjects already in the store (atomically, at the end).
     dtype : {"float32", "float16"}
@@ -137,13 +141,14 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     t0 = time.perf_counter()
     reader = get_reader(dataset)
     if dtype not in DTYPES:
-        raise OptionError(f"--dtype: expected one of {list(DTYPES)}; got {dtype!r}")
+        raise OptionError(f"dtype: expected one of {list(DTYPES)}; found {dtype!r}")
     if nonfinite not in NONFINITE:
-        raise OptionError(f"nonfinite: expected one of {list(NONFINITE)}; got {nonfinite!r}")
+        raise OptionError(f"nonfinite: expected one of {list(NONFINITE)}; found {nonfinite!r}")
     root = Path(raw_root)
     if not root.is_dir():
         raise MissingFileError(f"{root}: missing folder; expected the {dataset} dataset root")
-    options = options if options is not None else reader.Options()
+    if options is None or isinstance(options, dict):
+        options = reader.parse_options(options)
     names = [reader.subject_name(s) for s in subjects] if subjects else reader.list_subjects(root)
     if not names:
         raise MissingFileError(f"{root}: expected {dataset} subject folders; found none")
@@ -155,36 +160,54 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
         set_normalization(raw, normalization)
         set_nonfinite(raw, nonfinite)
     table = reader.stimulus_table(root, options)
-    path = _layout.local_store_path(store)
-    if path.exists():
-        _layout.ensure_store(path)  # an existing folder must be a store
-    created = _layout.ensure_store(path)
+    local = _local_path(store)
+    created = local is not None and not local.exists()
     try:
-        with _layout.writing(path, f"nf ingest {dataset}"):
+        with transaction(store, f"nf ingest {dataset}", create=True) as tx:
             run = ClusterRun(dataset, root.resolve(), options, normalization, scheduler,
                              nonfinite)
-            summary = _write_subjects(path, run, raws, table, overwrite, dtype, voxel_chunk,
-                                      progress, on_block)
+            summary = _write_subjects(tx, run, raws, table, overwrite, dtype, voxel_chunk,
+                                      progress, on_block, _reader_path(reader))
     except NFError:
-        if created and not any(path.glob(f"{dataset}/*/zarr.json")) and not any(
-                (path / STAGING_GROUP).glob("*/*.json")):
-            shutil.rmtree(path, ignore_errors=True)  # a store this command created, empty
+        if created and local is not None and _empty_store(local, dataset):
+            shutil.rmtree(local, ignore_errors=True)  # a store this command created, empty
         raise
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _write_subjects(path: Path, run: ClusterRun, raws: list[RawSubject], table: StimulusTable,
-                    overwrite: bool, dtype: str, voxel_chunk: int, progress: bool,
-                    on_block: Callable[[str, str], None] | None) -> IngestSummary:
-    """Stage and commit each subject in turn (the caller holds the write lock).
+def _local_path(store: str | Path) -> Path | None:
+    """The store's folder, or None for a URL."""
+    from nfstore import _remote
+
+    text = os.fspath(store)
+    return None if _remote.is_url(text) else Path(text.removeprefix("file://"))
+
+
+def _empty_store(path: Path, dataset: str) -> bool:
+    """Whether ``path`` holds no subject and no staged write (what a failed first ingest
+    leaves: safe to remove)."""
+    return not any(path.glob(f"{dataset}/*/zarr.json")) and not any(
+        (path / "_staging").glob("*.json"))
+
+
+def _reader_path(reader: Any) -> str:
+    """Where the reader's class lives (``nfstore.readers.nsd.NSDReader``), for provenance."""
+    return f"{type(reader).__module__}.{type(reader).__qualname__}"
+
+
+def _write_subjects(tx: Transaction, run: ClusterRun, raws: list[RawSubject],
+                    table: StimulusTable, overwrite: bool, dtype: str, voxel_chunk: int,
+                    progress: bool, on_block: Callable[[str, str], None] | None,
+                    reader: str) -> IngestSummary:
+    """Stage and commit each subject in turn, inside the transaction ``tx``.
 
     Each subject is committed when complete, so a failure in a later subject keeps the
     earlier ones. A user error (bad file) discards the failing subject's staged blocks; an
     interrupt, a full disk or a memory error keeps them, and rerunning resumes.
     """
-    dataset, root = run.dataset, run.root
-    raws, skipped = _check_existing(path, dataset, raws, overwrite, dtype, voxel_chunk)
+    dataset, root, path = run.dataset, run.root, tx.root
+    raws, skipped = _check_existing(tx, dataset, raws, overwrite, dtype, voxel_chunk)
     summary = IngestSummary(dataset, skipped=skipped)
     bar = _progress_bar(sum(len(r.blocks) for r in raws), progress)
     committed_any = False
@@ -196,15 +219,14 @@ def _write_subjects(path: Path, run: ClusterRun, raws: list[RawSubject], table: 
     try:
         for raw in raws:
             key = subject_key(dataset, raw.subject)
-            staged = _layout.staging_path(path, key)
             try:
-                resumed, n_bad = _stage(raw, staged, dtype, voxel_chunk, str(root.resolve()),
-                                        bar, on_block, key, (client, run))
+                resumed, n_bad = _stage(tx, raw, key, (dtype, voxel_chunk, str(root), reader),
+                                        bar, on_block, (client, run))
             except NFError:
-                _layout.discard(staged)  # a user error leaves no trace of this subject
+                tx.discard(key)  # a user error leaves no trace of this subject
                 raise
             except (OSError, MemoryError) as err:
-                state = _layout.read_json(staged.with_suffix(".json")) or {}
+                state = tx.state(key) or {}
                 raise StoreError(
                     f"{path}: ingest of {key} stopped after {len(state.get('blocks_done', []))}"
                     f" of {len(raw.blocks)} blocks ({type(err).__name__}: "
@@ -212,9 +234,8 @@ def _write_subjects(path: Path, run: ClusterRun, raws: list[RawSubject], table: 
                     f"space or memory and rerun the same command to resume") from err
             if not committed_any:
                 _commit_stimuli(path, table, raws, prints.result())
-            _keep_synthetic_sets(path, key, staged)
-            _layout.commit(path, staged, key)
-            staged.with_suffix(".json").unlink(missing_ok=True)
+            _keep_synthetic_sets(path, key, tx.staged(key))
+            tx.commit(key)
             committed_any = True
             summary.subjects.append(key)
             summary.resumed += [key] if resumed else []
@@ -244,7 +265,7 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="block", disable=not enabled, desc="ingest")
 
 
-def _check_existing(path: Path, dataset: str, raws: list[RawSubject], overwrite: bool,
+def _check_existing(tx: Transaction, dataset: str, raws: list[RawSubject], overwrite: bool,
                     dtype: str, voxel_chunk: int) -> tuple[list[RawSubject], list[str]]:
     """Subjects still to write, and those skipped.
 
@@ -254,11 +275,12 @@ def _check_existing(path: Path, dataset: str, raws: list[RawSubject], overwrite:
     """
     if overwrite:
         return raws, []
+    path = tx.root
     keys = [subject_key(dataset, r.subject) for r in raws]
     existing = [(r, k) for r, k in zip(raws, keys) if _is_complete(path / k)]
     if not existing:
         return raws, []
-    resuming = any(_layout.staging_path(path, k).with_suffix(".json").is_file() for k in keys)
+    resuming = any(tx.state(k) is not None for k in keys)
     same = {k for r, k in existing if resuming and _stored_fingerprint(path / k)
             == _fingerprint(r, dtype, voxel_chunk)}
     blocking = [k for _, k in existing if k not in same]
@@ -288,22 +310,19 @@ def _fingerprint(raw: RawSubject, dtype: str, voxel_chunk: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root: str,
-           bar: Any, on_block: Callable[[str, str], None] | None, key: str,
+def _stage(tx: Transaction, raw: RawSubject, key: str, layout: tuple[str, int, str, str],
+           bar: Any, on_block: Callable[[str, str], None] | None,
            cluster: tuple[Any, ClusterRun | None] = (None, None)) -> tuple[bool, int]:
-    """Write ``raw`` into ``staged`` block by block; returns whether it resumed earlier work
-    and how many non-finite betas were stored as 0."""
-    progress_file = staged.with_suffix(".json")
+    """Write ``raw`` into its staged group block by block (``layout``: dtype, voxel chunk,
+    raw root and reader); returns whether it resumed earlier work and how many non-finite betas
+    were stored as 0."""
+    dtype, voxel_chunk, raw_root, reader = layout
     fingerprint = _fingerprint(raw, dtype, voxel_chunk)
-    state = _layout.read_json(progress_file)
-    resumed = bool(state and state.get("fingerprint") == fingerprint and staged.is_dir())
+    staged, state, resumed = tx.stage(key, identity={"fingerprint": fingerprint}, create=False)
     if not resumed:
-        _layout.discard(staged)
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        _write_template(raw, staged, dtype, voxel_chunk, raw_root)
-        state = {"fingerprint": fingerprint, "blocks_done": [], "zero_std": 0, "nonfinite": 0}
-        _layout.write_json_atomic(progress_file, state)
-    assert state is not None
+        _write_template(raw, staged, dtype, voxel_chunk, raw_root, reader)
+        state = {**state, "blocks_done": [], "zero_std": 0, "nonfinite": 0}
+        tx.save(key, state)
     betas = zarr.open_array(str(staged / BETAS), mode="r+")
     fit = raw.norm_fit if raw.norm_fit is not None else (raw.trials["split"] == "train"
                                                           ).to_numpy()
@@ -316,7 +335,7 @@ def _stage(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int, raw_root
         state["blocks_done"].append(block.label)
         state["zero_std"] += n_zero
         state["nonfinite"] = state.get("nonfinite", 0) + n_bad
-        _layout.write_json_atomic(progress_file, state)
+        tx.save(key, state)
         bar.update(1)
         bar.set_postfix_str(f"{key} {block.label}")
         if on_block is not None:
@@ -376,7 +395,7 @@ def _prefetched(blocks: list[Block]) -> Iterator[tuple[Block, np.ndarray]]:
 
 
 def _write_template(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int,
-                    raw_root: str) -> None:
+                    raw_root: str, reader: str) -> None:
     """Create the subject group: coordinates written, betas allocated (filled by blocks)."""
     t_chunk = max(b.stop - b.start for b in raw.blocks)
     chunks = (min(t_chunk, raw.n_trials), min(voxel_chunk, raw.n_voxels))
@@ -397,7 +416,7 @@ def _write_template(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int,
     group = zarr.open_group(str(staged), mode="r+")
     group.attrs.update({
         STATUS_ATTR: INCOMPLETE, "dataset": raw.dataset, "subject": raw.subject,
-        "reader": f"nfstore.readers.{raw.dataset}", "nf_version": __version__,
+        "reader": reader, "nf_version": __version__,
         "raw_root": raw_root, "dtype": dtype, "normalization": raw.normalization,
         **raw.attrs,
     })
@@ -412,5 +431,6 @@ def _commit_stimuli(store: Path, table: StimulusTable, raws: list[RawSubject],
 
 
 def options_from(dataset: str, **values: Any) -> Any:
-    """Build the reader's ``Options`` from keyword values (``None`` values keep defaults)."""
-    return from_values(get_reader(dataset).Options, values, f"an option of {dataset}")
+    """The reader's ``Options`` from keyword values (``None`` keeps a default; text is
+    converted, see :meth:`nfstore.readers.Reader.parse_options`)."""
+    return get_reader(dataset).parse_options(values)

@@ -41,7 +41,7 @@ def connect(scheduler: str | None) -> Any:
     try:
         return Client(scheduler, timeout="30s")
     except OSError as err:
-        raise OptionError(f"--scheduler: no Dask scheduler answered at {scheduler} ({err})"
+        raise OptionError(f"scheduler: no Dask scheduler answered at {scheduler} ({err})"
                           ) from None
 
 

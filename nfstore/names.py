@@ -37,7 +37,6 @@ BETAS: Final = "betas"
 # values
 SPLITS: Final = ("train", "test", "imagery")
 MEASURED: Final = "measured"
-DATASETS: Final = ("nsd", "bold5000", "god")
 
 # store layout
 STIMULI_GROUP: Final = "stimuli"
@@ -50,6 +49,22 @@ RECON_GROUP: Final = "reconstructions"
 STATUS_ATTR: Final = "nf_status"
 COMPLETE: Final = "complete"
 INCOMPLETE: Final = "incomplete"
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Dataset keys of every registered reader, built-ins and plugins
+    (:func:`nfstore.readers.reader_names`)."""
+    from nfstore.readers import reader_names
+
+    return tuple(reader_names())
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``DATASETS``: kept for compatibility, computed from the reader registry when read (use
+    :func:`dataset_names`)."""
+    if name == "DATASETS":
+        return dataset_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def subject_key(dataset: str, subject: str) -> str:

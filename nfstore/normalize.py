@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nfstore.names import subject_key
 from nfstore.errors import OptionError, ReaderError
+from nfstore.names import subject_key
 
 if TYPE_CHECKING:
     from nfstore.readers.base import Block, RawSubject
@@ -145,7 +145,13 @@ def apply_stats(x: np.ndarray, groups: np.ndarray,
     return z, n_zero
 
 
-DEFAULT_NORMALIZATION = {"nsd": "session-train", "bold5000": "session-train", "god": "run"}
+def default_normalization(dataset: str) -> str:
+    """The ``normalization`` a dataset's reader declares (``Reader.normalization``): nsd and
+    bold5000 ``session-train``, god ``run``."""
+    from nfstore.readers import get_reader
+
+    return get_reader(dataset).normalization
+
 NONFINITE = ("error", "zero")
 MAX_ABS = 1e6  # larger betas (in the reader's units, e.g. percent signal change) are refused
 
@@ -157,7 +163,7 @@ def set_nonfinite(raw: RawSubject, policy: str) -> None:
     statistics and stores 0, and is recorded in ``raw.normalization`` (so in the fingerprint).
     """
     if policy not in NONFINITE:
-        raise OptionError(f"nonfinite: expected one of {list(NONFINITE)}; got {policy!r}")
+        raise OptionError(f"nonfinite: expected one of {list(NONFINITE)}; found {policy!r}")
     if policy != "error":
         raw.normalization = {**raw.normalization, "nonfinite": policy}
 
@@ -206,10 +212,10 @@ def checked_betas(block: Block, x: np.ndarray, policy: str = "error"
 
 def set_normalization(raw: RawSubject, method: str | None) -> None:
     """Set the normalization groups, fit rows and description of ``raw`` for ``method``."""
-    default = DEFAULT_NORMALIZATION[raw.dataset]
+    default = default_normalization(raw.dataset)
     method = method or default
     if method not in NORMALIZATIONS:
-        raise OptionError(f"--normalization: expected one of {list(NORMALIZATIONS)}; got "
+        raise OptionError(f"normalization: expected one of {list(NORMALIZATIONS)}; found "
                           f"{method!r}")
     key = subject_key(raw.dataset, raw.subject)
     train = (raw.trials["split"] == "train").to_numpy()
@@ -221,8 +227,9 @@ def set_normalization(raw: RawSubject, method: str | None) -> None:
     if method == "session-train":
         empty = sorted(int(s) for s in np.unique(session) if not train[session == s].any())
         if empty:
-            raise OptionError(f"--normalization session-train: {key} sessions {empty} have no "
-                              f"train trials to take statistics from; use run or train-global")
+            raise OptionError(f"normalization: session-train needs train trials in every "
+                              f"session; {key} sessions {empty} have none; use run or "
+                              f"train-global")
         raw.norm_group, raw.norm_fit = session, train
         desc = {"method": "zscore", "group": "session", "statistics_from": "train"}
     elif method == "run":

@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from nfstore.errors import SchemaError
 from nfstore.names import (
     BETAS,
+    DECODED_GROUP,
+    RECON_GROUP,
     REPEAT,
     ROI,
     ROI_MASK,
@@ -27,7 +30,6 @@ from nfstore.names import (
     TRIAL,
     VOXEL,
 )
-from nfstore.errors import SchemaError
 
 if TYPE_CHECKING:
     from nfstore.store import Store
@@ -61,15 +63,59 @@ def manifest(store: Store) -> dict[str, Any]:
     for name in store.embedding_models():
         g = root[f"embeddings/{name}"]
         out["embeddings"][name] = {"attributes": dict(g.attrs), "arrays": _arrays(g)}
+    for group in (DECODED_GROUP, RECON_GROUP):  # optional groups, described when present
+        if group in root:
+            out[group] = _set_groups(root[group], group == RECON_GROUP)
     return out
+
+
+def _set_groups(top: zarr.Group, metrics: bool) -> dict[str, Any]:
+    """``<set>/<dataset>/<subject>`` -> attributes and arrays (and ``metrics/<variant>``)."""
+    out: dict[str, Any] = {}
+    for name, g_set in sorted(top.groups()):
+        for ds, g_ds in sorted(g_set.groups()):
+            for sub, g in sorted(g_ds.groups()):
+                entry: dict[str, Any] = {"attributes": dict(g.attrs), "arrays": _arrays(g)}
+                if metrics and "metrics" in g:
+                    entry["metrics"] = {v: {"attributes": dict(m.attrs), "arrays": _arrays(m)}
+                                        for v, m in sorted(g["metrics"].groups())}
+                out[f"{name}/{ds}/{sub}"] = entry
+    return out
+
+
+def subject_key_pattern() -> str:
+    """Regex of every subject key ``<dataset>/<subject>`` of the registered readers (their
+    ``name`` and ``subject_pattern``), without anchors."""
+    import re
+
+    from nfstore.readers import readers
+
+    return "(" + "|".join(f"{re.escape(name)}/(?:{cls.subject_pattern})"
+                          for name, cls in readers().items()) + ")"
+
+
+def load_schema() -> dict[str, Any]:
+    """The store schema with its subject-key patterns and dataset names made from the
+    registered readers (the document's own values name the built-in datasets)."""
+    import schemas
+    from nfstore.readers import reader_names
+
+    doc = schemas.load("store-v1")
+    keys = subject_key_pattern()
+    attrs = doc["$defs"]["subject"]["properties"]["attributes"]["properties"]
+    attrs["dataset"]["enum"] = reader_names()
+    props = doc["properties"]
+    props["subjects"]["propertyNames"]["pattern"] = f"^{keys}$"
+    for group in (DECODED_GROUP, RECON_GROUP):
+        if group in props:
+            props[group]["propertyNames"]["pattern"] = f"^[A-Za-z0-9_.-]+/{keys}$"
+    return doc
 
 
 def _schema_problems(man: dict[str, Any], location: str) -> list[str]:
     import jsonschema
 
-    import schemas
-
-    validator = jsonschema.Draft202012Validator(schemas.load("store-v1"))
+    validator = jsonschema.Draft202012Validator(load_schema())
     problems = []
     for err in sorted(validator.iter_errors(man), key=lambda e: list(map(str, e.absolute_path))):
         where = "/".join(str(p) for p in err.absolute_path)
@@ -284,4 +330,5 @@ def _missing_chunks(store: Store, key: str) -> list[str]:
     return []
 
 
-__all__ = ["manifest", "check_store", "validate_store"]
+__all__ = ["manifest", "check_store", "validate_store", "load_schema",
+           "subject_key_pattern"]

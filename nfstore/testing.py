@@ -1,5 +1,6 @@
 """Helpers for tests and benchmarks (as diffusers' ``testing_utils``): a local S3-compatible
-server. Nothing here runs on import."""
+server, and the reader contract suite :class:`ReaderTests` (imported on first use: it needs
+pytest). Nothing here runs on import."""
 
 from __future__ import annotations
 
@@ -34,3 +35,12 @@ def local_s3(bucket: str = "nf-test") -> Iterator[dict[str, Any]]:
                            "client_kwargs": {"region_name": "us-east-1"}}}
     finally:
         server.stop()
+
+
+def __getattr__(name: str) -> Any:
+    """``ReaderTests``: the reader contract suite (:mod:`nfstore.testing_readers`)."""
+    if name == "ReaderTests":
+        from nfstore.testing_readers import ReaderTests
+
+        return ReaderTests
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,9 @@
 
 A reader translates one dataset's original files into these objects and nothing else:
 normalization, splitting into chunks and writing live in :mod:`nfstore.normalize` and
-:mod:`nfstore.ingest`. Every reader module exposes the same three functions::
+:mod:`nfstore.ingest`. A reader is a subclass of :class:`Reader` (as xarray's
+``BackendEntrypoint``): its class attributes declare the dataset key, options, default
+normalization, subject naming and synthetic generator; its methods::
 
     list_subjects(root: Path) -> list[str]
     open_subject(root: Path, subject: str, options: Options) -> RawSubject
@@ -14,11 +16,13 @@ themselves are read block by block (``Block.load``), so that ingest streams.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -142,11 +146,11 @@ def parse_subject(spec: str | int, pattern: str, template: str, examples: str) -
     """
     m = re.fullmatch(pattern, str(spec).strip(), flags=re.IGNORECASE)
     if not m:
-        raise OptionError(f"--subjects: expected {examples}; got {spec!r}")
+        raise OptionError(f"subjects: expected {examples}; got {spec!r}")
     return template.format(n=int(m.group(1)))
 
 
-def parse_ranges(spec: str | None, option: str = "--sessions") -> list[int] | None:
+def parse_ranges(spec: str | None, option: str = "sessions") -> list[int] | None:
     """Parse ``"1-3,7"`` into ``[1, 2, 3, 7]``; ``None`` stays ``None``."""
     if spec is None:
         return None
@@ -192,3 +196,126 @@ def contiguous_blocks(keys: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
 def repeat_index(stimuli: np.ndarray) -> np.ndarray:
     """0-based occurrence index of each stimulus in sequence order, shape (n_trials,)."""
     return pd.Series(stimuli).groupby(stimuli).cumcount().to_numpy()
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a reader that takes none."""
+
+
+class Reader:
+    """A dataset reader: subclass it (and register it under the ``nfstore.readers`` entry point
+    group, see :mod:`nfstore.readers`) to add a dataset; no other file changes.
+
+    Class attributes
+    ----------------
+    name : str
+        Dataset key: the store group (``nsd``), the stimulus-id prefix (``nsd/00042``) and the
+        ``nf ingest`` / ``nf synth`` argument. Lower-case letters, digits, ``_`` and ``-``.
+    Options : dataclass type
+        Ingest options (all fields with defaults). Field metadata may hold ``choices`` (allowed
+        values), ``parse`` (text -> value, for ``--option KEY=VALUE``) and ``help``.
+    normalization : str
+        Default ``--normalization`` (:data:`nfstore.normalize.NORMALIZATIONS`).
+    subject_regex, subject_template, subject_examples : str
+        How users spell subjects: a case-insensitive regex whose group 1 is the number, the
+        canonical name given ``n`` (``"subj{n:02d}"``), and examples for the error message.
+    subject_pattern : str
+        Regex of every canonical subject name (the store schema's subject keys).
+
+    Methods to implement: :meth:`list_subjects`, :meth:`open_subject`, :meth:`stimulus_table`,
+    and for ``nf synth``: :meth:`synth_config` and :meth:`synthesize`.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    normalization: ClassVar[str] = "session-train"
+    subject_regex: ClassVar[str] = r"0*([1-9]\d*)"
+    subject_template: ClassVar[str] = "sub-{n:02d}"
+    subject_examples: ClassVar[str] = "subjects like 1 or sub-01"
+    subject_pattern: ClassVar[str] = r"sub-\d\d"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} {self.name!r}>"
+
+    # ------------------------------------------------------------------ subjects
+    def subject_name(self, spec: str | int) -> str:
+        """Canonical subject name from a user's spelling (``1`` -> ``"sub-01"``)."""
+        return parse_subject(spec, self.subject_regex, self.subject_template,
+                             self.subject_examples)
+
+    def list_subjects(self, root: Path) -> list[str]:
+        """Canonical names of the subjects found under ``root`` (sorted)."""
+        raise NotImplementedError(f"{type(self).__qualname__}.list_subjects")
+
+    # ------------------------------------------------------------------ reading
+    def open_subject(self, root: Path, subject: str, options: Any = None) -> RawSubject:
+        """Read and check one subject's headers, design and ROIs; betas stay in ``blocks``."""
+        raise NotImplementedError(f"{type(self).__qualname__}.open_subject")
+
+    def stimulus_table(self, root: Path, options: Any = None) -> StimulusTable:
+        """The dataset's stimuli (ids ``<name>/...``) and where their pixels live."""
+        raise NotImplementedError(f"{type(self).__qualname__}.stimulus_table")
+
+    # ------------------------------------------------------------------ options
+    def parse_options(self, values: dict[str, Any] | None = None) -> Any:
+        """``Options`` from keyword values: ``None`` keeps a default, text is converted to the
+        field's type (``--option KEY=VALUE``), ``choices`` in field metadata are checked.
+
+        Raises
+        ------
+        OptionError
+            ``<key>: not an option of <name>; valid: ...`` or ``<key>: expected ...``.
+        """
+        fields = {f.name: f for f in dataclasses.fields(self.Options)}
+        hints = typing.get_type_hints(self.Options)
+        out: dict[str, Any] = {}
+        for key, value in (values or {}).items():
+            if value is None:
+                continue
+            if key not in fields:
+                raise OptionError(f"{key}: not an option of {self.name}; valid: "
+                                  f"{', '.join(sorted(fields)) or 'none'}")
+            out[key] = _convert(key, value, hints[key], fields[key].metadata)
+        return self.Options(**out)
+
+    # ------------------------------------------------------------------ synthetic data
+    def synth_config(self) -> type | None:
+        """The dataclass of the synthetic generator's settings, or None if there is none."""
+        return None
+
+    def synthesize(self, out: Path, config: Any) -> dict[str, float]:
+        """Write a synthetic raw tree of this dataset (original layout) into the empty folder
+        ``out``; returns ``{"subjects", "trials", "images", "seconds"}``."""
+        raise OptionError(f"dataset: {self.name!r} has no synthetic generator")
+
+    def check_synth(self, config: Any) -> None:
+        """Refuse (one-line OptionError) settings the generator cannot lay out."""
+
+
+def _convert(key: str, value: Any, hint: Any, meta: Any) -> Any:
+    """One option value: ``meta["parse"]`` or the type hint applied to text, then choices."""
+    if isinstance(value, str):
+        base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        kind = base[0] if len(base) == 1 else str
+        try:
+            if "parse" in meta:
+                value = meta["parse"](value)
+            elif kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                value = value.lower() in ("true", "1")
+            elif kind in (int, float):
+                value = kind(value)
+            elif typing.get_origin(kind) is tuple:
+                inner = (typing.get_args(kind) or (str,))[0]
+                value = tuple(inner(v) for v in value.split(",") if v.strip())
+        except OptionError:
+            raise
+        except ValueError:
+            raise OptionError(f"{key}: expected {getattr(kind, '__name__', kind)}; found "
+                              f"{value!r}") from None
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise OptionError(f"{key}: expected one of {list(choices)}; found {value!r}")
+    return value

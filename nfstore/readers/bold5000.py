@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from nfstore import _io
-from nfstore.names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.errors import MissingFileError, OptionError, ReaderError
+from nfstore.names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.readers._rois import union_aliases
-from nfstore.readers.base import Block, RawSubject, StimulusTable, parse_subject, repeat_index
+from nfstore.readers.base import Block, RawSubject, Reader, StimulusTable, repeat_index
 
 NAME = "bold5000"
 ROI_KEYS = tuple(f"{h}{r}" for r in ("EarlyVis", "LOC", "OPA", "PPA", "RSC") for h in ("LH", "RH"))
@@ -52,20 +53,8 @@ class Options:
         ROI file format; ``auto`` takes ``.mat`` where present, else ``.h5``.
     """
 
-    tr: str = "TR34"
-    format: str = "auto"
-
-
-def subject_name(spec: str | int) -> str:
-    """``1``, ``"CSI1"`` -> ``"CSI1"``."""
-    return parse_subject(spec, r"(?:CSI)?0*([1-9])", "CSI{n}", "BOLD5000 subjects like 1 or CSI1")
-
-
-def list_subjects(root: Path) -> list[str]:
-    base = root / "ROIs"
-    if not base.is_dir():
-        return []
-    return sorted(p.name for p in base.iterdir() if re.fullmatch(r"CSI\d", p.name))
+    tr: str = field(default="TR34", metadata={"choices": TRS})
+    format: str = field(default="auto", metadata={"choices": ("auto", "mat", "h5")})
 
 
 def stem(name: str) -> str:
@@ -75,27 +64,11 @@ def stem(name: str) -> str:
     return name.rsplit(".", 1)[0] if name.lower().endswith(IMAGE_SUFFIXES) else name
 
 
-def stimulus_table(root: Path, options: Options) -> StimulusTable:
-    """Every presented image (COCO, ImageNet, Scene) as ``bold5000/<stem>``."""
-    base = root / STIMULI
-    if not base.is_dir():
-        raise MissingFileError(f"{base}: missing folder; expected the presented BOLD5000 images "
-                               f"in COCO/, ImageNet/, Scene/")
-    rel = sorted(f"{STIMULI}/{folder.name}/{e.name}" for folder in os.scandir(base)
-                 if folder.is_dir() for e in os.scandir(folder.path)
-                 if e.name.lower().endswith(IMAGE_SUFFIXES))
-    return StimulusTable(
-        dataset=NAME,
-        stimulus=np.array([f"bold5000/{stem(r.rsplit('/', 1)[1])}" for r in rel], dtype=object),
-        file=np.array(rel, dtype=object), index=np.full(len(rel), -1, np.int64),
-        root=root.resolve())
-
-
 def _roi_file(root: Path, subject: str, options: Options) -> Path:
     if options.tr not in TRS:
-        raise OptionError(f"--tr: expected one of {list(TRS)}; got {options.tr!r}")
+        raise OptionError(f"tr: expected one of {list(TRS)}; found {options.tr!r}")
     if options.format not in ("auto", "mat", "h5"):
-        raise OptionError(f"--format: expected auto, mat or h5 for bold5000; got "
+        raise OptionError(f"format: expected auto, mat or h5 for bold5000; found "
                           f"{options.format!r}")
     mat = root / "ROIs" / subject / "mat" / f"{subject}_ROIs_{options.tr}.mat"
     h5 = root / "ROIs" / subject / "h5" / f"{subject}_ROIs_{options.tr}.h5"
@@ -206,58 +179,106 @@ def _test_stems(root: Path) -> set[str]:
                            f"repeated (test) images")
 
 
-def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
-    """Read stimulus lists and ROI file layout of one BOLD5000 subject and check them."""
-    subject = subject_name(subject)
-    n = subject[-1]
-    list_path = _io.require_file(root / "ROIs/stim_lists" / f"CSI0{n}_stim_lists.txt",
-                                 f"the trial order of {subject}")
-    names = [ln.strip() for ln in _io.read_text(list_path, "a BOLD5000 stimulus list")
-             .splitlines() if ln.strip()]
-    path = _roi_file(root, subject, options)
-    shapes = _roi_shapes(path)
-    n_trials = len(names)
-    lead = {k: s[0] for k, s in shapes.items()}
-    if all(len(s) == 2 and s[0] == n_trials for s in shapes.values()):
-        transposed = False
-    elif path.suffix == ".h5" and all(len(s) == 2 and s[1] == n_trials for s in shapes.values()):
-        transposed = True  # written by MATLAB: (voxels, trials)
-    else:
-        raise ReaderError(f"{path}: expected {n_trials} trials ({list_path.name} lines) in every "
-                          f"ROI variable; found {sorted(set(lead.values()))} rows")
-    sizes = [shapes[k][0 if transposed else 1] for k in ROI_KEYS]
+class BOLD5000Reader(Reader):
+    """BOLD5000 release-1 ROI files (see the module docstring)."""
 
-    stems = np.array([stem(x) for x in names], dtype=object)
-    table = stimulus_table(root, options)
-    known = set(table.stimulus.tolist())
-    missing = [s for s in stems if f"bold5000/{s}" not in known]
-    if missing:
-        raise MissingFileError(f"{root / STIMULI}: missing image for '{missing[0]}' referenced "
-                               f"by {list_path} ({len(set(missing))} images missing)")
-    test = np.isin(stems, sorted(_test_stems(root)))
-    runs = _sessions(root, subject, names, list_path)
-    session, run = runs if runs is not None else (np.ones(n_trials, np.int64),) * 2
-    trials = pd.DataFrame({
-        STIMULUS: np.array([f"bold5000/{s}" for s in stems], dtype=object),
-        SPLIT: np.where(test, "test", "train").astype(object),
-        "session": session, "run": run, "repeat": repeat_index(stems)})
+    name = NAME
+    Options = Options
+    normalization = "session-train"
+    subject_regex = r"(?:CSI)?0*([1-9])"
+    subject_template = "CSI{n}"
+    subject_examples = "BOLD5000 subjects like 1 or CSI1"
+    subject_pattern = r"CSI[1-4]"
 
-    owner = np.repeat(np.arange(len(ROI_KEYS)), sizes)
-    by_name = {k: owner == i for i, k in enumerate(ROI_KEYS)}
-    a_names, a_masks = union_aliases(by_name, ALIASES)
-    minus = np.full(owner.size, -1, np.int64)
-    records = [_io.file_record(p, root) for p in (list_path, path)]
-    return RawSubject(
-        dataset=NAME, subject=subject, trials=trials,
-        norm_group=session if runs is not None else np.ones(n_trials, np.int64),
-        voxels={VOXEL_I: minus, VOXEL_J: minus, VOXEL_K: minus.copy(),
-                "roi_column": np.concatenate([np.arange(s) for s in sizes]).astype(np.int64)},
-        roi_names=list(ROI_KEYS) + a_names,
-        roi_mask=np.array([by_name[k] for k in ROI_KEYS] + a_masks, dtype=bool),
-        blocks=_session_blocks(path, transposed, n_trials, session if runs is not None else None),
-        attrs={"tr": options.tr, "roi_file_format": path.suffix.lstrip("."),
-               "roi_file_transposed": transposed, "sessions_known": runs is not None,
-               "source_files": records},
-        normalization={"method": "zscore", "group": "session" if runs is not None else "subject",
-                       "ddof": 0, "statistics_from": "train"},
-    )
+    def list_subjects(self, root: Path) -> list[str]:
+        """Subjects with a ``ROIs/CSI<n>`` folder."""
+        base = root / "ROIs"
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if re.fullmatch(r"CSI\d", p.name))
+
+    def synth_config(self) -> type:
+        from nfstore.synth.bold5000 import BOLD5000SynthConfig
+
+        return BOLD5000SynthConfig
+
+    def synthesize(self, out: Path, config: Any) -> dict[str, float]:
+        from nfstore.synth.bold5000 import synth_bold5000
+
+        return synth_bold5000(out, config)
+
+    def stimulus_table(self, root: Path, options: Any = None) -> StimulusTable:
+        """Every presented image (COCO, ImageNet, Scene) as ``<name>/<stem>``."""
+        base = root / STIMULI
+        if not base.is_dir():
+            raise MissingFileError(f"{base}: missing folder; expected the presented BOLD5000 "
+                                   f"images in COCO/, ImageNet/, Scene/")
+        rel = sorted(f"{STIMULI}/{folder.name}/{e.name}" for folder in os.scandir(base)
+                     if folder.is_dir() for e in os.scandir(folder.path)
+                     if e.name.lower().endswith(IMAGE_SUFFIXES))
+        return StimulusTable(
+            dataset=self.name,
+            stimulus=np.array([f"{self.name}/{stem(r.rsplit('/', 1)[1])}" for r in rel],
+                              dtype=object),
+            file=np.array(rel, dtype=object), index=np.full(len(rel), -1, np.int64),
+            root=root.resolve())
+
+    def open_subject(self, root: Path, subject: str, options: Any = None) -> RawSubject:
+        """Read stimulus lists and ROI file layout of one BOLD5000 subject and check them."""
+        options = options if options is not None else Options()
+        subject = self.subject_name(subject)
+        n = subject[-1]
+        list_path = _io.require_file(root / "ROIs/stim_lists" / f"CSI0{n}_stim_lists.txt",
+                                     f"the trial order of {subject}")
+        names = [ln.strip() for ln in _io.read_text(list_path, "a BOLD5000 stimulus list")
+                 .splitlines() if ln.strip()]
+        path = _roi_file(root, subject, options)
+        shapes = _roi_shapes(path)
+        n_trials = len(names)
+        lead = {k: s[0] for k, s in shapes.items()}
+        if all(len(s) == 2 and s[0] == n_trials for s in shapes.values()):
+            transposed = False
+        elif path.suffix == ".h5" and all(len(s) == 2 and s[1] == n_trials
+                                          for s in shapes.values()):
+            transposed = True  # written by MATLAB: (voxels, trials)
+        else:
+            raise ReaderError(f"{path}: expected {n_trials} trials ({list_path.name} lines) in "
+                              f"every ROI variable; found {sorted(set(lead.values()))} rows")
+        sizes = [shapes[k][0 if transposed else 1] for k in ROI_KEYS]
+
+        stems = np.array([stem(x) for x in names], dtype=object)
+        table = self.stimulus_table(root, options)
+        known = set(table.stimulus.tolist())
+        missing = [s for s in stems if f"{self.name}/{s}" not in known]
+        if missing:
+            raise MissingFileError(f"{root / STIMULI}: missing image for '{missing[0]}' referenced "
+                                   f"by {list_path} ({len(set(missing))} images missing)")
+        test = np.isin(stems, sorted(_test_stems(root)))
+        runs = _sessions(root, subject, names, list_path)
+        session, run = runs if runs is not None else (np.ones(n_trials, np.int64),) * 2
+        trials = pd.DataFrame({
+            STIMULUS: np.array([f"{self.name}/{s}" for s in stems], dtype=object),
+            SPLIT: np.where(test, "test", "train").astype(object),
+            "session": session, "run": run, "repeat": repeat_index(stems)})
+
+        owner = np.repeat(np.arange(len(ROI_KEYS)), sizes)
+        by_name = {k: owner == i for i, k in enumerate(ROI_KEYS)}
+        a_names, a_masks = union_aliases(by_name, ALIASES)
+        minus = np.full(owner.size, -1, np.int64)
+        records = [_io.file_record(p, root) for p in (list_path, path)]
+        return RawSubject(
+            dataset=self.name, subject=subject, trials=trials,
+            norm_group=session if runs is not None else np.ones(n_trials, np.int64),
+            voxels={VOXEL_I: minus, VOXEL_J: minus, VOXEL_K: minus.copy(),
+                    "roi_column": np.concatenate([np.arange(s) for s in sizes]).astype(np.int64)},
+            roi_names=list(ROI_KEYS) + a_names,
+            roi_mask=np.array([by_name[k] for k in ROI_KEYS] + a_masks, dtype=bool),
+            blocks=_session_blocks(path, transposed, n_trials,
+                                   session if runs is not None else None),
+            attrs={"tr": options.tr, "roi_file_format": path.suffix.lstrip("."),
+                   "roi_file_transposed": transposed, "sessions_known": runs is not None,
+                   "source_files": records},
+            normalization={"method": "zscore",
+                           "group": "session" if runs is not None else "subject",
+                           "ddof": 0, "statistics_from": "train"},
+        )

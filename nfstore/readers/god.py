@@ -18,7 +18,7 @@ DataType (1, 2, 3), so that (session, run) identifies a run.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +26,15 @@ import numpy as np
 import pandas as pd
 
 from nfstore import _io
-from nfstore.names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.errors import MissingFileError, ReaderError
+from nfstore.names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.readers._rois import union_aliases
 from nfstore.readers.base import (
     Block,
     RawSubject,
+    Reader,
     StimulusTable,
     contiguous_blocks,
-    parse_subject,
     repeat_index,
 )
 
@@ -57,19 +57,9 @@ class Options:
         Rows read and written at a time (whole runs; a run longer than this is one block).
     """
 
-    images: str | None = None
+    images: str | None = field(default=None, metadata={
+        "help": "folder with training/ and test/ images [RAW_ROOT/images]"})
     block_rows: int = BLOCK_ROWS
-
-
-def subject_name(spec: str | int) -> str:
-    """``1``, ``"sub-01"``, ``"Subject1"`` -> ``"sub-01"``."""
-    return parse_subject(spec, r"(?:sub-|subject)?0*([1-9]\d*)", "sub-{n:02d}",
-                         "GOD subjects like 1 or sub-01")
-
-
-def list_subjects(root: Path) -> list[str]:
-    return sorted(subject_name(m.group(1)) for p in root.glob("Subject*.h5")
-                  if (m := re.fullmatch(r"Subject(\d+)\.h5", p.name)))
 
 
 def decode_stimulus(value: float, datatype: int) -> str:
@@ -84,22 +74,8 @@ def decode_stimulus(value: float, datatype: int) -> str:
     return f"n{synset:08d}_{int(round((value - synset) * 1e6))}"
 
 
-def images_dir(root: Path, options: Options) -> Path:
+def images_dir(root: Path, options: Any) -> Path:
     return Path(options.images) if options.images else root / "images"
-
-
-def stimulus_table(root: Path, options: Options) -> StimulusTable:
-    """Every image under ``images/{training,test}`` as ``god/<stem>``."""
-    base = images_dir(root, options)
-    if not base.is_dir():
-        raise MissingFileError(f"{base}: missing folder; expected the GOD images in training/ "
-                               f"and test/ (pass --images DIR if they live elsewhere)")
-    files = sorted(p for folder in FOLDERS.values() for p in (base / folder).glob("*")
-                   if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-    return StimulusTable(
-        dataset=NAME, stimulus=np.array([f"god/{p.stem}" for p in files], dtype=object),
-        file=np.array([str(p.relative_to(base)) for p in files], dtype=object),
-        index=np.full(len(files), -1, np.int64), root=base.resolve())
 
 
 def _text(values: Any) -> list[str]:
@@ -181,61 +157,105 @@ def _grid(path: Path, keys: list[str], value: np.ndarray, voxels: np.ndarray
     return coords, {"grid_origin_mm": origin, "voxel_size_mm": VOXEL_MM, "on_grid": on_grid}
 
 
-def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
-    """Read the BData layout of one GOD subject and check it against the images."""
-    subject = subject_name(subject)
-    path = _io.require_file(root / f"Subject{int(subject[4:])}.h5",
-                            f"the GOD BData file of {subject}")
-    dkey, mkey, keys, value, _ = _bdata_layout(path)
-    if "VoxelData" not in keys:
-        raise ReaderError(f"{path}: expected metadata key 'VoxelData'; found {keys}")
-    voxels = np.flatnonzero(value[keys.index("VoxelData")] == 1)
-    if voxels.size == 0:
-        raise ReaderError(f"{path}: expected columns marked 'VoxelData'; found none")
-    cols = [_column(path, keys, value, n)
-            for n in (("DataType",), ("Run",), ("stimulus_id", "Label"))]
-    block_col = _column(path, keys, value, ("Block",)) if "Block" in keys else None
-    fields = _read_columns(path, dkey, cols + ([block_col] if block_col is not None else []))
-    datatype, run = fields[:, 0].astype(np.int64), fields[:, 1].astype(np.int64)
-    bad = sorted(set(datatype.tolist()) - set(SPLITS))
-    if bad:
-        raise ReaderError(f"{path}: expected DataType values 1, 2 or 3; found {bad}")
-    stems = np.array([decode_stimulus(v, d) for v, d in zip(fields[:, 2], datatype)], dtype=object)
+class GODReader(Reader):
+    """Generic Object Decoding (BData HDF5, see the module docstring)."""
 
-    base = images_dir(root, options)
-    wanted = sorted({(FOLDERS[d], s) for s, d in zip(stems, datatype) if d in FOLDERS})
-    missing = [base / f / f"{s}.JPEG" for f, s in wanted
-               if not any((base / f / f"{s}{x}").is_file() for x in (".JPEG", ".jpg", ".png"))]
-    if missing:
-        raise MissingFileError(f"{missing[0]}: missing image referenced by {path.name} "
-                               f"({len(missing)} missing); pass --images DIR if they live "
-                               f"elsewhere")
-    trials = pd.DataFrame({
-        STIMULUS: np.array([f"god/{s}" for s in stems], dtype=object),
-        SPLIT: np.array([SPLITS[d] for d in datatype], dtype=object),
-        "session": datatype, "run": run, "repeat": repeat_index(stems)})
-    if block_col is not None:
-        trials["block"] = fields[:, 3].astype(np.int64)
+    name = NAME
+    Options = Options
+    normalization = "run"
+    subject_regex = r"(?:sub-|subject)?0*([1-9]\d*)"
+    subject_template = "sub-{n:02d}"
+    subject_examples = "GOD subjects like 1 or sub-01"
+    subject_pattern = r"sub-0[1-5]"
 
-    roi_keys = [k for k in keys if k.startswith("ROI_")]
-    by_name = {k: value[keys.index(k)][voxels] == 1 for k in roi_keys}
-    a_names, a_masks = union_aliases(by_name, {k[4:]: (k,) for k in roi_keys})
-    coords, grid_attrs = _grid(path, keys, value, voxels)
-    group = datatype * 10**6 + run
-    blocks = [Block(f"rows {a}-{b - 1}", a, b,
-                    (lambda a=a, b=b: _load_rows(path, dkey, a, b, voxels)), (path,))
-              for a, b in contiguous_blocks(group, options.block_rows)]
-    return RawSubject(
-        dataset=NAME, subject=subject, trials=trials, norm_group=group,
-        voxels=coords, roi_names=roi_keys + a_names,
-        roi_mask=np.array([by_name[k] for k in roi_keys] + a_masks, dtype=bool).reshape(
-            -1, voxels.size),
-        blocks=blocks,
-        attrs={"bdata_layout": [dkey, mkey],
-               "images_root": str(base.resolve()), **grid_attrs,
-               "source_files": [_io.file_record(path, root)],
-               "session_meaning": "DataType (1 train, 2 test, 3 imagery); BData has no sessions"},
-        normalization={"method": "zscore", "group": "run (DataType, Run)", "ddof": 0,
-                       "statistics_from": "run"},
-        norm_fit=np.ones(len(trials), bool),
-    )
+    def list_subjects(self, root: Path) -> list[str]:
+        """Subjects with a ``Subject<n>.h5`` file at ``root``."""
+        return sorted(self.subject_name(m.group(1)) for p in root.glob("Subject*.h5")
+                      if (m := re.fullmatch(r"Subject(\d+)\.h5", p.name)))
+
+    def synth_config(self) -> type:
+        from nfstore.synth.god import GODSynthConfig
+
+        return GODSynthConfig
+
+    def synthesize(self, out: Path, config: Any) -> dict[str, float]:
+        from nfstore.synth.god import synth_god
+
+        return synth_god(out, config)
+
+    def stimulus_table(self, root: Path, options: Any = None) -> StimulusTable:
+        """Every image under ``images/{training,test}`` as ``<name>/<stem>``."""
+        options = options if options is not None else Options()
+        base = images_dir(root, options)
+        if not base.is_dir():
+            raise MissingFileError(f"{base}: missing folder; expected the GOD images in training/ "
+                                   f"and test/ (pass images=DIR if they live elsewhere)")
+        files = sorted(p for folder in FOLDERS.values() for p in (base / folder).glob("*")
+                       if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        return StimulusTable(
+            dataset=self.name,
+            stimulus=np.array([f"{self.name}/{p.stem}" for p in files], dtype=object),
+            file=np.array([str(p.relative_to(base)) for p in files], dtype=object),
+            index=np.full(len(files), -1, np.int64), root=base.resolve())
+
+    def open_subject(self, root: Path, subject: str, options: Any = None) -> RawSubject:
+        """Read the BData layout of one GOD subject and check it against the images."""
+        options = options if options is not None else Options()
+        subject = self.subject_name(subject)
+        path = _io.require_file(root / f"Subject{int(subject[4:])}.h5",
+                                f"the GOD BData file of {subject}")
+        dkey, mkey, keys, value, _ = _bdata_layout(path)
+        if "VoxelData" not in keys:
+            raise ReaderError(f"{path}: expected metadata key 'VoxelData'; found {keys}")
+        voxels = np.flatnonzero(value[keys.index("VoxelData")] == 1)
+        if voxels.size == 0:
+            raise ReaderError(f"{path}: expected columns marked 'VoxelData'; found none")
+        cols = [_column(path, keys, value, n)
+                for n in (("DataType",), ("Run",), ("stimulus_id", "Label"))]
+        block_col = _column(path, keys, value, ("Block",)) if "Block" in keys else None
+        fields = _read_columns(path, dkey, cols + ([block_col] if block_col is not None else []))
+        datatype, run = fields[:, 0].astype(np.int64), fields[:, 1].astype(np.int64)
+        bad = sorted(set(datatype.tolist()) - set(SPLITS))
+        if bad:
+            raise ReaderError(f"{path}: expected DataType values 1, 2 or 3; found {bad}")
+        stems = np.array([decode_stimulus(v, d) for v, d in zip(fields[:, 2], datatype)],
+                         dtype=object)
+
+        base = images_dir(root, options)
+        wanted = sorted({(FOLDERS[d], s) for s, d in zip(stems, datatype) if d in FOLDERS})
+        missing = [base / f / f"{s}.JPEG" for f, s in wanted
+                   if not any((base / f / f"{s}{x}").is_file() for x in (".JPEG", ".jpg", ".png"))]
+        if missing:
+            raise MissingFileError(f"{missing[0]}: missing image referenced by {path.name} "
+                                   f"({len(missing)} missing); pass images=DIR if they live "
+                                   f"elsewhere")
+        trials = pd.DataFrame({
+            STIMULUS: np.array([f"{self.name}/{s}" for s in stems], dtype=object),
+            SPLIT: np.array([SPLITS[d] for d in datatype], dtype=object),
+            "session": datatype, "run": run, "repeat": repeat_index(stems)})
+        if block_col is not None:
+            trials["block"] = fields[:, 3].astype(np.int64)
+
+        roi_keys = [k for k in keys if k.startswith("ROI_")]
+        by_name = {k: value[keys.index(k)][voxels] == 1 for k in roi_keys}
+        a_names, a_masks = union_aliases(by_name, {k[4:]: (k,) for k in roi_keys})
+        coords, grid_attrs = _grid(path, keys, value, voxels)
+        group = datatype * 10**6 + run
+        blocks = [Block(f"rows {a}-{b - 1}", a, b,
+                        (lambda a=a, b=b: _load_rows(path, dkey, a, b, voxels)), (path,))
+                  for a, b in contiguous_blocks(group, options.block_rows)]
+        return RawSubject(
+            dataset=self.name, subject=subject, trials=trials, norm_group=group,
+            voxels=coords, roi_names=roi_keys + a_names,
+            roi_mask=np.array([by_name[k] for k in roi_keys] + a_masks, dtype=bool).reshape(
+                -1, voxels.size),
+            blocks=blocks,
+            attrs={"bdata_layout": [dkey, mkey],
+                   "images_root": str(base.resolve()), **grid_attrs,
+                   "source_files": [_io.file_record(path, root)],
+                   "session_meaning": "DataType (1 train, 2 test, 3 imagery); BData has no "
+                                      "sessions"},
+            normalization={"method": "zscore", "group": "run (DataType, Run)", "ddof": 0,
+                           "statistics_from": "run"},
+            norm_fit=np.ones(len(trials), bool),
+        )

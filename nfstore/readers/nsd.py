@@ -18,7 +18,7 @@ voxel axis and an ROI query touches few chunks.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from nfstore import _io
-from nfstore.names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.errors import MissingFileError, OptionError, ReaderError
+from nfstore.names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
 from nfstore.readers._rois import NSD_ATLAS_LABELS, alias_rois, atlas_rois, read_ctab
-from nfstore.readers.base import Block, RawSubject, StimulusTable, parse_subject
+from nfstore.readers.base import Block, RawSubject, Reader, StimulusTable, parse_ranges
 
 NAME = "nsd"
 EXPDESIGN = Path("nsddata/experiments/nsd/nsd_expdesign.mat")
@@ -39,6 +39,12 @@ SCALE = 300.0  # int16 betas are percent signal change x 300
 FORMATS = ("auto", "nifti", "hdf5")
 BETA_DTYPES = "int16 (as released) or float16, float32, float64"
 _SUFFIX = {"nifti": ".nii.gz", "hdf5": ".hdf5"}
+
+
+def _sessions(text: str) -> tuple[int, ...] | None:
+    """``"1-3,7"`` -> ``(1, 2, 3, 7)`` (the ``sessions`` option as text)."""
+    found = parse_ranges(text, "sessions")
+    return tuple(found) if found else None
 
 
 @dataclass(frozen=True)
@@ -57,49 +63,23 @@ class Options:
         1-based sessions to ingest (default: every session with a betas file).
     """
 
-    beta_version: str = "betas_fithrf_GLMdenoise_RR"
-    space: str = "func1pt8mm"
-    format: str = "auto"
-    sessions: tuple[int, ...] | None = None
+    beta_version: str = field(default="betas_fithrf_GLMdenoise_RR",
+                              metadata={"help": "betas folder"})
+    space: str = field(default="func1pt8mm", metadata={"choices": ("func1pt8mm", "func1mm")})
+    format: str = field(default="auto", metadata={"choices": FORMATS})
+    sessions: tuple[int, ...] | None = field(default=None, metadata={
+        "parse": _sessions, "help": "sessions, e.g. 1-37 or 1,3,5 (default: all found)"})
 
 
-def subject_name(spec: str | int) -> str:
-    """``1``, ``"1"``, ``"01"``, ``"subj01"`` -> ``"subj01"``."""
-    return parse_subject(spec, r"(?:subj)?0*([1-9]\d*)", "subj{n:02d}",
-                         "NSD subjects like 1 or subj01")
-
-
-def list_subjects(root: Path) -> list[str]:
-    """Subjects with a betas folder under ``root``."""
-    base = root / "nsddata_betas" / "ppdata"
-    if not base.is_dir():
-        return []
-    return sorted(p.name for p in base.iterdir() if re.fullmatch(r"subj\d\d", p.name))
-
-
-def stimulus_table(root: Path, options: Options) -> StimulusTable:
-    """All images of ``nsd_stimuli.hdf5`` as ``nsd/<5-digit nsdId>`` stimuli."""
-    n = stimulus_count(root)
-    return StimulusTable(
-        dataset=NAME,
-        stimulus=np.array([f"nsd/{i:05d}" for i in range(n)], dtype=object),
-        file=np.array([str(STIMULI)] * n, dtype=object),
-        index=np.arange(n, dtype=np.int64),
-        root=root.resolve(),
-        coco_ids=coco_ids(root),
-    )
-
-
-def coco_ids(root: Path) -> dict[str, int]:
-    """``nsd/<id>`` -> COCO id from ``nsd_stim_info_merged.csv`` (empty if the file is absent)."""
-    import pandas as pd
-
+def coco_ids(root: Path, name: str = NAME) -> dict[str, int]:
+    """``<name>/<id>`` -> COCO id from ``nsd_stim_info_merged.csv`` (empty if the file is
+    absent)."""
     path = root / STIM_INFO
     if not path.is_file():
         return {}
     with _io.reading(path, "CSV with columns nsdId and cocoId"):
         info = pd.read_csv(path, usecols=["nsdId", "cocoId"])
-    return {f"nsd/{int(i):05d}": int(c) for i, c in zip(info["nsdId"], info["cocoId"])}
+    return {f"{name}/{int(i):05d}": int(c) for i, c in zip(info["nsdId"], info["cocoId"])}
 
 
 def stimulus_count(root: Path) -> int:
@@ -139,7 +119,7 @@ def _responses(path: Path) -> pd.DataFrame:
 def _beta_files(beta_dir: Path, fmt: str) -> dict[int, Path]:
     """Session number -> betas file; ``auto`` prefers NIfTI and falls back to HDF5."""
     if fmt not in FORMATS:
-        raise OptionError(f"--format: expected one of {list(FORMATS)}; got {fmt!r}")
+        raise OptionError(f"format: expected one of {list(FORMATS)}; found {fmt!r}")
     found: dict[int, Path] = {}
     for kind in (["nifti", "hdf5"] if fmt == "auto" else [fmt]):
         for p in sorted(beta_dir.glob(f"betas_session*{_SUFFIX[kind]}")):
@@ -232,110 +212,158 @@ def _read_rois(roi_dir: Path, root: Path, ref: tuple[Path, Any], ijk: tuple[np.n
     return names + a_names, np.array(masks + a_masks, dtype=bool), prf
 
 
-def open_subject(root: Path, subject: str, options: Options) -> RawSubject:
-    """Read design, responses and ROIs of one NSD subject and check them against the betas."""
-    subject = subject_name(subject)
-    sub_no = int(subject[4:])
-    sub_dir = root / "nsddata" / "ppdata" / subject
-    roi_dir = sub_dir / options.space / "roi"
-    beta_dir = root / "nsddata_betas" / "ppdata" / subject / options.space / options.beta_version
+class NSDReader(Reader):
+    """The Natural Scenes Dataset (release tree, see the module docstring)."""
 
-    masterordering, subjectim, sharedix = _design(root)
-    if sub_no > subjectim.shape[0]:
-        raise ReaderError(f"{root / EXPDESIGN}: expected a subjectim row for {subject}; "
-                          f"found {subjectim.shape[0]} rows")
-    responses = _responses(sub_dir / "behav" / "responses.tsv")
-    files = _beta_files(beta_dir, options.format)
-    if not files:
-        kinds = ".nii.gz or .hdf5" if options.format == "auto" else _SUFFIX[options.format]
-        raise MissingFileError(f"{beta_dir}: missing betas; expected betas_sessionSS{kinds} "
-                               "files")
-    sessions = list(options.sessions) if options.sessions else sorted(files)
-    absent = [s for s in sessions if s not in files]
-    if absent:
-        raise MissingFileError(f"{beta_dir}: --sessions asks for {absent}; betas files exist for "
-                               f"sessions {sorted(files)}")
+    name = NAME
+    Options = Options
+    normalization = "session-train"
+    subject_regex = r"(?:subj)?0*([1-9]\d*)"
+    subject_template = "subj{n:02d}"
+    subject_examples = "NSD subjects like 1 or subj01"
+    subject_pattern = r"subj0[1-8]"
 
-    general_path = roi_dir / "nsdgeneral.nii.gz"
-    grid, affine, general_img = _io.nifti_header(general_path)
-    general = _io.nifti_data(general_path)
-    selected = general == 1
-    if not selected.any():
-        raise ReaderError(f"{general_path}: expected voxels labelled 1; found none")
+    def list_subjects(self, root: Path) -> list[str]:
+        """Subjects with a betas folder under ``root``."""
+        base = root / "nsddata_betas" / "ppdata"
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if re.fullmatch(r"subj\d\d", p.name))
 
-    # voxel order: prf-visualrois label (1..7, then unlabelled), then C-order grid index
-    ijk0 = np.nonzero(selected)
-    names, masks, prf = _read_rois(roi_dir, root, (general_path, general_img), ijk0)
-    key = np.where(prf > 0, prf, np.iinfo(np.int64).max) if prf is not None else np.zeros(
-        ijk0[0].size, np.int64)
-    order = np.lexsort((np.arange(key.size), key))
-    ijk = tuple(np.asarray(a[order], dtype=np.int64) for a in ijk0)
-    masks = masks[:, order]
+    def stimulus_table(self, root: Path, options: Any = None) -> StimulusTable:
+        """All images of ``nsd_stimuli.hdf5`` as ``<name>/<5-digit nsdId>`` stimuli."""
+        n = stimulus_count(root)
+        return StimulusTable(
+            dataset=self.name,
+            stimulus=np.array([f"{self.name}/{i:05d}" for i in range(n)], dtype=object),
+            file=np.array([str(STIMULI)] * n, dtype=object),
+            index=np.arange(n, dtype=np.int64),
+            root=root.resolve(),
+            coco_ids=coco_ids(root, self.name),
+        )
 
-    # trial table: the subject's full sequence, so repeat indices do not depend on --sessions
-    n_total = len(responses)
-    if n_total > masterordering.size:
-        raise ReaderError(f"{sub_dir / 'behav/responses.tsv'}: expected at most "
-                          f"{masterordering.size} trials (masterordering); found {n_total}")
-    ten_k = masterordering[:n_total] - 1
-    if ten_k.max() >= subjectim.shape[1]:
-        raise ReaderError(f"{root / EXPDESIGN}: masterordering refers to image {ten_k.max() + 1} "
-                          f"of the 10k list; subjectim has {subjectim.shape[1]} columns")
-    nsd_ids = subjectim[sub_no - 1, ten_k] - 1
-    n_images = stimulus_count(root)
-    if nsd_ids.max() >= n_images or nsd_ids.min() < 0:
-        raise ReaderError(f"{root / STIMULI}: expected an image for nsdId {nsd_ids.max()}; "
-                          f"imgBrick has {n_images} images")
-    kid = responses["73KID"].to_numpy(np.int64) - 1
-    bad = np.flatnonzero(kid != nsd_ids)
-    if bad.size:
-        t = int(bad[0])
-        raise ReaderError(f"{sub_dir / 'behav/responses.tsv'}: row {t + 1} expected 73KID "
-                          f"{nsd_ids[t] + 1} (from nsd_expdesign.mat); found {kid[t] + 1}")
-    repeat = pd.Series(nsd_ids).groupby(nsd_ids).cumcount().to_numpy()
-    test = np.isin(nsd_ids, sharedix - 1)
-    session_col = responses["SESSION"].to_numpy(np.int64)
+    def synth_config(self) -> type:
+        from nfstore.synth.nsd import NSDSynthConfig
 
-    rows, blocks, sources = [], [], []
-    start = 0
-    for s in sessions:
-        idx = np.flatnonzero(session_col == s)
-        path = files[s]
-        bgrid, n_t, img = _beta_header(path)
-        if bgrid != grid[:3]:
-            raise ReaderError(f"{path}: expected the ROI grid {grid[:3]} (nsdgeneral.nii.gz); "
-                              f"found {bgrid}")
-        if n_t != idx.size:
-            raise ReaderError(f"{path}: expected {idx.size} trials (responses.tsv rows of "
-                              f"session {s}); found {n_t}")
-        if img is not None:  # HDF5 betas carry no affine
-            _io.same_space(path, img, general_path, general_img)
-        rows.append(idx)
-        blocks.append(Block(f"session {s}", start, start + n_t,
-                            (lambda p=path: _load_block(p, ijk)), (path,)))
-        sources.append(path)
-        start += n_t
-    t = np.concatenate(rows)
-    trials = pd.DataFrame({
-        STIMULUS: np.array([f"nsd/{i:05d}" for i in nsd_ids[t]], dtype=object),
-        SPLIT: np.where(test[t], "test", "train").astype(object),
-        "session": session_col[t],
-        "run": responses["RUN"].to_numpy(np.int64)[t],
-        "repeat": repeat[t],
-        "nsd_trial": t.astype(np.int64),
-    })
-    records = [_io.file_record(p, root) for p in
-               [root / EXPDESIGN, sub_dir / "behav/responses.tsv", general_path, *sources]]
-    return RawSubject(
-        dataset=NAME, subject=subject, trials=trials,
-        norm_group=trials["session"].to_numpy(),
-        voxels={VOXEL_I: ijk[0], VOXEL_J: ijk[1], VOXEL_K: ijk[2]},
-        roi_names=names, roi_mask=masks, blocks=blocks,
-        attrs={"volume_shape": list(grid[:3]), "affine": np.asarray(affine).tolist(),
-               "beta_version": options.beta_version, "space": options.space,
-               "sessions": [int(s) for s in sessions], "source_files": records,
-               "beta_format": sorted({"nifti" if p.name.endswith(".nii.gz") else "hdf5"
-                                      for p in sources})},
-        normalization={"method": "zscore", "scale": f"1/{SCALE:g}", "group": "session",
-                       "ddof": 0, "statistics_from": "train"},
-    )
+        return NSDSynthConfig
+
+    def check_synth(self, config: Any) -> None:
+        from nfstore.synth.nsd import check_config
+
+        check_config(config)
+
+    def synthesize(self, out: Path, config: Any) -> dict[str, float]:
+        from nfstore.synth.nsd import synth_nsd
+
+        return synth_nsd(out, config)
+
+    def open_subject(self, root: Path, subject: str, options: Any = None) -> RawSubject:
+        """Read design, responses and ROIs of one NSD subject and check them against the betas."""
+        options = options if options is not None else Options()
+        subject = self.subject_name(subject)
+        sub_no = int(subject[4:])
+        sub_dir = root / "nsddata" / "ppdata" / subject
+        roi_dir = sub_dir / options.space / "roi"
+        beta_dir = (root / "nsddata_betas" / "ppdata" / subject / options.space
+                    / options.beta_version)
+
+        masterordering, subjectim, sharedix = _design(root)
+        if sub_no > subjectim.shape[0]:
+            raise ReaderError(f"{root / EXPDESIGN}: expected a subjectim row for {subject}; "
+                              f"found {subjectim.shape[0]} rows")
+        responses = _responses(sub_dir / "behav" / "responses.tsv")
+        files = _beta_files(beta_dir, options.format)
+        if not files:
+            kinds = ".nii.gz or .hdf5" if options.format == "auto" else _SUFFIX[options.format]
+            raise MissingFileError(f"{beta_dir}: missing betas; expected betas_sessionSS{kinds} "
+                                   "files")
+        sessions = list(options.sessions) if options.sessions else sorted(files)
+        absent = [s for s in sessions if s not in files]
+        if absent:
+            raise MissingFileError(f"{beta_dir}: --sessions asks for {absent}; betas files "
+                                   f"exist for sessions {sorted(files)}")
+
+        general_path = roi_dir / "nsdgeneral.nii.gz"
+        grid, affine, general_img = _io.nifti_header(general_path)
+        general = _io.nifti_data(general_path)
+        selected = general == 1
+        if not selected.any():
+            raise ReaderError(f"{general_path}: expected voxels labelled 1; found none")
+
+        # voxel order: prf-visualrois label (1..7, then unlabelled), then C-order grid index
+        ijk0 = np.nonzero(selected)
+        names, masks, prf = _read_rois(roi_dir, root, (general_path, general_img), ijk0)
+        key = np.where(prf > 0, prf, np.iinfo(np.int64).max) if prf is not None else np.zeros(
+            ijk0[0].size, np.int64)
+        order = np.lexsort((np.arange(key.size), key))
+        ijk = tuple(np.asarray(a[order], dtype=np.int64) for a in ijk0)
+        masks = masks[:, order]
+
+        # trial table: the subject's full sequence, so repeat indices do not depend on --sessions
+        n_total = len(responses)
+        if n_total > masterordering.size:
+            raise ReaderError(f"{sub_dir / 'behav/responses.tsv'}: expected at most "
+                              f"{masterordering.size} trials (masterordering); found {n_total}")
+        ten_k = masterordering[:n_total] - 1
+        if ten_k.max() >= subjectim.shape[1]:
+            raise ReaderError(f"{root / EXPDESIGN}: masterordering refers to image "
+                              f"{ten_k.max() + 1} of the 10k list; subjectim has "
+                              f"{subjectim.shape[1]} columns")
+        nsd_ids = subjectim[sub_no - 1, ten_k] - 1
+        n_images = stimulus_count(root)
+        if nsd_ids.max() >= n_images or nsd_ids.min() < 0:
+            raise ReaderError(f"{root / STIMULI}: expected an image for nsdId {nsd_ids.max()}; "
+                              f"imgBrick has {n_images} images")
+        kid = responses["73KID"].to_numpy(np.int64) - 1
+        bad = np.flatnonzero(kid != nsd_ids)
+        if bad.size:
+            t = int(bad[0])
+            raise ReaderError(f"{sub_dir / 'behav/responses.tsv'}: row {t + 1} expected 73KID "
+                              f"{nsd_ids[t] + 1} (from nsd_expdesign.mat); found {kid[t] + 1}")
+        repeat = pd.Series(nsd_ids).groupby(nsd_ids).cumcount().to_numpy()
+        test = np.isin(nsd_ids, sharedix - 1)
+        session_col = responses["SESSION"].to_numpy(np.int64)
+
+        rows, blocks, sources = [], [], []
+        start = 0
+        for s in sessions:
+            idx = np.flatnonzero(session_col == s)
+            path = files[s]
+            bgrid, n_t, img = _beta_header(path)
+            if bgrid != grid[:3]:
+                raise ReaderError(f"{path}: expected the ROI grid {grid[:3]} (nsdgeneral.nii.gz); "
+                                  f"found {bgrid}")
+            if n_t != idx.size:
+                raise ReaderError(f"{path}: expected {idx.size} trials (responses.tsv rows of "
+                                  f"session {s}); found {n_t}")
+            if img is not None:  # HDF5 betas carry no affine
+                _io.same_space(path, img, general_path, general_img)
+            rows.append(idx)
+            blocks.append(Block(f"session {s}", start, start + n_t,
+                                (lambda p=path: _load_block(p, ijk)), (path,)))
+            sources.append(path)
+            start += n_t
+        t = np.concatenate(rows)
+        trials = pd.DataFrame({
+            STIMULUS: np.array([f"{self.name}/{i:05d}" for i in nsd_ids[t]], dtype=object),
+            SPLIT: np.where(test[t], "test", "train").astype(object),
+            "session": session_col[t],
+            "run": responses["RUN"].to_numpy(np.int64)[t],
+            "repeat": repeat[t],
+            "nsd_trial": t.astype(np.int64),
+        })
+        records = [_io.file_record(p, root) for p in
+                   [root / EXPDESIGN, sub_dir / "behav/responses.tsv", general_path, *sources]]
+        return RawSubject(
+            dataset=self.name, subject=subject, trials=trials,
+            norm_group=trials["session"].to_numpy(),
+            voxels={VOXEL_I: ijk[0], VOXEL_J: ijk[1], VOXEL_K: ijk[2]},
+            roi_names=names, roi_mask=masks, blocks=blocks,
+            attrs={"volume_shape": list(grid[:3]), "affine": np.asarray(affine).tolist(),
+                   "beta_version": options.beta_version, "space": options.space,
+                   "sessions": [int(s) for s in sessions], "source_files": records,
+                   "beta_format": sorted({"nifti" if p.name.endswith(".nii.gz") else "hdf5"
+                                          for p in sources})},
+            normalization={"method": "zscore", "scale": f"1/{SCALE:g}", "group": "session",
+                           "ddof": 0, "statistics_from": "train"},
+        )

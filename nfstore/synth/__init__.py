@@ -11,21 +11,36 @@ from nfstore._fields import from_values
 from nfstore._layout import swap_into_place
 from nfstore.errors import OptionError, StoreError
 
-GENERATORS = {
-    "nsd": ("nfstore.synth.nsd", "synth_nsd", "NSDSynthConfig"),
-    "bold5000": ("nfstore.synth.bold5000", "synth_bold5000", "BOLD5000SynthConfig"),
-    "god": ("nfstore.synth.god", "synth_god", "GODSynthConfig"),
-    "pool": ("nfstore.synth.pool", "synth_pool", "PoolSynthConfig"),
-}
+POOL = "pool"  # a folder of ImageNet-named images (nf embed --pool), not a dataset
+
+
+def synth_names() -> list[str]:
+    """What ``nf synth`` writes: every reader with a synthetic generator, and ``pool``."""
+    from nfstore.readers import get_reader, reader_names
+
+    return [n for n in reader_names() if get_reader(n).synth_config() is not None] + [POOL]
+
+
+def _generator(dataset: str) -> tuple[Any, Any, Any]:
+    """(config class, write function, check function) of ``dataset``."""
+    from nfstore.readers import reader_names
+
+    if dataset == POOL:
+        from nfstore.synth.pool import PoolSynthConfig, synth_pool
+
+        return PoolSynthConfig, synth_pool, lambda cfg: None
+    if dataset in reader_names():
+        from nfstore.readers import get_reader
+
+        reader = get_reader(dataset)
+        if reader.synth_config() is not None:
+            return reader.synth_config(), reader.synthesize, reader.check_synth
+    raise OptionError(f"dataset: expected one of {synth_names()}; found {dataset!r}")
 
 
 def config_class(dataset: str) -> Any:
-    import importlib
-
-    if dataset not in GENERATORS:
-        raise OptionError(f"DATASET: expected one of {sorted(GENERATORS)}; got {dataset!r}")
-    module, _, cls = GENERATORS[dataset]
-    return getattr(importlib.import_module(module), cls)
+    """The settings dataclass of ``dataset``'s generator."""
+    return _generator(dataset)[0]
 
 
 def parse_settings(dataset: str, items: list[str]) -> dict[str, Any]:
@@ -61,31 +76,6 @@ def parse_settings(dataset: str, items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _check_nsd(cfg: Any) -> None:
-    """One-line :class:`OptionError` for NSD sizes the generator cannot lay out."""
-    for name in ("sessions", "trials_per_session", "runs_per_session", "images_per_subject",
-                 "shared", "image_size"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise OptionError(f"{name}: expected an integer >= 1; found {value!r}")
-    bad = [s for s in cfg.subjects if isinstance(s, bool) or not isinstance(s, int)
-           or not 1 <= s <= 8]
-    if not cfg.subjects or bad:
-        raise OptionError(f"subjects: expected NSD subject numbers in 1..8; found "
-                          f"{list(cfg.subjects)}")
-    if cfg.shared >= cfg.images_per_subject:
-        raise OptionError(f"shared: expected fewer shared images than images_per_subject "
-                          f"({cfg.images_per_subject}); found {cfg.shared}")
-    trials = cfg.sessions * cfg.trials_per_session
-    if trials > 3 * cfg.images_per_subject:
-        raise OptionError(
-            f"sessions x trials_per_session: expected at most 3 x images_per_subject = "
-            f"{3 * cfg.images_per_subject} trials (each image is shown at most 3 times); "
-            f"found {cfg.sessions} x {cfg.trials_per_session} = {trials}; raise "
-            f"images_per_subject to {-(-trials // 3)} or ask for fewer trials")
-
-
-CHECKS = {"nsd": _check_nsd}
 
 
 def synthesize(dataset: str, out: str | Path, overwrite: bool = False, **params: Any
@@ -94,27 +84,24 @@ def synthesize(dataset: str, out: str | Path, overwrite: bool = False, **params:
 
     Parameters
     ----------
-    dataset : {"nsd", "bold5000", "god"}
+    dataset : str
+        A reader's name (:func:`synth_names`) or ``"pool"``.
     out : path
         Destination folder; must not exist (or be empty) unless ``overwrite``.
     **params
         Fields of the dataset's config (e.g. ``NSDSynthConfig``); ``None`` keeps the default.
     """
-    import importlib
-
-    cls = config_class(dataset)
+    cls, write, check = _generator(dataset)
     cfg = from_values(cls, params, f"a setting of the {dataset} generator", flags=False)
-    if dataset in CHECKS:
-        CHECKS[dataset](cfg)
+    check(cfg)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise StoreError(f"{out}: folder exists and is not empty; pass --overwrite to replace it")
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    module, func, _ = GENERATORS[dataset]
     try:
-        summary = getattr(importlib.import_module(module), func)(tmp, cfg)
+        summary = write(tmp, cfg)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
+from nfstore.errors import OptionError
 from nfstore.readers._rois import NSD_ATLAS_LABELS
 from nfstore.readers.nsd import EXPDESIGN, SCALE, STIMULI
 from nfstore.synth import _signal
@@ -56,6 +57,31 @@ class NSDSynthConfig:
     noise: float = 1.0
     bold5000_overlap: int = 6
     seed: int = 0
+
+
+def check_config(cfg: NSDSynthConfig) -> None:
+    """One-line :class:`OptionError` for NSD sizes the generator cannot lay out."""
+    for name in ("sessions", "trials_per_session", "runs_per_session", "images_per_subject",
+                 "shared", "image_size"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise OptionError(f"{name}: expected an integer >= 1; found {value!r}")
+    bad = [s for s in cfg.subjects if isinstance(s, bool) or not isinstance(s, int)
+           or not 1 <= s <= 8]
+    if not cfg.subjects or bad:
+        raise OptionError(f"subjects: expected NSD subject numbers in 1..8; found "
+                          f"{list(cfg.subjects)}")
+    if cfg.shared >= cfg.images_per_subject:
+        raise OptionError(f"shared: expected fewer shared images than images_per_subject "
+                          f"({cfg.images_per_subject}); found {cfg.shared}")
+    trials = cfg.sessions * cfg.trials_per_session
+    if trials > 3 * cfg.images_per_subject:
+        raise OptionError(
+            f"sessions x trials_per_session: expected at most 3 x images_per_subject = "
+            f"{3 * cfg.images_per_subject} trials (each image is shown at most 3 times); "
+            f"found {cfg.sessions} x {cfg.trials_per_session} = {trials}; raise "
+            f"images_per_subject to {-(-trials // 3)} or ask for fewer trials")
+
 
 
 def _grid(cfg: NSDSynthConfig, sub: int) -> tuple[int, int, int]:

@@ -57,8 +57,8 @@ def test_nsd_normalization_choices(nsd_raw: Path, tmp_path: Path, method: str) -
 
 def test_session_train_is_refused_where_a_session_has_no_train_trials(god_raw: Path,
                                                                        tmp_path: Path) -> None:
-    with pytest.raises(nfstore.OptionError, match=r"--normalization session-train: god/sub-01 "
-                       r"sessions \[2, 3\] have no train trials"):
+    with pytest.raises(nfstore.OptionError, match=r"normalization: session-train needs train "
+                       r"trials in every session; god/sub-01 sessions \[2, 3\] have none"):
         nfstore.ingest("god", god_raw, tmp_path / "nf.zarr", subjects=["1"],
                        normalization="session-train")
     assert not (tmp_path / "nf.zarr").exists()
