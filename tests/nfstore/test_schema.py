@@ -93,3 +93,51 @@ def test_validate_reports_unknown_stimuli(nsd_store: Path) -> None:
     shutil.rmtree(nsd_store / "stimuli/nsd")
     problems = validate_store(nfstore.open_store(nsd_store))
     assert any("ids are not in /stimuli/nsd" in p for p in problems)
+
+
+def _decoded_and_recon(store: Path) -> None:
+    """One decoded set and one reconstruction set (with metrics) for nsd/subj01."""
+    from nfrecon.decoded import write_decoded
+    from nfrecon.recon_sets import create_group
+
+    with nfstore.transaction(store, "test") as tx:
+        write_decoded(tx, "rr", "nsd/subj01", np.zeros((3, 4), np.float32),
+                      np.array(["nsd/00001"] * 3), np.array(["test"] * 3), np.ones(3, bool),
+                      np.ones(3, np.int64), {"decoder": "ridge"})
+        key = "reconstructions/rr/nsd/subj01"
+        staged, _, _ = tx.stage(key, create=False)
+        create_group(staged, np.array(["nsd/00001"]), 2, 8).attrs.update(
+            {"subject": "nsd/subj01"})
+        tx.commit(key)
+    m = zarr.open_group(str(store / key), mode="r+").create_group("metrics/raw")
+    m.create_array("ssim", data=np.zeros(1), dimension_names=("row",))
+    m.attrs.update({"variant": "raw", "metrics": ["ssim"]})
+
+
+def test_decoded_and_reconstruction_sets_are_validated_when_present(nsd_store: Path) -> None:
+    _decoded_and_recon(nsd_store)
+    st = nfstore.open_store(nsd_store)
+    man = manifest(st)
+    assert sorted(man["decoded"]) == sorted(man["reconstructions"]) == ["rr/nsd/subj01"]
+    assert man["reconstructions"]["rr/nsd/subj01"]["metrics"]["raw"]["arrays"]["ssim"][
+        "dims"] == ["row"]
+    assert validate_store(st) == []
+    _edit_json(nsd_store / "decoded/rr/nsd/subj01/embedding/zarr.json",
+               lambda m: m.update(dimension_names=["row", "token"]))
+    _edit_json(nsd_store / "reconstructions/rr/nsd/subj01/metrics/raw/zarr.json",
+               lambda m: m["attributes"].pop("variant"))
+    problems = validate_store(nfstore.open_store(nsd_store, check=False))
+    assert any("decoded/rr/nsd/subj01/arrays/embedding/dims" in p for p in problems), problems
+    assert any("reconstructions/rr/nsd/subj01/metrics/raw/attributes: 'variant' is a "
+               "required property" in p for p in problems), problems
+
+
+def test_schema_subject_names_come_from_the_readers() -> None:
+    from nfstore.schema import load_schema
+
+    doc = load_schema()
+    jsonschema.Draft202012Validator.check_schema(doc)
+    names = doc["properties"]["subjects"]["propertyNames"]["pattern"]
+    assert names.startswith("^(nsd/(?:subj0[1-8])|bold5000/(?:CSI[1-4])|god/(?:sub-0[1-5])")
+    assert doc["$defs"]["subject"]["properties"]["attributes"]["properties"]["dataset"][
+        "enum"][:3] == ["nsd", "bold5000", "god"]
