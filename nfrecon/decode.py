@@ -1,6 +1,10 @@
 """Decoding held-out trials into embeddings: ``nf predict`` (a trained checkpoint),
 ``nf decode-ridge`` (the closed-form single-subject baseline) and refinement (the paper's
-§2.3: a subject-agnostic ridge from decoded to true embeddings)."""
+§2.3: a subject-agnostic ridge from decoded to true embeddings).
+
+The solvers are :mod:`nfstore.decoding`'s, a checkpoint decodes through
+:func:`nftrain.checkpoint.decode_betas`, and every set is written in one store transaction.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +17,19 @@ import numpy as np
 
 import nfstore
 from nfrecon.decoded import check_name, write_decoded
-from nfrecon.ridge import DEFAULT_ALPHAS, RidgeFit, fit_ridge
-from nfstore import _layout
-from nfstore.names import SPLITS
+from nfstore import Transaction, transaction
+from nfstore.decoding import DEFAULT_ALPHAS, RidgeFit, fit_ridge, fit_ridge_loo
 from nfstore.encoders import checksum
 from nfstore.errors import OptionError, StoreError
+from nfstore.names import RECON_GROUP, SPLITS
+
+__all__ = ["predict", "decode_ridge", "refine", "fit_refinement", "DecodeSummary"]
 
 
 @dataclass
 class DecodeSummary:
+    """What one decode command wrote (:meth:`line` is what it prints)."""
+
     name: str
     rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -42,10 +50,10 @@ def _fingerprint(store: nfstore.Store, subjects: list[str]) -> dict[str, str]:
 def _rows(store: nfstore.Store, key: str, split: str, roi: str | None, single: bool
           ) -> Any:
     if split not in SPLITS:
-        raise OptionError(f"--split: expected one of {list(SPLITS)}; got {split!r}")
+        raise OptionError(f"split: expected one of {list(SPLITS)}; found {split!r}")
     x = store.betas(key, roi=roi, split=split, average_repeats=not single)
     if x.sizes["trial"] == 0:
-        raise StoreError(f"{key}: no {split} trials to decode")
+        raise StoreError(f"split: expected {split} trials of {key} to decode; found none")
     return x
 
 
@@ -60,63 +68,60 @@ def predict(location: str | Path, ckpt: str | Path, name: str, *,
     ``allow_store_change``; the set's attributes then list what changed.
 
     ``include_train`` also writes the train rows (repeat-averaged), flagged ``out_of_sample``
-    where the checkpoint never trained on them (its validation pictures): the rows a
-    refinement may be fitted on.
+    where the checkpoint never trained on them (its ``validation_stimuli``; derived again from
+    its train config for older checkpoints): the rows a refinement may be fitted on.
     """
-    import torch
-
     from nftrain import checkpoint
     from nftrain import fingerprint as fp
-    from nftrain.config import build
-    from nftrain.data import load_dataset
 
     t0 = time.perf_counter()
     check_name(name)
     model, meta, _ = checkpoint.load(ckpt, device)
-    model.eval()
-    path = _layout.local_store_path(location)
-    store = nfstore.open_store(path)
-    keys = checkpoint.subjects_to_use(model, store, subjects, ckpt)
-    changed = fp.check_checkpoint(store, meta, keys, ckpt, allow_store_change)
-    held_out: set[str] = set()
-    if include_train:  # the checkpoint's validation pictures: never trained on
-        cfg = build({**meta["train_config"], "subjects": meta["train_config"]["subjects"]})
-        data = load_dataset(store, cfg)
-        held_out = {str(s) for sub in data.subjects for s in data.stimuli[sub.val[0].targets]}
-    attrs = {"decoder": "checkpoint", "checkpoint": str(ckpt),
-             "checkpoint_sha256": checksum((Path(ckpt) / "model.safetensors",
-                                            Path(ckpt) / "config.json")),
-             "embedding": meta["embedding"],
-             "split": split, "single_trials": single_trials,
-             "store_fingerprint": _fingerprint(store, keys),
-             "trained_store_fingerprint": meta.get("store_fingerprint"),
-             "store_changed_since_training": {k: list(v) for k, v in changed.items()}}
     summary = DecodeSummary(name)
-    with _layout.writing(path, f"nf predict --name {name}"):
+    with transaction(location, f"nf predict --name {name}") as tx:
+        store = nfstore.open_store(tx.root)
+        keys = checkpoint.subjects_to_use(model, store, subjects, ckpt)
+        changed = fp.check_checkpoint(store, meta, keys, ckpt, allow_store_change)
+        held_out = checkpoint.validation_stimuli(meta, store) if include_train else set()
+        attrs = {"decoder": "checkpoint", "checkpoint": str(ckpt),
+                 "checkpoint_sha256": checksum((Path(ckpt) / "model.safetensors",
+                                                Path(ckpt) / "config.json")),
+                 "embedding": meta["embedding"],
+                 "split": split, "single_trials": single_trials,
+                 "store_fingerprint": _fingerprint(store, keys),
+                 "trained_store_fingerprint": meta.get("store_fingerprint"),
+                 "store_changed_since_training": {k: list(v) for k, v in changed.items()}}
         for key in keys:
-            i = model.spec.subjects.index(key)
             parts = [(split, _rows(store, key, split, meta["rois"].get(key), single_trials))]
             if include_train and split != "train":
-                parts.append(("train", _rows(store, key, "train", meta["rois"].get(key), False)))
-            cols: dict[str, list[np.ndarray]] = {c: [] for c in ("e", "s", "p", "o", "n")}
-            for sp, x in parts:
-                betas = np.asarray(x.values, np.float32)
-                if not np.isfinite(betas).all():
-                    raise StoreError(f"{key}: {sp} rows hold non-finite betas; run `nf validate`")
-                with torch.no_grad():
-                    e = model.embed_subject(i, torch.from_numpy(betas).to(device)).float()
-                stim = x.stimulus.values.astype(object)
-                cols["e"].append(e.cpu().numpy())
-                cols["s"].append(stim)
-                cols["p"].append(np.full(stim.size, sp, dtype=object))
-                cols["o"].append(np.array([sp != "train" or s in held_out for s in stim]))
-                cols["n"].append(x["n_repeats"].values if "n_repeats" in x.coords
-                                 else np.ones(stim.size, np.int64))
-            write_decoded(path, name, key, *(np.concatenate(cols[c]) for c in "espon"),
-                          attrs=attrs)
-            summary.rows[key] = int(sum(len(s) for s in cols["s"]))
+                parts.append(("train", _rows(store, key, "train", meta["rois"].get(key),
+                                             False)))
+            cols = _checkpoint_rows(model, key, parts, held_out)
+            write_decoded(tx, name, key, *cols, attrs=attrs)
+            summary.rows[key] = len(cols[1])
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _checkpoint_rows(model: Any, key: str, parts: list[tuple[str, Any]], held_out: set[str]
+                     ) -> tuple[np.ndarray, ...]:
+    """The columns of a decoded set (embedding, stimulus, split, out_of_sample, n_repeats) of
+    one subject's ``(split, betas)`` parts, decoded with the checkpoint's ``model``."""
+    from nftrain.checkpoint import decode_betas
+
+    cols: dict[str, list[np.ndarray]] = {c: [] for c in "espon"}
+    for sp, x in parts:
+        betas = np.asarray(x.values, np.float32)
+        if not np.isfinite(betas).all():
+            raise StoreError(f"{key}: {sp} rows hold non-finite betas; run `nf validate`")
+        stim = x.stimulus.values.astype(object)
+        cols["e"].append(decode_betas(model, key, betas))
+        cols["s"].append(stim)
+        cols["p"].append(np.full(stim.size, sp, dtype=object))
+        cols["o"].append(np.array([sp != "train" or s in held_out for s in stim], dtype=bool))
+        cols["n"].append(x["n_repeats"].values if "n_repeats" in x.coords
+                         else np.ones(stim.size, np.int64))
+    return tuple(np.concatenate(cols[c]) for c in "espon")
 
 
 def decode_ridge(location: str | Path, subject: str, name: str, *,
@@ -137,73 +142,91 @@ def decode_ridge(location: str | Path, subject: str, name: str, *,
     """
     t0 = time.perf_counter()
     check_name(name)
-    path = _layout.local_store_path(location)
-    store = nfstore.open_store(path)
-    train = _rows(store, subject, "train", roi, False)
-    if train.sizes["trial"] <= cv:
-        raise StoreError(f"{subject}: {train.sizes['trial']} train stimuli; need more than "
-                         f"--cv {cv}")
-    X = np.asarray(train.values, np.float32)
-    Y = np.asarray(store.embeddings(embedding, stimuli=train.stimulus).values, np.float32)
-    fit = fit_ridge(X, Y, alphas, cv, target_chunk)
-    held = _rows(store, subject, split, roi, False) if split != "train" else None
-    emb = [fit.oof] + ([fit.predict(np.asarray(held.values, np.float32))] if held is not None
-                       else [])
-    if rescale:  # each target's predictions to the train targets' mean and std
-        ref = emb[0]
-        mu, sd = ref.mean(0), ref.std(0)
-        emb = [(e - mu) / np.where(sd > 0, sd, 1) * Y.std(0) + Y.mean(0) for e in emb]
-    parts = [train] + ([held] if held is not None else [])
-    values, counts = np.unique(fit.alpha, return_counts=True)
-    attrs = {"decoder": "ridge", "embedding": embedding, "split": split, "roi": roi,
-             "alphas": list(map(float, alphas)), "cv": cv,
-             "alpha_counts": {f"{v:g}": int(c) for v, c in zip(values, counts)},
-             "fitted_on": "repeat-averaged train betas (one row per train stimulus)",
-             "train_rows": "out-of-fold predictions", "rescaled": rescale,
-             "store_fingerprint": _fingerprint(store, [subject])}
-    with _layout.writing(path, f"nf decode-ridge --name {name}"):
-        write_decoded(path, name, subject, np.concatenate(emb),
+    with transaction(location, f"nf decode-ridge --name {name}") as tx:
+        store = nfstore.open_store(tx.root)
+        train = _rows(store, subject, "train", roi, False)
+        if train.sizes["trial"] <= cv:
+            raise StoreError(f"cv: expected fewer folds than the {train.sizes['trial']} train "
+                             f"stimuli of {subject}; found {cv}")
+        X = np.asarray(train.values, np.float32)
+        Y = np.asarray(store.embeddings(embedding, stimuli=train.stimulus).values, np.float32)
+        fit = fit_ridge(X, Y, alphas, cv, target_chunk)
+        held = _rows(store, subject, split, roi, False) if split != "train" else None
+        emb = [fit.oof] + ([fit.predict(np.asarray(held.values, np.float32))]
+                           if held is not None else [])
+        if rescale:  # each target's predictions to the train targets' mean and std
+            mu, sd = emb[0].mean(0), emb[0].std(0)
+            emb = [(e - mu) / np.where(sd > 0, sd, 1) * Y.std(0) + Y.mean(0) for e in emb]
+        parts = [train] + ([held] if held is not None else [])
+        values, counts = np.unique(fit.alpha, return_counts=True)
+        attrs = {"decoder": "ridge", "embedding": embedding, "split": split, "roi": roi,
+                 "alphas": list(map(float, alphas)), "cv": cv,
+                 "alpha_counts": {f"{v:g}": int(c) for v, c in zip(values, counts)},
+                 "fitted_on": "repeat-averaged train betas (one row per train stimulus)",
+                 "train_rows": "out-of-fold predictions", "rescaled": rescale,
+                 "store_fingerprint": _fingerprint(store, [subject])}
+        write_decoded(tx, name, subject, np.concatenate(emb),
                       np.concatenate([p.stimulus.values.astype(object) for p in parts]),
                       np.concatenate([np.full(p.sizes["trial"], s, dtype=object)
                                       for p, s in zip(parts, ["train", split])]),
                       np.ones(sum(p.sizes["trial"] for p in parts), bool),
                       np.concatenate([p["n_repeats"].values for p in parts]), attrs)
         if embedding in ("pixels", "sdxl-vae") and held is not None:
-            cache = store.embeddings(embedding).attrs
-            if embedding == "pixels":
-                from nfstore.lowlevel import upsample
-
-                imgs = upsample(emb[-1], int(cache["size"]), image_size)
-                how = "blurry: ridge-decoded pixels, upsampled (bicubic)"
-            else:
-                from nfrecon.init_images import resize
-                from nfstore.lowlevel import load_vae, vae_decode
-
-                raw = emb[-1].reshape(-1, *[int(v) for v in cache["latent_shape"]])
-                imgs = resize(vae_decode(load_vae(vae or cache["weights"]["path"]), raw),
-                              image_size)
-                how = "blurry: ridge-decoded SDXL-VAE latents (raw), VAE-decoded, resized"
-            _write_blurry(path, name, subject, imgs, held.stimulus.values, split, image_size,
-                          {**attrs, "source": how})
-    summary = DecodeSummary(name, {subject: sum(p.sizes["trial"] for p in parts)},
-                            time.perf_counter() - t0,
-                            "alphas (targets): " + ", ".join(f"{v:g} ({c})" for v, c in
-                                                            zip(values, counts)))
-    return summary
+            _blurry(tx, store, name, subject, emb[-1], held.stimulus.values, split,
+                    image_size, vae, attrs)
+    return DecodeSummary(name, {subject: sum(p.sizes["trial"] for p in parts)},
+                         time.perf_counter() - t0,
+                         "alphas (targets): " + ", ".join(f"{v:g} ({c})" for v, c in
+                                                         zip(values, counts)))
 
 
-def fit_refinement(store: nfstore.Store, source: str, alphas: tuple[float, ...] = DEFAULT_ALPHAS,
-                   cv: int = 5) -> tuple[RidgeFit, int]:
+def _blurry(tx: Transaction, store: nfstore.Store, name: str, subject: str, pred: np.ndarray,
+            stimuli: np.ndarray, split: str, image_size: int, vae: str | Path | None,
+            attrs: dict[str, Any]) -> None:
+    """Ridge-decoded pixels or SDXL-VAE latents (n, D) as images uint8 (n, image_size,
+    image_size, 3), written as the reconstruction set ``name`` (one sample per row)."""
+    from nfrecon.recon_sets import create_group
+
+    embedding = attrs["embedding"]
+    cache = store.embeddings(embedding).attrs
+    if embedding == "pixels":
+        from nfstore.lowlevel import upsample
+
+        imgs = upsample(pred, int(cache["size"]), image_size)
+        how = "blurry: ridge-decoded pixels, upsampled (bicubic)"
+    else:
+        from nfrecon.init_images import resize
+        from nfstore.lowlevel import load_vae, vae_decode
+
+        raw = pred.reshape(-1, *[int(v) for v in cache["latent_shape"]])
+        imgs = resize(vae_decode(load_vae(vae or cache["weights"]["path"]), raw), image_size)
+        how = "blurry: ridge-decoded SDXL-VAE latents (raw), VAE-decoded, resized"
+    key = f"{RECON_GROUP}/{name}/{subject}"
+    tx.discard(key)  # never resumed: written at once
+    staged, _, _ = tx.stage(key, create=False)
+    g = create_group(staged, stimuli, 1, image_size)
+    g["images"][:] = imgs[:, None]
+    g["chosen"][:] = 0
+    g["scores"][:] = np.nan
+    g["seeds"][:] = 0
+    g.attrs.update({**attrs, "source": how, "decoded": name, "subject": subject,
+                    "split": split, "image_size": image_size})
+    tx.commit(key)
+
+
+def fit_refinement(store: nfstore.Store, decoded: str,
+                   alphas: tuple[float, ...] = DEFAULT_ALPHAS, cv: int = 5
+                   ) -> tuple[RidgeFit, int]:
     """The subject-agnostic ridge decoded -> true embedding, on the **out-of-sample train**
-    rows of every subject of ``source`` (never in-sample rows, never test); one alpha for all
-    targets by scikit-learn's leave-one-out ``RidgeCV`` (``cv`` only sets the minimum rows).
+    rows of every subject of the decoded set ``decoded`` (never in-sample rows, never test);
+    one alpha for all targets by exact leave-one-out CV
+    (:func:`nfstore.decoding.fit_ridge_loo`; ``cv`` only sets the minimum rows).
 
     Returns the fit and the number of rows it was fitted on.
     """
     X, Y = [], []
-    model = None
-    for key in store.decoded_subjects(source):
-        d = store.decoded(source, key)
+    for key in store.decoded_subjects(decoded):
+        d = store.decoded(decoded, key)
         model = d.attrs.get("embedding", "ip-adapter-sdxl")
         rows = np.flatnonzero((d["split"].values == "train") & d["out_of_sample"].values)
         if rows.size:
@@ -212,44 +235,36 @@ def fit_refinement(store: nfstore.Store, source: str, alphas: tuple[float, ...] 
                                 np.float32))
     n = sum(len(x) for x in X)
     if n <= cv:
-        raise StoreError(f"--decoded {source}: {n} out-of-sample train rows; refinement needs "
-                         f"more than --cv {cv} (write them with `nf predict --refine` or "
-                         f"`nf decode-ridge`)")
-    from sklearn.linear_model import RidgeCV
-
-    X_all, Y_all = np.concatenate(X), np.concatenate(Y)
-    # one alpha for all targets by efficient leave-one-out CV (fast when rows < features)
-    r = RidgeCV(alphas=np.asarray(alphas, np.float64)).fit(X_all, Y_all)
-    W = np.asarray(r.coef_.T, np.float32)
-    return RidgeFit(W, np.asarray(r.intercept_, np.float32),
-                    np.full(W.shape[1], float(r.alpha_)), np.empty((0, W.shape[1])),
-                    float(np.linalg.norm(Y_all, axis=1).mean())), n
+        raise StoreError(f"decoded: expected more than cv={cv} out-of-sample train rows in "
+                         f"decoded set {decoded!r}; found {n} (write them with `nf predict "
+                         f"--refine` or `nf decode-ridge`)")
+    return fit_ridge_loo(np.concatenate(X), np.concatenate(Y), alphas), n
 
 
-def refine(location: str | Path, source: str, name: str, *,
+def refine(location: str | Path, decoded: str, name: str, *,
            alphas: tuple[float, ...] = DEFAULT_ALPHAS, cv: int = 5, rescale: bool = True
            ) -> DecodeSummary:
-    """Apply the refinement fitted by :func:`fit_refinement` to every row of ``source`` and
-    write the result as decoded set ``name``; ``rescale`` sets each output's norm to the mean
-    norm of the train embeddings the refinement was fitted on."""
+    """Apply the refinement fitted by :func:`fit_refinement` to every row of the decoded set
+    ``decoded`` and write the result as decoded set ``name``; ``rescale`` sets each output's
+    norm to the mean norm of the train embeddings the refinement was fitted on."""
     t0 = time.perf_counter()
     check_name(name)
-    path = _layout.local_store_path(location)
-    store = nfstore.open_store(path)
-    fit, n = fit_refinement(store, source, alphas, cv)
-    target_norm = fit.target_norm  # of the train embeddings the refinement was fitted on
-    summary = DecodeSummary(name, note=f"refinement alpha {fit.alpha[0]:g}, fitted on {n} "
-                                       f"out-of-sample train rows")
-    with _layout.writing(path, f"nf refine --name {name}"):
-        for key in store.decoded_subjects(source):
-            d = store.decoded(source, key)
+    with transaction(location, f"nf refine --name {name}") as tx:
+        store = nfstore.open_store(tx.root)
+        fit, n = fit_refinement(store, decoded, alphas, cv)
+        target_norm = fit.target_norm  # of the train embeddings the refinement was fitted on
+        summary = DecodeSummary(name, note=f"refinement alpha {fit.alpha[0]:g}, fitted on {n} "
+                                           f"out-of-sample train rows")
+        for key in store.decoded_subjects(decoded):
+            d = store.decoded(decoded, key)
             out = fit.predict(np.asarray(d.values, np.float32))
             if rescale:
-                out *= target_norm / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+                out *= target_norm / np.maximum(np.linalg.norm(out, axis=1, keepdims=True),
+                                                1e-12)
             split = d["split"].values
-            write_decoded(path, name, key, out, d.stimulus.values, split,
+            write_decoded(tx, name, key, out, d.stimulus.values, split,
                           d["out_of_sample"].values & (split != "train"), d["n_repeats"].values,
-                          {**d.attrs, "refined_from": source, "refinement_alpha":
+                          {**d.attrs, "refined_from": decoded, "refinement_alpha":
                            float(fit.alpha[0]), "refinement_rows": n, "rescaled_to_norm":
                            target_norm if rescale else None,
                            "refinement": "ridge decoded -> true embedding on out-of-sample "
@@ -257,27 +272,3 @@ def refine(location: str | Path, source: str, name: str, *,
             summary.rows[key] = int(d.sizes["stimulus"])
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-__all__ = ["predict", "decode_ridge", "refine", "fit_refinement", "DecodeSummary"]
-
-
-def _write_blurry(path: Path, name: str, subject: str, imgs: np.ndarray, stimuli: np.ndarray,
-                  split: str, image_size: int, attrs: dict[str, Any]) -> None:
-    """Blurry images uint8 (n, image_size, image_size, 3) as a reconstruction set (one sample
-    per row)."""
-    from nfrecon.reconstruct import RECON_GROUP, create_group
-
-    imgs = imgs[:, None]
-    key = f"{RECON_GROUP}/{name}/{subject}"
-    staged = _layout.staging_path(path, key.replace("/", "."))
-    _layout.discard(staged)
-    g = create_group(staged, stimuli, 1, image_size)
-    g["images"][:] = imgs
-    g["chosen"][:] = 0
-    g["scores"][:] = np.nan
-    g["seeds"][:] = 0
-    g.attrs.update({**attrs, "decoded": name, "subject": subject, "split": split,
-                    "image_size": image_size})
-    _layout.ensure_group(path, f"{RECON_GROUP}/{name}/{subject.split('/')[0]}")
-    _layout.commit(path, staged, key)

@@ -13,6 +13,7 @@ import nfstore
 from nfrecon import metrics as M
 from nfrecon.init_images import resize
 from nfrecon.report import chosen_images, derangement, ground_truth, mean_train_image
+from nfstore.decoding import two_way
 
 
 def compare(location: str | Path, subject: str, names: dict[str, str], size: int,
@@ -57,6 +58,6 @@ def compare(location: str | Path, subject: str, names: dict[str, str], size: int
         if alex:
             fg, fr = M.features(alex[0], gt, variant, "cpu"), M.features(alex[0], imgs,
                                                                          variant, "cpu")
-            vals["alexnet2"] = M.two_way(fg["alexnet2"], fr["alexnet2"])
+            vals["alexnet2"] = two_way(fg["alexnet2"], fr["alexnet2"])
         out[label] = {k: float(np.mean(v)) for k, v in vals.items()}
     return out

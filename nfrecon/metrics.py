@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from nfstore.decoding import two_way
 from nfstore.errors import MissingFileError, OptionError, ReaderError
 
 METRICS = ("pixcorr", "ssim", "alexnet2", "alexnet5", "inception", "clip", "effnet", "swav")
@@ -51,24 +52,6 @@ RESIZE = {"mindeye2": {"pixcorr": 425, "ssim": 425, "alexnet": 256, "inception":
 
 
 # --------------------------------------------------------------------------- formulas
-def two_way(gt: np.ndarray, rec: np.ndarray) -> np.ndarray:
-    """Per-image 2-way identification, as brain-diffuser and MindEye compute it.
-
-    Parameters
-    ----------
-    gt, rec : arrays (N, ...) of features; flattened per image
-
-    Returns
-    -------
-    score : array (N,) in [0, 1]; the metric is its mean (chance 0.5)
-    """
-    n = gt.shape[0]
-    if n < 2:
-        raise OptionError("2-way identification needs at least 2 images")
-    r = np.corrcoef(gt.reshape(n, -1), rec.reshape(n, -1))[:n, n:]
-    return (r < np.diag(r)[None, :]).sum(0) / (n - 1)
-
-
 def correlation_distance(gt: np.ndarray, rec: np.ndarray) -> np.ndarray:
     """Per-image ``scipy.spatial.distance.correlation`` of flattened features, (N,)."""
     from scipy.spatial.distance import correlation
@@ -166,27 +149,30 @@ class Network:
     norm: tuple[tuple[float, ...], tuple[float, ...]]
 
 
-def _load_state(path: Path) -> dict[str, Any]:
+def _load_state(path: Path, param: str = "weights") -> dict[str, Any]:
+    """The state dict of a torch weights file; errors name ``param`` (where it came from)."""
     import torch
 
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file
-        raise ReaderError(f"{path}: cannot read as torch weights ({type(err).__name__}: "
+        raise ReaderError(f"{param}: expected torch weights in {path}; found a file that "
+                          f"cannot read as torch weights ({type(err).__name__}: "
                           f"{' '.join(str(err).split())[:160]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state
 
 
-def weight_paths(folder: str | Path, variant: str) -> dict[str, Path]:
-    """The torchvision/SwAV checkpoint files a variant needs; one error lists every missing."""
-    folder = Path(folder)
+def weight_paths(weights: str | Path, variant: str) -> dict[str, Path]:
+    """The torchvision/SwAV checkpoint files a variant needs in the folder ``weights``; one
+    error lists every missing."""
+    folder = Path(weights)
     names = {"alexnet": WEIGHT_FILES["alexnet"], "inception": WEIGHT_FILES["inception"],
              "effnet": WEIGHT_FILES[f"effnet-{variant}"], "swav": WEIGHT_FILES["swav"]}
     missing = [f for f in names.values() if not (folder / f).is_file()]
     if missing:
-        raise MissingFileError(f"--weights {folder}: expected {', '.join(names.values())}; "
+        raise MissingFileError(f"weights: expected {', '.join(names.values())} in {folder}; "
                                f"missing {', '.join(missing)} (nothing is downloaded)")
     return {k: folder / f for k, f in names.items()}
 
@@ -201,8 +187,8 @@ def load_networks(paths: dict[str, Path], clip: str | Path, device: str) -> list
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise ReaderError(f"{path}: not the expected network's weights "
-                              f"({' '.join(str(err).split())[:160]})") from None
+            raise ReaderError(f"weights: expected the network's weights in {path}; found "
+                              f"other ones ({' '.join(str(err).split())[:160]})") from None
         return model.eval().to(device)
 
     alex = strict(tvm.alexnet(weights=None), paths["alexnet"], _load_state(paths["alexnet"]))
@@ -219,7 +205,8 @@ def load_networks(paths: dict[str, Path], clip: str | Path, device: str) -> list
     backbone = [k for k in sw.state_dict() if not k.startswith("fc.")]
     lacking = [k for k in backbone if k not in sw_state]
     if lacking:
-        raise ReaderError(f"{paths['swav']}: expected a SwAV ResNet-50 checkpoint; missing "
+        raise ReaderError(f"weights: expected a SwAV ResNet-50 checkpoint in {paths['swav']}; "
+                          f"found one missing "
                           f"{len(lacking)} backbone weights (e.g. {lacking[0]})")
     sw.load_state_dict(sw_state, strict=False)
     sw_fx = create_feature_extractor(sw.eval().to(device), return_nodes={"avgpool": "swav"})
@@ -235,7 +222,7 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-def load_clip(path: str | Path, device: str) -> Callable[[Any], Any]:
+def load_clip(clip: str | Path, device: str) -> Callable[[Any], Any]:
     """CLIP ViT-L/14 image features (768-d ``image_embeds``/``encode_image``) from an open_clip
     folder as model hubs hold them (``open_clip_config.json``, whose ``model_cfg`` gives the
     architecture, + ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``), a
@@ -244,7 +231,7 @@ def load_clip(path: str | Path, device: str) -> Callable[[Any], Any]:
     (the OpenAI weights need QuickGELU)."""
     import torch
 
-    p = Path(path)
+    p = Path(clip)
     if (p / OPEN_CLIP_CONFIG).is_file():
         model = _open_clip_folder(p)
     elif (p / "config.json").is_file():
@@ -266,14 +253,14 @@ def load_clip(path: str | Path, device: str) -> Callable[[Any], Any]:
             else:
                 model = open_clip.create_model("ViT-L-14-quickgelu", pretrained=str(p))
         except Exception as err:  # noqa: BLE001
-            raise ReaderError(f"--clip {p}: cannot load as open_clip ViT-L-14-quickgelu "
-                              f"({type(err).__name__})") from None
+            raise ReaderError(f"clip: expected open_clip ViT-L-14-quickgelu weights; found "
+                              f"{p} unreadable as such ({type(err).__name__})") from None
     else:
         raise MissingFileError(
-            f"--clip {p}: expected a Hugging Face CLIPVisionModelWithProjection folder "
+            f"clip: expected a Hugging Face CLIPVisionModelWithProjection folder "
             f"(config.json + weights), an open_clip folder ({OPEN_CLIP_CONFIG} + "
             f"{' or '.join(OPEN_CLIP_WEIGHTS)}), an OpenAI ViT-L-14.pt file or an open_clip "
-            f"ViT-L-14-quickgelu weights file")
+            f"ViT-L-14-quickgelu weights file; found nothing of these at {p}")
     model = model.eval().to(device)
 
     def oc(x: Any) -> Any:
@@ -291,23 +278,23 @@ def _open_clip_folder(p: Path) -> Any:
 
     found = [w for w in OPEN_CLIP_WEIGHTS if (p / w).is_file()]
     if not found:
-        raise MissingFileError(f"clip {p}: expected {' or '.join(OPEN_CLIP_WEIGHTS)} beside "
-                               f"{OPEN_CLIP_CONFIG}; found neither")
+        raise MissingFileError(f"clip: expected {' or '.join(OPEN_CLIP_WEIGHTS)} beside "
+                               f"{OPEN_CLIP_CONFIG} in {p}; found neither")
     try:
         cfg = json.loads((p / OPEN_CLIP_CONFIG).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ReaderError(f"clip {p / OPEN_CLIP_CONFIG}: expected JSON; found "
+        raise ReaderError(f"clip: expected JSON in {p / OPEN_CLIP_CONFIG}; found "
                           f"{type(err).__name__}") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model_cfg"), dict):
         found_here = sorted(cfg)[:6] if isinstance(cfg, dict) else type(cfg).__name__
-        raise ReaderError(f"clip {p / OPEN_CLIP_CONFIG}: expected an object with 'model_cfg' "
-                          f"(the architecture); found {found_here}")
+        raise ReaderError(f"clip: expected an object with 'model_cfg' (the architecture) in "
+                          f"{p / OPEN_CLIP_CONFIG}; found {found_here}")
     try:
         return open_clip.create_model(f"local-dir:{p}")
     except Exception as err:  # noqa: BLE001 - wrong weights for the config, unreadable file
-        raise ReaderError(f"clip {p}: cannot load {found[0]} into the model_cfg of "
-                          f"{OPEN_CLIP_CONFIG} ({type(err).__name__}: "
-                          f"{' '.join(str(err).split())[:160]})") from None
+        raise ReaderError(f"clip: expected {found[0]} to fit the model_cfg of "
+                          f"{OPEN_CLIP_CONFIG} in {p}; found {type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:160]}") from None
 
 
 def features(net: Network, images: Any, variant: str, device: str, batch: int = 32
@@ -358,7 +345,7 @@ def image_metrics(gt: Any, rec: np.ndarray, networks: list[Network], variant: st
     """All eight metrics per image (N,), for uint8 ground truth (N, H, W, 3) or N arrays
     (H_i, W_i, 3) at their native sizes, and reconstructions (N, h, w, 3)."""
     if variant not in VARIANTS:
-        raise OptionError(f"--variant: expected one of {list(VARIANTS)}; got {variant!r}")
+        raise OptionError(f"variant: expected one of {list(VARIANTS)}; found {variant!r}")
     out = pixel_metrics(gt, rec, variant)
     for net in networks:
         fg = features(net, gt, variant, device)

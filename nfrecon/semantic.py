@@ -6,9 +6,9 @@
   mean/std) labels each ground-truth image by its argmax; for each reconstruction, ``trials``
   times, 49 other classes are drawn and the trial counts if the ground-truth class has the
   highest probability among the 50. Seeded here (the notebook was not).
-- Brain retrieval from decoded embeddings: top-1/top-5 both directions among the subject's test
-  stimuli, and MindEye2's protocol (30 random subsets of 300 images, top-1) where a subject has
-  at least 300.
+- Brain retrieval from decoded embeddings (:func:`nfstore.decoding.brain_retrieval`, named here
+  for ``nf metrics``): top-1/top-5 both directions among the subject's test stimuli, and
+  MindEye2's protocol (30 random subsets of 300 images, top-1) where a subject has at least 300.
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from nfstore.decoding import brain_retrieval
 from nfstore.errors import MissingFileError
 
 VIT_H_FILE = "vit_h_14_swag-80465313.pth"
+
+__all__ = ["VIT_H_FILE", "brain_retrieval", "load_classifier", "semantic_top1"]
 
 
 def semantic_top1(prob_gt: np.ndarray, prob_rec: np.ndarray, trials: int = 1000, ways: int = 50,
@@ -43,7 +46,8 @@ def semantic_top1(prob_gt: np.ndarray, prob_rec: np.ndarray, trials: int = 1000,
     return out
 
 
-def load_classifier(path: str | Path, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:
+def load_classifier(classifier: str | Path, device: str = "cpu"
+                    ) -> Callable[[np.ndarray], np.ndarray]:
     """torchvision ``vit_h_14`` from a local weights file; returns uint8 images (N, H, W, 3),
     or N arrays of any sizes (ground truth at native sizes) -> probabilities (N, 1000)."""
     import torch
@@ -52,14 +56,14 @@ def load_classifier(path: str | Path, device: str = "cpu") -> Callable[[np.ndarr
 
     from nfrecon.metrics import IMAGENET, _load_state
 
-    p = Path(path)
+    p = Path(classifier)
     if p.is_dir():
         p = p / VIT_H_FILE
     if not p.is_file():
-        raise MissingFileError(f"--classifier {path}: expected {VIT_H_FILE} (torchvision "
-                               f"vit_h_14, ViT_H_14_Weights.DEFAULT)")
+        raise MissingFileError(f"classifier: expected {VIT_H_FILE} (torchvision vit_h_14, "
+                               f"ViT_H_14_Weights.DEFAULT); found no such file at {classifier}")
     model = tvm.vit_h_14(weights=None, image_size=518)
-    model.load_state_dict(_load_state(p))
+    model.load_state_dict(_load_state(p, "classifier"))
     model = model.eval().to(device)
     mean = torch.tensor(IMAGENET[0]).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET[1]).view(1, 3, 1, 1)
@@ -78,24 +82,3 @@ def load_classifier(path: str | Path, device: str = "cpu") -> Callable[[np.ndarr
                 out.append(model(((x - mean) / std).to(device)).softmax(1).cpu().numpy())
         return np.concatenate(out)
     return probs
-
-
-def brain_retrieval(pred: np.ndarray, target: np.ndarray, seed: int = 0, subset: int = 300,
-                    n_subsets: int = 30) -> dict[str, Any]:
-    """Retrieval metrics of decoded vs. true embeddings (rows matched), plus MindEye2's
-    300-image subsets protocol when there are at least ``subset`` rows."""
-    from nftrain.evaluate import retrieval
-
-    out: dict[str, Any] = retrieval(pred, target)
-    if len(pred) >= subset:
-        rng = np.random.default_rng(seed)
-        tops = []
-        for _ in range(n_subsets):
-            idx = rng.choice(len(pred), subset, replace=False)
-            r = retrieval(pred[idx], target[idx])
-            tops.append((r["top1_brain_to_image"], r["top1_image_to_brain"]))
-        t = np.array(tops)
-        out["mindeye2_300"] = {"top1_brain_to_image": float(t[:, 0].mean()),
-                               "top1_image_to_brain": float(t[:, 1].mean()),
-                               "subsets": n_subsets}
-    return out

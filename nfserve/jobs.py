@@ -63,21 +63,16 @@ def _run(spec: dict[str, Any], store: str, sdxl: str, ip_adapter: str, events: A
 def _decode_upload(store: str, jid: str, p: dict[str, Any]) -> str:
     """The uploaded betas through the checkpoint's adapter -> a one-row decoded set."""
     import numpy as np
-    import torch
 
     from nfrecon.decoded import write_decoded
+    from nfstore import transaction
     from nftrain import checkpoint
 
     model, meta, _ = checkpoint.load(p["checkpoint"])
-    model.eval()
-    i = model.spec.subjects.index(p["subject"])
-    with torch.no_grad():
-        emb = model.embed_subject(i, torch.tensor([p["betas"]], dtype=torch.float32)).numpy()
+    emb = checkpoint.decode_betas(model, p["subject"], np.asarray([p["betas"]], np.float32))
     name = f"job-{jid}-decoded"
-    from nfstore import _layout
-
-    with _layout.writing(Path(store), f"nf serve job {jid}"):
-        write_decoded(Path(store), name, p["subject"], emb,
+    with transaction(store, f"nf serve job {jid}") as tx:
+        write_decoded(tx, name, p["subject"], emb,
                       np.array([f"upload/{jid}"], dtype=object), np.array(["test"], dtype=object),
                       np.ones(1, bool), np.ones(1, np.int64),
                       {"decoder": "checkpoint", "checkpoint": str(p["checkpoint"]),

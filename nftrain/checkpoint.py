@@ -1,6 +1,11 @@
 """Checkpoints: ``model.safetensors`` + ``config.json`` (and, for resuming, the optimizer and RNG
 state as ``state.safetensors`` + ``state.json``). Loading never unpickles anything.
 
+``config.json`` holds the metadata dict the trainer passes to :func:`save`, among them
+``"validation_stimuli"`` (sorted stimulus ids the checkpoint validated on, never trained on;
+:func:`validation_stimuli` reads them). :func:`decode_betas` is the one way betas become
+embeddings through a checkpoint (``nf predict``, ``nf evaluate``, the server's upload jobs).
+
 A checkpoint folder is written aside and renamed into place, so a kill, a full disk or a
 read-only folder never leaves half of one as ``best/`` or ``last/``.
 """
@@ -13,15 +18,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from nfstore._layout import swap_into_place
-from nfstore.errors import MissingFileError, ReaderError
+from nfstore.errors import MissingFileError, OptionError, ReaderError, StoreError
+from nfstore.transaction import replace_path
 from nftrain.errors import os_errno
 from nftrain.model import Decoder, ModelSpec
 
 FILES = ("model.safetensors", "config.json")
+VALIDATION_STIMULI = "validation_stimuli"
 
 
 def save(folder: Path, model: Decoder, meta: dict[str, Any], extra: dict[str, Any] | None = None,
@@ -36,7 +43,7 @@ def save(folder: Path, model: Decoder, meta: dict[str, Any], extra: dict[str, An
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         _write(tmp, model, meta, extra, optimizer)
-        swap_into_place(tmp, folder, folder.with_name(f".{folder.name}.old-{os.getpid()}"))
+        replace_path(tmp, folder)  # the previous folder is set aside as .<name>.old-<pid>
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         try:  # failed between the swap's two renames: the previous version goes back
@@ -86,14 +93,12 @@ def digest(model: torch.nn.Module) -> str:
 def subjects_to_use(model: Decoder, store: Any, subjects: list[str] | None,
                     ckpt: str | Path) -> list[str]:
     """``subjects`` (default: the checkpoint's subjects the store has); each needs an adapter."""
-    from nfstore.errors import OptionError
-
     keys = list(subjects) if subjects else [k for k in model.spec.subjects
                                             if k in store.subjects()]
     unknown = [k for k in keys if k not in model.spec.subjects]
     if unknown:
-        raise OptionError(f"--subjects: {unknown} have no adapter in {ckpt}; it has "
-                          f"{list(model.spec.subjects)}")
+        raise OptionError(f"subjects: expected subjects with an adapter in {ckpt} "
+                          f"({list(model.spec.subjects)}); found {unknown}, which have none")
     return keys
 
 
@@ -157,13 +162,13 @@ def restore_optimizer(folder: Path, opt: torch.optim.Optimizer) -> dict[str, Any
     return meta
 
 
-def load(folder: str | Path, device: str = "cpu") -> tuple[Decoder, dict[str, Any],
-                                                           dict[str, torch.Tensor]]:
-    """Model, ``config.json`` and extra tensors of a checkpoint folder."""
-    folder = Path(folder)
+def load(checkpoint: str | Path, device: str = "cpu") -> tuple[Decoder, dict[str, Any],
+                                                               dict[str, torch.Tensor]]:
+    """Model, ``config.json`` and extra tensors of the checkpoint folder ``checkpoint``."""
+    folder = Path(checkpoint)
     missing = [f for f in FILES if not (folder / f).is_file()]
     if missing:
-        raise MissingFileError(f"--checkpoint {folder}: expected {', '.join(FILES)}; missing "
+        raise MissingFileError(f"checkpoint: expected {', '.join(FILES)} in {folder}; missing "
                                f"{', '.join(missing)}")
     try:
         meta = json.loads((folder / "config.json").read_text())
@@ -175,7 +180,69 @@ def load(folder: str | Path, device: str = "cpu") -> tuple[Decoder, dict[str, An
         model = Decoder(spec)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     except (KeyError, ValueError, RuntimeError, OSError) as err:
-        raise ReaderError(f"--checkpoint {folder}: not a NeuroFusion checkpoint "
-                          f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
+        raise ReaderError(f"checkpoint: expected a NeuroFusion checkpoint; found {folder}, "
+                          f"not a NeuroFusion checkpoint ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:200]})") from None
     extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return model.to(device), meta, extra
+
+
+def decode_betas(checkpoint: Decoder | str | Path, subject: str, betas: np.ndarray,
+                 device: str = "cpu") -> np.ndarray:
+    """Betas of ``subject`` through a checkpoint's adapter and decoder: the one decode path.
+
+    Parameters
+    ----------
+    checkpoint : a model from :func:`load` (decoded on the device it is on), or a checkpoint
+        folder (loaded on ``device``)
+    subject : a subject key the checkpoint has an adapter for (``nsd/subj01``)
+    betas : array of shape (n_rows, n_voxels), the checkpoint's voxels of ``subject``
+
+    Returns
+    -------
+    embeddings : float32 array of shape (n_rows, embed_dim)
+    """
+    model = checkpoint if isinstance(checkpoint, Decoder) else load(checkpoint, device)[0]
+    if subject not in model.spec.subjects:
+        raise OptionError(f"subject: expected one of the checkpoint's subjects "
+                          f"{list(model.spec.subjects)}; found {subject!r}")
+    i = model.spec.subjects.index(subject)
+    x = np.asarray(betas, np.float32)
+    n_voxels = model.spec.n_voxels[i]
+    if x.ndim != 2 or x.shape[1] != n_voxels:
+        raise OptionError(f"betas: expected shape (n_rows, {n_voxels}) for {subject}; found "
+                          f"{x.shape}")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise StoreError(f"betas: expected finite values; found {int(bad.sum())} non-finite rows "
+                         f"of {subject} (rows {np.flatnonzero(bad)[:5].tolist()})")
+    model.eval()
+    on = next(model.parameters()).device
+    with torch.no_grad():
+        return model.embed_subject(i, torch.from_numpy(x).to(on)).float().cpu().numpy()
+
+
+def held_out_stimuli(data: Any) -> list[str]:
+    """The validation stimulus ids (sorted) of a training :class:`nftrain.data.Dataset`: the
+    pictures validated on and never trained on, saved as ``meta["validation_stimuli"]``."""
+    return sorted({str(s) for sub in data.subjects for s in data.stimuli[sub.val[0].targets]})
+
+
+def validation_stimuli(meta: dict[str, Any], store: Any = None) -> set[str]:
+    """The stimuli a checkpoint validated on (never trained on), from its ``config.json``.
+
+    Parameters
+    ----------
+    meta : the checkpoint's metadata (:func:`load`)
+    store : the store it was trained on; needed only for checkpoints older than the
+        ``validation_stimuli`` key, whose set is derived again from their train config
+    """
+    if VALIDATION_STIMULI in meta:
+        return {str(s) for s in meta[VALIDATION_STIMULI]}
+    if store is None or "train_config" not in meta:
+        raise ReaderError(f"meta: expected {VALIDATION_STIMULI!r} or a train_config; found "
+                          f"neither")
+    from nftrain.config import build
+    from nftrain.data import load_dataset
+
+    return set(held_out_stimuli(load_dataset(store, build(dict(meta["train_config"])))))

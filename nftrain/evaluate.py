@@ -4,6 +4,8 @@ For each subject, the candidates are that subject's unique stimuli of the split,
 averaged over repeats. brain -> image: is the right image among the k most similar embeddings of
 a decoded vector; image -> brain: is the right decoded vector among the k most similar to an
 image embedding. Cosine: mean similarity of each decoded vector with its own image embedding.
+The metrics are :func:`nfstore.decoding.retrieval`'s; decoding is
+:func:`nftrain.checkpoint.decode_betas`.
 """
 
 from __future__ import annotations
@@ -13,44 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import nfstore
+from nfstore.decoding import RETRIEVAL as METRICS
+from nfstore.decoding import fit_ridge, retrieval
 from nfstore.errors import OptionError, StoreError
 from nftrain import checkpoint
 from nftrain import fingerprint as fp
 
-METRICS = ("top1_brain_to_image", "top5_brain_to_image", "top1_image_to_brain",
-           "top5_image_to_brain", "cosine")
-
-
-def retrieval(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Retrieval metrics for matched rows.
-
-    Parameters
-    ----------
-    pred, target : arrays of shape (n, D); row i of each belongs to stimulus i
-
-    A wrong candidate that ties with the right one counts against it (rank = number of other
-    candidates scoring at least as high). Non-finite or all-zero rows are an error.
-    """
-    for name, a in (("predictions", pred), ("targets", target)):
-        bad = ~np.isfinite(a).all(axis=1) | ~(np.abs(a).sum(axis=1) > 0)
-        if bad.any():
-            raise StoreError(f"retrieval: {int(bad.sum())} of {len(a)} {name} are non-finite or "
-                             f"zero (rows {np.flatnonzero(bad)[:5].tolist()}); no score computed")
-    p = pred / np.linalg.norm(pred, axis=1, keepdims=True)
-    t = target / np.linalg.norm(target, axis=1, keepdims=True)
-    sim = p @ t.T
-    diag = np.diag(sim)
-    others = ~np.eye(len(diag), dtype=bool)
-    rank_b2i = ((sim >= diag[:, None]) & others).sum(1)  # other images at least as close
-    rank_i2b = ((sim >= diag[None, :]) & others).sum(0)
-    return {"top1_brain_to_image": float((rank_b2i < 1).mean()),
-            "top5_brain_to_image": float((rank_b2i < 5).mean()),
-            "top1_image_to_brain": float((rank_i2b < 1).mean()),
-            "top5_image_to_brain": float((rank_i2b < 5).mean()),
-            "cosine": float(diag.mean()), "n_candidates": int(len(diag))}
+__all__ = ["METRICS", "evaluate", "retrieval", "table", "write"]
 
 
 def evaluate(location: str | Path, ckpt: str | Path, split: str = "test",
@@ -68,11 +41,10 @@ def evaluate(location: str | Path, ckpt: str | Path, split: str = "test",
     embeddings, per-target CV alphas), on the same candidates.
     """
     if baseline not in (None, "ridge"):
-        raise OptionError(f"--baseline: expected ridge; got {baseline!r}")
+        raise OptionError(f"baseline: expected 'ridge' or None; found {baseline!r}")
     if split not in ("train", "test", "imagery"):
-        raise OptionError(f"--split: expected train, test or imagery; got {split!r}")
+        raise OptionError(f"split: expected train, test or imagery; found {split!r}")
     model, meta, _ = checkpoint.load(ckpt, device)
-    model.eval()
     store = nfstore.open_store(location)
     keys = checkpoint.subjects_to_use(model, store, subjects, ckpt)
     changed = fp.check_checkpoint(store, meta, keys, ckpt, allow_store_change)
@@ -97,13 +69,9 @@ def evaluate(location: str | Path, ckpt: str | Path, split: str = "test",
             raise StoreError(f"{store.location}/{key}: {int(bad.sum())} {split} rows hold "
                              f"non-finite betas (e.g. stimuli {x.stimulus.values[bad][:3].tolist()}"
                              f"); run `nf validate` and re-ingest {key}")
-        with torch.no_grad():
-            pred = model.embed_subject(i, torch.from_numpy(betas).to(device)
-                                       ).float().cpu().numpy()
+        pred = checkpoint.decode_betas(model, key, betas)
         out["subjects"][key] = retrieval(pred, np.asarray(target, np.float32))
         if baseline == "ridge":
-            from nfrecon.ridge import fit_ridge
-
             tr = store.betas(key, roi=meta.get("rois", {}).get(key), split="train",
                              average_repeats=True)
             fit = fit_ridge(tr.values, store.embeddings(meta["embedding"],

@@ -9,8 +9,9 @@ decoder therefore gets a linear path ``skip: adapter space -> embedding`` beside
   coordinates are target coordinates on those axes;
 - each subject's adapter rows ``0..k`` are set to the ridge solution from its repeat-averaged
   measured train betas (validation stimuli excluded) to those coordinates, with one alpha per
-  subject chosen by 5-fold CV (a shared alpha commutes with the rotation, so with ``k = rank``
-  this is exactly the full ridge); its other rows keep their random start and feed the MLP;
+  subject chosen by 5-fold CV (:func:`nfstore.decoding.fit_ridge`; a shared alpha commutes
+  with the rotation, so with ``k = rank`` this is exactly the full ridge); its other rows keep
+  their random start and feed the MLP;
 - the MLP's output layer starts at zero, so the untrained model *is* the ridge decoder.
 
 Training then moves away from ridge only where validation says it helps: the trainer scores
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nfstore.decoding import fit_ridge
 from nftrain.config import TrainConfig
 from nftrain.data import Dataset, SubjectData, read_block
 from nftrain.errors import TrainingError
@@ -85,10 +87,9 @@ def ridge_initialise(model: Decoder, data: Dataset, cfg: TrainConfig,
     subjects of a trained model) only the subjects' adapters are set, through ``pinv(skip)``.
     Returns ``{"axes": k, "alpha": {subject: alpha}}``.
     """
-    from nfrecon.ridge import fit_ridge
-
     if model.skip is None:
-        raise ValueError("ridge_initialise: the model has no skip path (ModelSpec.skip)")
+        raise ValueError("model: expected a decoder with a skip path (ModelSpec.skip); "
+                         "found none")
     if fresh:
         set_skip_to_principal_axes(model, data)
     W = model.skip.weight.double().cpu().numpy()          # (D, A)

@@ -1,8 +1,9 @@
 """``nf augment``: ridge encoding model per subject -> synthetic trials for novel images.
 
-Pass 1 (one Dask task per voxel chunk): read the chunk's train betas, score every alpha by
-K-fold CV, pick each voxel's alpha, refit on all train trials, and keep the CV residual
-statistics. Pass 2 (one task per chunk): predict the pool images, add noise, write the rows.
+Pass 1 (one Dask task per voxel chunk, with the solvers of :mod:`nfstore.decoding`): read the
+chunk's train betas, score every alpha by K-fold CV, pick each voxel's alpha, refit on all
+train trials, and keep the CV residual statistics. Pass 2 (one task per chunk): predict the
+pool images, add noise, write the rows.
 No task holds more than a few (n_trials x chunk) blocks; the noise of a chunk comes from its own
 seeded generator, so the same seed gives the same trials whatever the scheduler (the number of
 workers changes BLAS threading, hence float rounding, by ~1e-6 at most).
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from nfstore import decoding
 from nfstore.augment import noise as nz
-from nfstore.augment import solvers
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(1, 6, 8))
 SKETCH_OVERSAMPLE = 10
@@ -122,20 +123,20 @@ def shared(*values: Any) -> list[Any]:
 
 
 def fit_chunk(betas: BetasRef | str, rows: np.ndarray, cols: slice, X: np.ndarray,
-              fb: solvers.FoldBases, full: solvers.Basis, alphas: np.ndarray,
+              fb: decoding.FoldBases, full: decoding.Basis, alphas: np.ndarray,
               omega_seed: int | None, sketch_k: int) -> ChunkFit:
     """Pass 1 for voxels ``cols``: CV alpha per voxel, refit, residual statistics."""
     Y = _read(betas, rows, cols)
     XtY = X.T @ Y
-    proj = solvers.fold_projections(X, Y, fb, XtY)
-    stats = solvers.cv_scores(Y, fb, proj, alphas)
+    proj = decoding.fold_projections(X, Y, fb, XtY)
+    stats = decoding.cv_scores(Y, fb, proj, alphas)
     if alphas.size > 1:
-        best, score = solvers.select_alphas(stats.scores, alphas)
+        best, score = decoding.select_alphas(stats.scores, alphas)
     else:
         best = np.zeros(Y.shape[1], int)
         score = stats.scores.mean(0)[0]
     alpha = alphas[best]
-    W, b = solvers.refit(X, Y, full, alpha, XtY)
+    W, b = decoding.refit(X, Y, full, alpha, XtY)
     m = stats.at(best)
     n = Y.shape[0]
     sum_y = Y.sum(0, dtype=np.float64)
@@ -150,7 +151,7 @@ def fit_chunk(betas: BetasRef | str, rows: np.ndarray, cols: slice, X: np.ndarra
     var = np.clip(msq - resid_mean ** 2, 0, None)
     sketch = None
     if omega_seed is not None:  # randomized range sketch of the residuals (lowrank noise)
-        R = Y - solvers.oof_predictions(fb, proj, alpha, n)
+        R = Y - decoding.oof_predictions(fb, proj, alpha, n)
         omega = np.random.default_rng([omega_seed, SKETCH_STREAM, cols.start]).standard_normal(
             (R.shape[1], sketch_k)).astype(np.float32)
         sketch = R @ omega
@@ -158,11 +159,11 @@ def fit_chunk(betas: BetasRef | str, rows: np.ndarray, cols: slice, X: np.ndarra
 
 
 def project_chunk(betas: BetasRef | str, rows: np.ndarray, cols: slice, X: np.ndarray,
-                  fb: solvers.FoldBases, alpha: np.ndarray, q: np.ndarray) -> np.ndarray:
+                  fb: decoding.FoldBases, alpha: np.ndarray, q: np.ndarray) -> np.ndarray:
     """``Q.T @ R`` for voxels ``cols`` (R recomputed: CV residuals of the chosen alphas)."""
     Y = _read(betas, rows, cols)
-    proj = solvers.fold_projections(X, Y, fb)
-    R = Y - solvers.oof_predictions(fb, proj, alpha[cols], Y.shape[0])
+    proj = decoding.fold_projections(X, Y, fb)
+    R = Y - decoding.oof_predictions(fb, proj, alpha[cols], Y.shape[0])
     return q.T @ R
 
 
@@ -206,10 +207,10 @@ def fit_model(betas: BetasRef | str, rows: np.ndarray, X: np.ndarray, n_voxels: 
     """Pass 1 over all voxel chunks; returns the model and what the noise model needs."""
     import dask
 
-    alphas = solvers.check_alphas([cfg.alpha] if cfg.alpha is not None else cfg.alphas)
+    alphas = decoding.check_alphas([cfg.alpha] if cfg.alpha is not None else cfg.alphas)
     X = np.asarray(X, dtype=np.float32)
-    fb = solvers.fold_bases(X, solvers.kfold(X.shape[0], cfg.cv))
-    full = solvers.basis(X)
+    fb = decoding.fold_bases(X, decoding.kfold(X.shape[0], cfg.cv))
+    full = decoding.basis(X)
     chunks = [slice(a, min(a + cfg.voxel_chunk, n_voxels))
               for a in range(0, n_voxels, cfg.voxel_chunk)]
     lowrank = cfg.noise == "lowrank"
@@ -245,7 +246,7 @@ def noise_model(model: Model, lowrank: nz.NoiseModel | None, kind: str, n: int, 
     if kind not in nz.NOISE_MODELS:
         from nfstore.errors import OptionError
 
-        raise OptionError(f"--noise: expected one of {list(nz.NOISE_MODELS)}; got {kind!r}")
+        raise OptionError(f"noise: expected one of {list(nz.NOISE_MODELS)}; found {kind!r}")
     if kind == "gaussian":
         return nz.NoiseModel("gaussian", np.sqrt(model.resid_var).astype(np.float32))
     if kind == "paper-histogram":

@@ -13,7 +13,7 @@ from sklearn.model_selection import KFold, cross_val_predict
 
 import nfstore
 from nfrecon.decode import decode_ridge, fit_refinement, predict, refine
-from nfrecon.ridge import fit_ridge
+from nfstore.decoding import fit_ridge
 
 
 @pytest.mark.parametrize("n_features", [40, 300])  # 300 > 120 samples: the thin basis
@@ -22,7 +22,7 @@ def test_fit_ridge_matches_scikit_learn(n_features: int) -> None:
     X = rng.standard_normal((120, n_features))
     Y = X[:, :40] @ rng.standard_normal((40, 9)) + 3 * rng.standard_normal((120, 9))
     grid = (1.0, 10.0, 100.0, 1000.0)
-    fit = fit_ridge(X, Y, alphas=grid, cv=5, target_chunk=4)  # 3 Dask tasks
+    fit = fit_ridge(X, Y, alphas=grid, cv=5, target_chunk=4)  # 3 thread tasks
     assert len(set(fit.alpha.tolist())) > 1  # per-target alphas
     for j in range(9):
         cv_mse = [np.mean([((Ridge(alpha=a).fit(X[tr], Y[tr, j]).predict(X[va]) - Y[va, j]) ** 2
@@ -91,6 +91,30 @@ def test_predict_and_refinement_never_see_test(store: Path, small_cfg) -> None:
     np.testing.assert_array_equal(before.W, after.W)
 
 
+def test_predict_reads_the_checkpoints_validation_stimuli(store: Path, small_cfg) -> None:
+    import json
+
+    from nftrain import checkpoint
+    from nftrain.train import train
+
+    best = train(store, small_cfg(epochs=1)).output_dir / "best"
+    meta = json.loads((best / "config.json").read_text())
+    st = nfstore.open_store(store)
+    derived = checkpoint.validation_stimuli({k: v for k, v in meta.items()
+                                             if k != checkpoint.VALIDATION_STIMULI}, st)
+    assert derived  # old checkpoints: derived again from the train config
+    if checkpoint.VALIDATION_STIMULI in meta:
+        assert set(meta[checkpoint.VALIDATION_STIMULI]) == derived
+    chosen = sorted(derived)[:2]  # the stored list wins over the train config
+    meta[checkpoint.VALIDATION_STIMULI] = chosen
+    (best / "config.json").write_text(json.dumps(meta))
+    predict(store, best, "nf", include_train=True)
+    d = nfstore.open_store(store).decoded("nf", "nsd/subj01")
+    train_rows = d.split.values == "train"
+    oos = set(d.stimulus.values[train_rows & d.out_of_sample.values].tolist())
+    assert oos == set(chosen) & set(d.stimulus.values[train_rows].tolist())
+
+
 def test_refine_writes_a_rescaled_set(store: Path) -> None:
     decode_ridge(store, "nsd/subj01", "ridge")
     s = refine(store, "ridge", "ridge-refined")
@@ -109,5 +133,5 @@ def test_decoded_errors(store: Path) -> None:
     decode_ridge(store, "nsd/subj01", "ridge")
     with pytest.raises(nfstore.QueryError, match="'god/sub-01' has no rows in decoded set"):
         nfstore.open_store(store).decoded("ridge", "god/sub-01")
-    with pytest.raises(nfstore.OptionError, match="--name: expected letters"):
+    with pytest.raises(nfstore.OptionError, match="^name: expected letters"):
         decode_ridge(store, "nsd/subj01", "../x")

@@ -15,6 +15,7 @@ from skimage.metrics import structural_similarity
 import nfstore
 from nfrecon import metrics as M
 from nfrecon.tiny import write_metric_weights
+from nfstore.decoding import brain_retrieval, two_way
 
 
 def _photo(n: int = 6, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -34,13 +35,15 @@ def test_two_way_matches_a_brute_force_double_loop() -> None:
     rng = np.random.default_rng(1)
     gt = rng.standard_normal((7, 20))
     rec = gt + rng.standard_normal((7, 20)) * 1.5
-    got = M.two_way(gt, rec)
+    got = two_way(gt, rec)
     want = []
     for j in range(7):
         right = np.corrcoef(gt[j], rec[j])[0, 1]
         want.append(sum(np.corrcoef(gt[i], rec[j])[0, 1] < right for i in range(7) if i != j) / 6)
     np.testing.assert_allclose(got, want)
-    assert (M.two_way(gt, gt) == 1).all()
+    assert (two_way(gt, gt) == 1).all()
+    with pytest.raises(nfstore.OptionError, match=r"^gt: expected at least 2 images"):
+        two_way(gt[:1], rec[:1])
 
 
 def test_pixcorr_and_ssim_match_numpy_and_skimage() -> None:
@@ -100,7 +103,8 @@ def test_missing_and_wrong_weights_are_one_line_errors(weights: dict[str, Path],
         "efficientnet_b1-c27df63c.pth", "swav_800ep_pretrain.pth.tar"))
     bad = Path(shutil.copytree(weights["weights"], tmp_path / "w"))
     torch.save({"x": torch.zeros(1)}, bad / M.WEIGHT_FILES["alexnet"])
-    with pytest.raises(nfstore.ReaderError, match="alexnet-owt-7be5be79.pth: not the expected"):
+    with pytest.raises(nfstore.ReaderError,
+                       match=r"^weights: expected the network's weights in .*alexnet-owt"):
         M.load_networks(M.weight_paths(bad, "mindeye2"), weights["clip"], "cpu")
     torch.save({"module.conv1.weight": torch.zeros(64, 3, 7, 7)}, bad / M.WEIGHT_FILES["swav"])
     shutil.copy(weights["weights"] / M.WEIGHT_FILES["alexnet"], bad / M.WEIGHT_FILES["alexnet"])
@@ -109,7 +113,7 @@ def test_missing_and_wrong_weights_are_one_line_errors(weights: dict[str, Path],
     torch.save(Path("x"), bad / M.WEIGHT_FILES["alexnet"])  # a pickled object: refused
     with pytest.raises(nfstore.ReaderError, match="cannot read as torch weights"):
         M.load_networks(M.weight_paths(bad, "mindeye2"), weights["clip"], "cpu")
-    with pytest.raises(nfstore.MissingFileError, match="--clip"):
+    with pytest.raises(nfstore.MissingFileError, match="^clip: expected"):
         M.load_clip(tmp_path / "none", "cpu")
 
 
@@ -166,8 +170,6 @@ def test_semantic_top1_against_a_direct_count() -> None:
 
 
 def test_brain_retrieval_with_mindeye2_subsets() -> None:
-    from nfrecon.semantic import brain_retrieval
-
     rng = np.random.default_rng(0)
     t = rng.standard_normal((320, 16))
     r = brain_retrieval(t + 0.5 * rng.standard_normal((320, 16)), t)
@@ -413,8 +415,8 @@ def test_open_clip_folder_errors_are_one_line(tmp_path: Path) -> None:
     cfg = json.loads((tmp_path / "c/open_clip_config.json").read_text())
     cfg["model_cfg"]["vision_cfg"]["layers"] = 3  # weights of another architecture
     (tmp_path / "c/open_clip_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(nfstore.ReaderError, match="cannot load open_clip_pytorch_model.bin "
-                       "into the model_cfg") as err:
+    with pytest.raises(nfstore.ReaderError, match="^clip: expected open_clip_pytorch_model.bin "
+                       "to fit the model_cfg") as err:
         M.load_clip(tmp_path / "c", "cpu")
     assert "\n" not in str(err.value)
     (tmp_path / "c/open_clip_config.json").write_text(json.dumps({"preprocess_cfg": {}}))
