@@ -12,8 +12,8 @@ from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold, cross_val_predict
 
 import nfstore
+from nfstore import decoding as S
 from nfstore.augment import AugmentConfig, augment
-from nfstore.augment import solvers as S
 from nfstore.embeddings import embed_store, register_pool
 from nfstore.schema import validate_store
 from nfstore.synth import _signal, synthesize
@@ -205,8 +205,8 @@ def test_measured_and_synthetic_together(aug_store: Path) -> None:
     (dict(pool="novel", n=5, embedding="ip-adapter-sdxl-vit-h"), nfstore.QueryError,
      "train stimuli need ip-adapter-sdxl-vit-h embeddings"),
     (dict(pool="novel", n=5, alphas=(1.0, -2.0)), nfstore.OptionError,
-     "--alphas: expected positive numbers"),
-    (dict(pool="novel", n=5, noise="pink"), nfstore.OptionError, "--noise: expected one of"),
+     "^alphas: expected positive numbers"),
+    (dict(pool="novel", n=5, noise="pink"), nfstore.OptionError, "^noise: expected one of"),
     (dict(pool="novel", n=5, noise_scale=float("nan")), nfstore.OptionError,
      r"^noise_scale: expected a finite number >= 0; found nan$"),
     (dict(pool="novel", n=5, noise_scale=float("inf")), nfstore.OptionError,
@@ -223,7 +223,7 @@ def test_measured_and_synthetic_together(aug_store: Path) -> None:
     (dict(pool="novel", n=5, alpha=float("nan")), nfstore.OptionError,
      r"^alpha: expected a finite number > 0; found nan$"),
     (dict(pool="novel", n=5, alphas=(10.0, float("inf"))), nfstore.OptionError,
-     "--alphas: expected positive numbers"),
+     "^alphas: expected positive numbers"),
     (dict(pool="novel", n=2.5), nfstore.OptionError, r"^n: expected an integer >= 1; found 2.5$"),
     (dict(pool="novel", n=5, seed=-1), nfstore.OptionError, r"^seed: expected an integer >= 0"),
     (dict(pool="novel", n=5, noise="lowrank", rank=100000), nfstore.OptionError,
