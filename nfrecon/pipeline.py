@@ -98,9 +98,9 @@ def locate_sdxl(path: str | Path) -> Path:
         return p
     missing = [f for f in SDXL_FILES if not (p / f).exists()]
     if missing:
-        raise MissingFileError(f"--sdxl {p}: expected a diffusers SDXL folder with "
+        raise MissingFileError(f"sdxl: expected a diffusers SDXL folder with "
                                f"{', '.join(SDXL_FILES)} (or a single .safetensors file); "
-                               f"missing {', '.join(missing)}")
+                               f"found {p}, missing {', '.join(missing)}")
     return p
 
 
@@ -114,14 +114,15 @@ def locate_sdxl_config(sdxl: Path, config: str | Path | None) -> Path | None:
     if sdxl.is_dir():
         return None
     if config is None:
-        raise OptionError(f"--sdxl-config: --sdxl {sdxl} is a single checkpoint file, which "
-                          f"needs a local diffusers SDXL folder for its configs and tokenizers "
-                          f"({', '.join(SDXL_FILES)}; weights not needed); none given")
+        raise OptionError(f"sdxl_config: expected a local diffusers SDXL folder for the configs "
+                          f"and tokenizers ({', '.join(SDXL_FILES)}; weights not needed) of the "
+                          f"single checkpoint file {sdxl}; found none")
     c = Path(config)
     missing = [f for f in SDXL_FILES if not (c / f).exists()]
     if missing:
-        raise MissingFileError(f"--sdxl-config {c}: expected a diffusers SDXL folder with "
-                               f"{', '.join(SDXL_FILES)}; missing {', '.join(missing)}")
+        raise MissingFileError(f"sdxl_config: expected a diffusers SDXL folder with "
+                               f"{', '.join(SDXL_FILES)}; found {c}, missing "
+                               f"{', '.join(missing)}")
     return c
 
 
@@ -131,8 +132,8 @@ def locate_ip_adapter(path: str | Path) -> Path:
     for f in IP_FILES:
         if (p / f).is_file():
             return p / f
-    raise MissingFileError(f"--ip-adapter {p}: expected {' or '.join(IP_FILES)} (the h94/"
-                           f"IP-Adapter layout); found neither")
+    raise MissingFileError(f"ip_adapter: expected {' or '.join(IP_FILES)} (the h94/"
+                           f"IP-Adapter layout); found neither in {p}")
 
 
 def load_pipeline(sdxl: str | Path, ip_adapter: str | Path, cfg: ReconConfig,
@@ -152,7 +153,8 @@ def load_pipeline(sdxl: str | Path, ip_adapter: str | Path, cfg: ReconConfig,
              "float32": torch.float32, "float16": torch.float16,
              "bfloat16": torch.bfloat16}[cfg.dtype]
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise OptionError(f"--device: {cfg.device} asked for but CUDA is not available")
+        raise OptionError(f"device: expected cpu or an available CUDA device; found "
+                          f"{cfg.device} (CUDA is not available)")
     try:
         if where.is_file():
             pipe = diffusers.StableDiffusionXLPipeline.from_single_file(
@@ -165,7 +167,8 @@ def load_pipeline(sdxl: str | Path, ip_adapter: str | Path, cfg: ReconConfig,
                              local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError,
             SingleFileComponentError) as err:
-        raise MissingFileError(f"--sdxl {where} / --ip-adapter {ip_file}: cannot load "
+        raise MissingFileError(f"sdxl: expected an SDXL pipeline loadable with the IP-Adapter "
+                               f"{ip_file}; found {where}: cannot load "
                                f"({type(err).__name__}: {' '.join(str(err).split())[:200]})"
                                ) from None
     pipe.scheduler = getattr(diffusers, SCHEDULERS[cfg.scheduler]).from_config(
@@ -292,21 +295,18 @@ def choose(images: np.ndarray, decoded: np.ndarray, encoder: Any | None) -> tupl
 
 
 def embed_images(encoder: Any, images: np.ndarray) -> np.ndarray:
-    """The ``nf embed`` encoder's embedding of uint8 images (n, H, W, 3) -> (n, D)."""
-    import torch
-    from PIL import Image
+    """The ``nf embed`` featurizer's embedding of uint8 images (n, H, W, 3) -> (n, D).
 
-    from nfstore import encoders
-
-    proc = encoders.processor()
-    x = np.stack([encoders.preprocess(Image.fromarray(im), proc) for im in images])
-    param = next(encoder.model.parameters())
-    with torch.no_grad():
-        return encoder(torch.from_numpy(x).to(param.device, param.dtype)).float().cpu().numpy()
+    Parameters
+    ----------
+    encoder : :class:`nfstore.featurizers.Featurizer` (:func:`load_image_encoder`)
+    """
+    return np.asarray(encoder(images), dtype=np.float32)
 
 
 def load_image_encoder(path: str | Path, model: str, device: str) -> Any:
-    from nfstore import encoders
+    """The featurizer ``model`` of ``nf embed`` (:func:`nfstore.featurizers.make_featurizer`)
+    with the weights at ``path``."""
+    from nfstore.featurizers import make_featurizer
 
-    spec = encoders.get_model(model)
-    return encoders.load_encoder(encoders.locate_weights(path, spec), spec, device=device)
+    return make_featurizer(model, path, device=device)

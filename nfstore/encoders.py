@@ -58,7 +58,7 @@ PREPROCESSING = {"processor": "transformers CLIPImageProcessor (PIL)", "shortest
 
 def get_model(name: str) -> ModelSpec:
     if name not in MODELS:
-        raise OptionError(f"--model: expected one of {sorted(MODELS)}; got {name!r}")
+        raise OptionError(f"model: expected one of {sorted(MODELS)}; found {name!r}")
     return MODELS[name]
 
 
@@ -77,8 +77,8 @@ def locate_weights(path: str | Path, spec: ModelSpec) -> WeightsLocation:
     p = Path(path)
     if p.is_file():
         if p.suffix not in WEIGHT_SUFFIXES:
-            raise MissingFileError(f"--weights {p}: expected an open_clip {spec.open_clip_arch} "
-                                   f"weights file ({', '.join(WEIGHT_SUFFIXES)}); found {p.name}")
+            raise MissingFileError(f"weights: expected an open_clip {spec.open_clip_arch} "
+                                   f"weights file ({', '.join(WEIGHT_SUFFIXES)}); found {p}")
         return WeightsLocation("open_clip_file", p, (p,))
     if p.is_dir() and not (p / "config.json").exists() and (p / spec.ip_adapter_folder).is_dir():
         p = p / spec.ip_adapter_folder  # the root of a local h94/IP-Adapter copy
@@ -89,15 +89,15 @@ def locate_weights(path: str | Path, spec: ModelSpec) -> WeightsLocation:
             if (p / config).is_file():
                 found = [p / w for w in weights if (p / w).is_file()]
                 if not found:
-                    raise MissingFileError(f"--weights {p}: incomplete encoder: found {config}, "
-                                           f"expected {' or '.join(weights)} beside it")
+                    raise MissingFileError(f"weights: expected {' or '.join(weights)} beside "
+                                           f"{config}; found an incomplete encoder at {p}")
                 return WeightsLocation(layout, p, (p / config, found[0]))
     listing = sorted(x.name for x in p.iterdir())[:8] if p.is_dir() else "nothing"
     raise MissingFileError(
-        f"--weights {p}: expected a Hugging Face image encoder folder (config.json + "
+        f"weights: expected a Hugging Face image encoder folder (config.json + "
         f"{' or '.join(HF_WEIGHTS)}, as in {spec.ip_adapter_folder}), an open_clip folder "
         f"(open_clip_config.json + {' or '.join(OPEN_CLIP_WEIGHTS)}) or an open_clip "
-        f"{spec.open_clip_arch} weights file; found {listing}")
+        f"{spec.open_clip_arch} weights file at {p}; found {listing}")
 
 
 def checksum(files: tuple[Path, ...]) -> str:
@@ -152,10 +152,11 @@ def load_encoder(where: WeightsLocation, spec: ModelSpec, device: str = "cpu",
     import torch
 
     if tokens and where.layout != "hf":
-        raise OptionError("--tokens: token embeddings need the Hugging Face layout "
-                          "(CLIPVisionModelWithProjection folder)")
+        raise OptionError(f"tokens: expected weights in the Hugging Face layout "
+                          f"(CLIPVisionModelWithProjection folder); found {where.layout} at "
+                          f"{where.path}")
     torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
-    with _io.reading(where.path, "image encoder weights (--weights)"):
+    with _io.reading(where.path, "image encoder weights"):
         if where.layout == "hf":
             from transformers import CLIPVisionModelWithProjection
 
@@ -172,8 +173,9 @@ def load_encoder(where: WeightsLocation, spec: ModelSpec, device: str = "cpu",
             dim = int(model.visual.output_dim)
             model = model.to(torch_dtype)
     if dim != spec.dim:
-        raise ReaderError(f"--weights {where.path}: the encoder gives {dim}-d embeddings; "
-                          f"{spec.name} expects {spec.dim} ({spec.open_clip_arch})")
+        raise ReaderError(f"weights: expected {spec.dim}-d embeddings ({spec.name}, "
+                          f"{spec.open_clip_arch}); found {dim}-d embeddings from "
+                          f"{where.path}")
     model.eval().to(device)
     return Encoder(model, where.layout, dim)
 

@@ -2,7 +2,8 @@
 
 ``write_tiny_encoder`` builds one small OpenCLIP ViT (random weights, real 1280-d output) and
 saves the *same* weights as an open_clip ``local-dir`` folder and as a Hugging Face
-``CLIPVisionModelWithProjection`` folder, using the open_clip -> HF weight mapping. Nothing is downloaded.
+``CLIPVisionModelWithProjection`` folder, using the open_clip -> HF weight mapping. Nothing is
+downloaded.
 """
 
 from __future__ import annotations

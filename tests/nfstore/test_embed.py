@@ -129,7 +129,7 @@ def test_kill_9_then_resume_embeds_only_the_rest(store: Path, tiny, tmp_path: Pa
     assert proc.returncode == -9, proc.stderr
     st = nfstore.open_store(store)
     assert validate_store(st) == []
-    assert st.embeddings("ip-adapter-sdxl").sizes["stimulus"] == 40
+    assert "ip-adapter-sdxl" not in st.embedding_models()  # a new cache is committed complete
     rest = embed_store(store, "ip-adapter-sdxl", tiny["hf"], workers=0, batch_size=64)
     total = st.stimuli("nsd").sizes["stimulus"]
     assert rest.cached == 40 and rest.embedded == total - 40
@@ -151,7 +151,7 @@ def test_pool_tokens_float16_and_skip_bad(store: Path, tiny, tmp_path: Path) -> 
                        r"decode.*1 of 4 pool images unreadable; skip_bad"):
         register_pool(store, pool, "imnet")
     assert register_pool(store, pool, "imnet", skip_bad=True) == 4
-    with pytest.raises(nfstore.ReaderError, match=r"broken.jpg: .*pass --skip-bad"):
+    with pytest.raises(nfstore.ReaderError, match=r"broken.jpg: .*skip_bad goes on"):
         embed_store(store, "ip-adapter-sdxl", tiny["hf"], stimuli="imnet", workers=0)
     s = embed_store(store, "ip-adapter-sdxl", tiny["hf"], stimuli="pool", workers=1,
                     skip_bad=True, tokens=True, dtype="float16")
@@ -168,26 +168,26 @@ def test_pool_tokens_float16_and_skip_bad(store: Path, tiny, tmp_path: Path) -> 
 
 def _empty(tmp: Path, tiny) -> tuple[Path, str]:
     (tmp / "w").mkdir()
-    return tmp / "w", "expected a Hugging Face image encoder folder (config.json + " \
+    return tmp / "w", "weights: expected a Hugging Face image encoder folder (config.json + " \
                       "model.safetensors or pytorch_model.bin"
 
 
 def _incomplete(tmp: Path, tiny) -> tuple[Path, str]:
     (tmp / "w").mkdir()
     shutil.copy(tiny["hf"] / "config.json", tmp / "w")
-    return tmp / "w", "incomplete encoder: found config.json, expected model.safetensors or " \
-                      "pytorch_model.bin beside it"
+    return tmp / "w", "weights: expected model.safetensors or pytorch_model.bin beside " \
+                      "config.json; found an incomplete encoder at"
 
 
 def _wrong_width(tmp: Path, tiny) -> tuple[Path, str]:
     return write_tiny_encoder(tmp / "w", embed_dim=768)["hf"], \
-        "the encoder gives 768-d embeddings; ip-adapter-sdxl expects 1280"
+        "weights: expected 1280-d embeddings (ip-adapter-sdxl, ViT-bigG-14); found 768-d"
 
 
 def _corrupt(tmp: Path, tiny) -> tuple[Path, str]:
     shutil.copytree(tiny["hf"], tmp / "w")
     (tmp / "w" / "model.safetensors").write_bytes(b"\0" * 100)
-    return tmp / "w", "cannot read as image encoder weights (--weights)"
+    return tmp / "w", "cannot read as image encoder weights ("
 
 
 @pytest.mark.parametrize("make", [_empty, _incomplete, _wrong_width, _corrupt],
@@ -211,9 +211,11 @@ def test_other_weights_need_overwrite(store: Path, tiny, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(model="clip-vit-l"), "--model: expected one of"),
-    (dict(stimuli="god"), "--stimuli: 'god' has no stimulus table"),
-    (dict(device="cuda"), "--device: cuda requested but CUDA is not available"),
+    (dict(model="clip-vit-l"), r"^model: expected one of \[.*'pixels'.*\]; found 'clip-vit-l'$"),
+    (dict(stimuli="god"), r"^stimuli: expected all, pool or a table of .*found 'god'"),
+    (dict(device="cuda"), "^device: expected cpu or an available CUDA device; found cuda "
+                          r"\(CUDA is not available\)"),
+    (dict(dtype="float64"), "^dtype: expected float32 or float16; found 'float64'"),
 ])
 def test_option_errors(store: Path, tiny, kwargs: dict, message: str, monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # same answer on any machine
@@ -223,7 +225,7 @@ def test_option_errors(store: Path, tiny, kwargs: dict, message: str, monkeypatc
 
 
 def test_pool_name_may_not_be_a_dataset(store: Path, tmp_path: Path) -> None:
-    with pytest.raises(nfstore.OptionError, match="--pool-name: expected a name"):
+    with pytest.raises(nfstore.OptionError, match="^pool_name: expected a name"):
         register_pool(store, tmp_path, "nsd")
 
 
@@ -232,6 +234,7 @@ def test_vit_h_model_takes_1024_d_encoders(store: Path, tiny, tmp_path: Path) ->
     s = embed_store(store, "ip-adapter-sdxl-vit-h", vit_h, workers=0, stimuli="nsd")
     e = nfstore.open_store(store).embeddings("ip-adapter-sdxl-vit-h")
     assert s.embedded == e.sizes["stimulus"] and e.sizes["feature"] == 1024
-    with pytest.raises(nfstore.ReaderError, match="gives 1280-d embeddings; "
-                                                  "ip-adapter-sdxl-vit-h expects 1024"):
+    with pytest.raises(nfstore.ReaderError, match=r"^weights: expected 1024-d embeddings "
+                                                  r"\(ip-adapter-sdxl-vit-h, ViT-H-14\); "
+                                                  "found 1280-d"):
         embed_store(store, "ip-adapter-sdxl-vit-h", tiny["hf"], workers=0, overwrite=True)
