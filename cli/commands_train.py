@@ -35,7 +35,7 @@ def train(store: str, config_file: str | None, overrides: tuple[str, ...] | None
 
 @click.command("finetune")
 @click.argument("store", type=click.Path(file_okay=False))
-@click.option("--checkpoint", "ckpt", required=True, type=click.Path(file_okay=False),
+@click.option("--checkpoint", "init", required=True, type=click.Path(file_okay=False),
               help="Trained checkpoint folder (e.g. runs/nf/best).")
 @click.option("--subjects", cls=ManyValues, required=True, help="New subjects to add.")
 @click.option("--fraction", type=float, default=1.0, show_default=True,
@@ -45,14 +45,14 @@ def train(store: str, config_file: str | None, overrides: tuple[str, ...] | None
 @click.option("--set", "overrides", cls=ManyValues, split_commas=False, metavar="KEY=VALUE")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @remote_store
-def finetune(store: str, ckpt: str, subjects: tuple[str, ...], fraction: float,
+def finetune(store: str, init: str, subjects: tuple[str, ...], fraction: float,
              config_file: str | None, overrides: tuple[str, ...] | None, progress: bool) -> None:
     """Train only new subjects' adapters; backbone and head of --checkpoint stay frozen."""
     from nftrain.finetune import finetune_config
     from nftrain.train import train as run
 
-    cfg = finetune_config(ckpt, list(subjects), fraction, config_file, list(overrides or ()))
-    summary = run(store, cfg, init=ckpt, progress=progress)
+    cfg = finetune_config(init, list(subjects), fraction, config_file, list(overrides or ()))
+    summary = run(store, cfg, init=init, progress=progress)
     click.echo(summary.exclusion_line())
     click.echo(summary.line())
 

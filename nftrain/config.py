@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from nfstore.errors import OptionError
 
@@ -246,24 +245,26 @@ def example(name: str) -> Path:
     return Path(str(resources.files("nftrain").joinpath(f"configs/{name}.toml")))
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:  # type: ignore
+def load(config_file: str | Path | None, overrides: list[str] = ()) -> TrainConfig:  # type: ignore
     """Read a TOML config (``None``: defaults) and apply ``key=value`` overrides."""
     values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
+    if config_file is not None:
+        p = Path(config_file)
         if not p.is_file():
-            raise OptionError(f"--config: {p} does not exist")
+            raise OptionError(f"config_file: expected a TOML file; found {p}, which does not "
+                              f"exist")
         data = p.read_bytes()
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise OptionError(f"--config {p}: expected UTF-8 TOML; found byte "
-                              f"0x{data[err.start]:02x} at offset {err.start}, which is not "
-                              f"UTF-8") from None
+            raise OptionError(f"config_file: expected UTF-8 TOML; found byte "
+                              f"0x{data[err.start]:02x} at offset {err.start} of {p}, which is "
+                              f"not UTF-8") from None
         try:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
-            raise OptionError(f"--config {p}: not valid TOML ({err})") from None
+            raise OptionError(f"config_file: expected TOML; found {p}, which is not valid "
+                              f"TOML ({err})") from None
     values.update(parse_overrides(overrides))
     return build(values)
 
@@ -288,13 +289,13 @@ def _from_text(name: str, text: str) -> Any:
     return value
 
 
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["epochs=5", 'subjects=["nsd/subj01"]']`` -> values (JSON where it parses, else text;
     see :func:`_from_text`)."""
     values: dict[str, Any] = {}
-    for item in items:
+    for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
-            raise OptionError(f"--set: expected key=value; got {item!r}")
+            raise OptionError(f"overrides: expected key=value; found {item!r}")
         values[key.strip()] = _from_text(key.strip(), text)
     return values

@@ -16,10 +16,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from nfstore.names import ROI, ROI_MASK, SPLIT, STIMULUS
 from nfstore.errors import OptionError, QueryError, StoreError
+from nfstore.names import ROI, ROI_MASK, SPLIT, STIMULUS
 from nftrain import fingerprint as fp
+from nftrain.buffer import ShuffleBuffer, prefetch
 from nftrain.config import TrainConfig
+
+__all__ = ["Batch", "Dataset", "Source", "SubjectData", "batches", "epoch_blocks", "load_dataset",
+           "n_batches", "picture_groups", "prefetch", "read_block", "shard_batch_counts",
+           "shard_blocks", "with_adapters"]
 
 READ_BATCH = 16  # zarr chunks decoded per trip through its codec pipeline
 
@@ -74,6 +79,13 @@ class Dataset:
     excluded: dict[str, int | bool]  # trials left out as copies of held-out pictures
     synthetic: list[tuple[str, str]] = field(default_factory=list)  # (subject, set) read
 
+    def validation_stimuli(self) -> list[str]:
+        """Sorted ids of the stimuli validated on (every subject's validation rows)."""
+        rows = [src.targets for s in self.subjects for src in s.val]
+        if not rows:
+            return []
+        return sorted({str(v) for v in self.stimuli[np.concatenate(rows)].tolist()})
+
 
 def _voxels(store, key: str, roi: str | None) -> np.ndarray | None:  # noqa: ANN001
     if roi is None:
@@ -119,29 +131,12 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
     excluded = _excluded(store, cfg)
     counts = {"measured_trials": 0, "synthetic_trials": 0, "validation_synthetic_trials": 0}
     rng = np.random.default_rng([cfg.seed, 1])
-    per_subject = []
-    train_stimuli: set[str] = set()
-    for key in cfg.subjects:
-        ds = store.dataset(key)
-        rows = np.flatnonzero(ds[SPLIT].values == "train")
-        stims = ds[STIMULUS].values[rows]
-        leak = np.isin(stims, list(excluded))
-        counts["measured_trials"] += int(leak.sum())
-        rows, stims = rows[~leak], stims[~leak]
-        per_subject.append((key, rows, stims))
-        train_stimuli.update(stims.tolist())
-    names = {s: (store.synthetic_sets(s) if cfg.synthetic == ("*",) else list(cfg.synthetic))
-             for s in cfg.subjects}
-    syn_rows = {}
-    for key, sets in names.items():
-        for name in sets:
-            if name not in store.synthetic_sets(key):
-                raise QueryError(f"synthetic: {key} has no set {name!r}; available: "
-                                 f"{store.synthetic_sets(key)}")
-            store.check_synthetic(key, name)
-            syn_rows[(key, name)] = store.synthetic_stimuli(key, name)
-    pool = np.array(sorted(train_stimuli), dtype=object)
-    wanted = set(pool.tolist()).union(*[set(v.tolist()) for v in syn_rows.values()])
+    measured = [_measured_train_rows(store, key, excluded, counts) for key in cfg.subjects]
+    synthetic = _synthetic_rows(store, cfg)
+    pool = np.array(sorted(set().union(*[set(stims.tolist()) for _, stims in measured])),
+                    dtype=object)
+    wanted = set(pool.tolist()).union(*[set(ids.tolist()) for sets in synthetic.values()
+                                        for _, ids in sets])
     stimuli = np.array(sorted(wanted), dtype=object)
     table = {s: i for i, s in enumerate(stimuli)}
     groups = picture_groups(store, stimuli, cfg.duplicate_max_distance)
@@ -150,50 +145,104 @@ def load_dataset(store, cfg: TrainConfig) -> Dataset:  # noqa: ANN001
     val_groups = set(rng.choice(pool_groups, max(1, int(round(cfg.val_fraction *
                                                              pool_groups.size))),
                                 replace=False).tolist())
+    embeddings = _embeddings(store, cfg, stimuli)
+    targets = _Targets(table, groups, val_groups)
+    subjects = [_subject(store, cfg, index, key, rows, stims, synthetic[key], targets,
+                         excluded, counts)
+                for index, (key, (rows, stims)) in enumerate(zip(cfg.subjects, measured))]
+    excl = {"keep_test_duplicates": cfg.keep_test_duplicates,
+            "held_out_copies": len(excluded), **counts}
+    return Dataset(subjects, stimuli, embeddings, fp.of_store(store, cfg.subjects, cfg.embedding),
+                   groups, excl, [(k, n) for k, sets in synthetic.items() for n, _ in sets])
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """The embedding table's row of each stimulus id, and the validation picture groups."""
+
+    table: dict[str, int]
+    groups: np.ndarray  # (n_stimuli,) picture group of each table row
+    val_groups: set[int]
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Table rows (n,) int64 of the stimulus ids (n,)."""
+        return np.array([self.table[s] for s in ids], dtype=np.int64)
+
+    def in_val(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) bool: is the stimulus a validation picture?"""
+        return np.array([self.groups[self.table[s]] in self.val_groups for s in ids], dtype=bool)
+
+
+def _measured_train_rows(store, key: str, excluded: set[str],  # noqa: ANN001
+                         counts: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, stimulus ids) of ``key``'s train trials, less copies of held-out pictures."""
+    ds = store.dataset(key)
+    rows = np.flatnonzero(ds[SPLIT].values == "train")
+    stims = ds[STIMULUS].values[rows]
+    leak = np.isin(stims, list(excluded))
+    counts["measured_trials"] += int(leak.sum())
+    return rows[~leak], stims[~leak]
+
+
+def _synthetic_rows(store, cfg: TrainConfig  # noqa: ANN001
+                    ) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Each subject's synthetic sets that ``cfg.synthetic`` names: [(name, stimulus ids)]."""
+    out: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for key in cfg.subjects:
+        have = store.synthetic_sets(key)
+        out[key] = []
+        for name in (have if cfg.synthetic == ("*",) else list(cfg.synthetic)):
+            if name not in have:
+                raise QueryError(f"synthetic: {key} has no set {name!r}; available: {have}")
+            store.check_synthetic(key, name)
+            out[key].append((name, store.synthetic_stimuli(key, name)))
+    return out
+
+
+def _embeddings(store, cfg: TrainConfig, stimuli: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """The target embeddings (n_stimuli, D) float32, all finite."""
     emb = store.embeddings(cfg.embedding, stimuli=stimuli)
     embeddings = np.asarray(emb.values, dtype=np.float32)
     if not np.isfinite(embeddings).all():
         bad = stimuli[~np.isfinite(embeddings).all(axis=1)]
         raise StoreError(f"{store.location}/embeddings/{cfg.embedding}: non-finite embeddings "
                          f"for {bad.size} stimuli (e.g. {bad[:3].tolist()}); re-embed them")
+    return embeddings
 
-    subjects = []
-    for index, (key, rows, stims) in enumerate(per_subject):
-        arr = _open_betas(store, key)
-        is_val = np.array([groups[table[s]] in val_groups for s in stims], dtype=bool)
-        if cfg.train_fraction < 1:  # keep a share of the training stimuli (val untouched)
-            own = np.unique(stims[~is_val])
-            keep = set(np.random.default_rng([cfg.seed, 4, index]).choice(
-                own, max(1, int(round(cfg.train_fraction * own.size))), replace=False).tolist())
-            drop = ~is_val & ~np.isin(stims, list(keep))
-            rows, stims, is_val = rows[~drop], stims[~drop], is_val[~drop]
-        tgt = np.array([table[s] for s in stims], dtype=np.int64)
-        train = [Source(arr, rows[~is_val], tgt[~is_val], arr.chunks[0])]
-        n_syn_max = int(cfg.synthetic_share / (1 - cfg.synthetic_share) * (~is_val).sum())
-        for name in names[key]:
-            ids = syn_rows[(key, name)]
-            leak = np.isin(ids, list(excluded))
-            in_val = np.array([groups[table[s]] in val_groups for s in ids], dtype=bool)
-            counts["synthetic_trials"] += int(leak.sum())
-            counts["validation_synthetic_trials"] += int((in_val & ~leak).sum())
-            usable = np.flatnonzero(~leak & ~in_val)
-            keep = np.sort(usable[np.random.default_rng([cfg.seed, 2, index]).permutation(
-                usable.size)[:n_syn_max]])
-            n_syn_max -= keep.size
-            sarr = _open_betas(store, key, name)
-            train.append(Source(sarr, keep,
-                                np.array([table[s] for s in ids[keep]], np.int64),
-                                sarr.chunks[0]))
-        val = (Source(arr, rows[is_val], tgt[is_val], arr.chunks[0]),)
-        voxels = _voxels(store, key, cfg.roi_for(key))
-        n_vox = int(arr.shape[1]) if voxels is None else int(voxels.size)
-        if n_vox == 0:
-            raise OptionError(f"roi: {cfg.roi_for(key)!r} selects no voxels of {key}")
-        subjects.append(SubjectData(key, index, voxels, n_vox, tuple(train), val))
-    excl = {"keep_test_duplicates": cfg.keep_test_duplicates,
-            "held_out_copies": len(excluded), **counts}
-    return Dataset(subjects, stimuli, embeddings, fp.of_store(store, cfg.subjects, cfg.embedding),
-                   groups, excl, [(k, n) for k, sets in names.items() for n in sets])
+
+def _subject(store, cfg: TrainConfig, index: int, key: str, rows: np.ndarray,  # noqa: ANN001
+             stims: np.ndarray, synthetic: list[tuple[str, np.ndarray]], t: _Targets,
+             excluded: set[str], counts: dict[str, int]) -> SubjectData:
+    """One subject's train sources (measured, then synthetic up to ``synthetic_share``) and
+    validation source."""
+    arr = _open_betas(store, key)
+    is_val = t.in_val(stims)
+    if cfg.train_fraction < 1:  # keep a share of the training stimuli (val untouched)
+        own = np.unique(stims[~is_val])
+        keep = set(np.random.default_rng([cfg.seed, 4, index]).choice(
+            own, max(1, int(round(cfg.train_fraction * own.size))), replace=False).tolist())
+        drop = ~is_val & ~np.isin(stims, list(keep))
+        rows, stims, is_val = rows[~drop], stims[~drop], is_val[~drop]
+    tgt = t.rows(stims)
+    train = [Source(arr, rows[~is_val], tgt[~is_val], arr.chunks[0])]
+    n_syn_max = int(cfg.synthetic_share / (1 - cfg.synthetic_share) * (~is_val).sum())
+    for name, ids in synthetic:
+        leak = np.isin(ids, list(excluded))
+        in_val = t.in_val(ids)
+        counts["synthetic_trials"] += int(leak.sum())
+        counts["validation_synthetic_trials"] += int((in_val & ~leak).sum())
+        usable = np.flatnonzero(~leak & ~in_val)
+        keep = np.sort(usable[np.random.default_rng([cfg.seed, 2, index]).permutation(
+            usable.size)[:n_syn_max]])
+        n_syn_max -= keep.size
+        sarr = _open_betas(store, key, name)
+        train.append(Source(sarr, keep, t.rows(ids[keep]), sarr.chunks[0]))
+    voxels = _voxels(store, key, cfg.roi_for(key))
+    n_vox = int(arr.shape[1]) if voxels is None else int(voxels.size)
+    if n_vox == 0:
+        raise OptionError(f"roi: {cfg.roi_for(key)!r} selects no voxels of {key}")
+    val = (Source(arr, rows[is_val], tgt[is_val], arr.chunks[0]),)
+    return SubjectData(key, index, voxels, n_vox, tuple(train), val)
 
 
 def _open_betas(store, key: str, synthetic: str | None = None) -> zarr.Array:  # noqa: ANN001
@@ -293,7 +342,6 @@ def batches(data: Dataset, cfg: TrainConfig, epoch: int, split: str = "train",
         Read only shard ``index`` of ``count`` (:func:`shard_blocks`; train only): the blocks
         of one torchrun rank, drawn from a stream of its own.
     """
-    subjects = data.subjects
     rng = np.random.default_rng([cfg.seed, 3, epoch])
     if shard[1] > 1 and split == "train":
         blocks = shard_blocks(data, cfg, epoch, shard[1])[shard[0]]
@@ -302,89 +350,22 @@ def batches(data: Dataset, cfg: TrainConfig, epoch: int, split: str = "train",
         blocks = epoch_blocks(data, cfg, epoch, split)
         if split == "train":
             rng.permutation(len(blocks))  # the draws follow the permutation in one stream
+    pick = rng if split == "train" else None  # validation batches: in reading order
     budget = cfg.cache_mb * 2**20
-    buf_x: list[np.ndarray] = []   # one row per sample
-    buf_s: list[int] = []
-    buf_t: list[int] = []
-    size = 0
+    buf = ShuffleBuffer()
     n = 0
-
-    def draw(k: int) -> Batch:
-        nonlocal size
-        pick = rng.choice(len(buf_x), k, replace=False) if split == "train" else np.arange(k)
-        pick_set = set(pick.tolist())
-        groups: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for pos, i in enumerate(pick):
-            groups.setdefault(buf_s[i], []).append((pos, buf_x[i]))
-        targets = np.array([buf_t[i] for i in pick], np.int64)
-        size -= sum(buf_x[i].nbytes for i in pick)
-        keep = [i for i in range(len(buf_x)) if i not in pick_set]
-        buf_x[:] = [buf_x[i] for i in keep]
-        buf_s[:] = [buf_s[i] for i in keep]
-        buf_t[:] = [buf_t[i] for i in keep]
-        return Batch({s: (np.array([p for p, _ in g]), np.stack([x for _, x in g]))
-                      for s, g in groups.items()}, targets)
-
     for sub_i, src_i, chunk in blocks:
-        sub = subjects[sub_i]
-        src = (sub.train if split == "train" else sub.val)[src_i]
-        x, t = read_block(sub, src, chunk)
-        # own copies, not views: a view would keep its whole block alive for as long as any
-        # of its rows waits in the buffer, and memory would grow to the dataset's size
-        buf_x.extend(row.copy() for row in x)
-        buf_s.extend([sub.index] * len(x))
-        buf_t.extend(t.tolist())
-        size += x.nbytes
+        sub = data.subjects[sub_i]
+        x, t = read_block(sub, (sub.train if split == "train" else sub.val)[src_i], chunk)
+        buf.add(x, sub.index, t)
         del x
-        while size > budget and len(buf_x) >= cfg.batch_size:
-            b = draw(cfg.batch_size)
+        while buf.nbytes > budget and len(buf) >= cfg.batch_size:
+            b = Batch(*buf.draw(cfg.batch_size, pick))
             n += 1
             if n > skip:
                 yield b
-    while len(buf_x) >= 2 or (split == "val" and buf_x):  # last, smaller batch included
-        b = draw(min(cfg.batch_size, len(buf_x)))
+    while len(buf) >= 2 or (split == "val" and len(buf)):  # last, smaller batch included
+        b = Batch(*buf.draw(min(cfg.batch_size, len(buf)), pick))
         n += 1
         if n > skip:
             yield b
-
-
-def prefetch(items: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
-    """Produce ``items`` in a background thread, ``depth`` ahead (same order).
-
-    Reading and decompressing chunks releases the GIL, as does the model's compute, so the
-    loader works while the model trains. Exceptions are re-raised in the consumer.
-    """
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            q.put(err)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()

@@ -9,22 +9,23 @@ from nfstore.errors import MissingFileError
 from nftrain.config import TrainConfig, build, load, parse_overrides
 
 
-def finetune_config(ckpt: str | Path, subjects: list[str], fraction: float,
+def finetune_config(init: str | Path, subjects: list[str], fraction: float,
                     config_file: str | None = None,
                     overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """The checkpoint's training config (or ``config_file``) with the new ``subjects``, the
-    data ``fraction``, no synthetic sets and ``output_dir`` beside the checkpoint; then the
-    ``key=value`` overrides."""
-    path = Path(ckpt) / "config.json"
+    """The training config of the checkpoint ``init`` (or ``config_file``) with the new
+    ``subjects``, the data ``fraction``, no synthetic sets and ``output_dir`` beside the
+    checkpoint; then the ``key=value`` overrides."""
+    path = Path(init) / "config.json"
     if not path.is_file():
-        raise MissingFileError(f"--checkpoint {ckpt}: expected config.json there")
+        raise MissingFileError(f"init: expected a checkpoint folder with config.json; found "
+                               f"{init}")
     if config_file is not None:
         base = load(config_file).to_dict()
     else:
         base = json.loads(path.read_text())["train_config"]
         base["synthetic"] = []
         tag = "-".join(s.replace("/", "_") for s in subjects)
-        base["output_dir"] = str(Path(ckpt).parent / f"finetune-{tag}")
+        base["output_dir"] = str(Path(init).parent / f"finetune-{tag}")
     base.update(subjects=subjects, train_fraction=fraction)
     base.update(parse_overrides(overrides))
     return build(base)

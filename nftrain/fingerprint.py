@@ -58,7 +58,8 @@ def describe(changed: dict[str, tuple[str, str]], embedding: str = "") -> str:
 
 
 def check_checkpoint(store: Any, meta: dict[str, Any], subjects: list[str], ckpt: Any,
-                     allow: bool = False, fix: str = "") -> dict[str, tuple[str, str]]:
+                     allow: bool = False, fix: str = "", param: str = "ckpt"
+                     ) -> dict[str, tuple[str, str]]:
     """Refuse a checkpoint trained on other data than ``store`` holds now for ``subjects``.
 
     Parameters
@@ -66,6 +67,7 @@ def check_checkpoint(store: Any, meta: dict[str, Any], subjects: list[str], ckpt
     meta : the checkpoint's ``config.json`` (``store_fingerprint``; none: nothing to compare)
     allow : return the changes instead of raising (``allow_store_change``)
     fix : what the message tells the user to do (default: train again, or ``allow``)
+    param : the caller's parameter that named ``ckpt`` (the message starts with it)
 
     Returns
     -------
@@ -74,7 +76,7 @@ def check_checkpoint(store: Any, meta: dict[str, Any], subjects: list[str], ckpt
     recorded = meta.get("store_fingerprint") or {}
     changed = changes(recorded, of_store(store, subjects, meta.get("embedding", "")))
     if changed and not allow:
-        raise StoreError(f"--checkpoint {ckpt}: trained on other data than {store.location} "
+        raise StoreError(f"{param}: {ckpt} was trained on other data than {store.location} "
                          f"holds now ({describe(changed, meta.get('embedding', ''))}; "
                          f"re-ingested or re-embedded since); "
                          + (fix or "train again on the store as it is, or pass "

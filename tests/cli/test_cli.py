@@ -75,7 +75,7 @@ def test_synth_refuses_non_empty_folder(runner: CliRunner, tmp_path: Path) -> No
     (["train", "{store}", "--set", 'subjects=["nsd/subj01"]', "epochs=2.5"],
      "epochs: expected an integer >= 1; found 2.5"),
     (["train", "{store}", "--config", "{tmp}/latin1.toml"],
-     "latin1.toml: expected UTF-8 TOML; found byte 0xff at offset 0"),
+     "--config: expected UTF-8 TOML; found byte 0xff at offset 0 of "),
 ])
 def test_user_errors_are_one_line(runner: CliRunner, nsd_raw: Path, nsd_store_ro: Path,
                                   tmp_path: Path, args: list[str], message: str) -> None:

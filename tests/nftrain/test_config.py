@@ -119,8 +119,8 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff")
     with pytest.raises(nfstore.OptionError) as err:
         load(bad)
-    assert str(err.value) == (f"--config {bad}: expected UTF-8 TOML; found byte 0xff at "
-                              f"offset 0, which is not UTF-8")
+    assert str(err.value) == (f"config_file: expected UTF-8 TOML; found byte 0xff at "
+                              f"offset 0 of {bad}, which is not UTF-8")
     (tmp_path / "y.toml").write_text('subjects = ["nsd/subj01"]\nepochs = "3"\n')
     with pytest.raises(nfstore.OptionError, match=r"^epochs: expected an integer >= 1; found "
                                                   r"'3' \(a string\)$"):

@@ -61,11 +61,11 @@ def test_training_stops_when_a_subject_is_ingested_again(swapped: dict) -> None:
 
 def test_resume_evaluate_and_predict_refuse_the_changed_store(swapped: dict) -> None:
     store, out = swapped["store"], swapped["out"]
-    with pytest.raises(nfstore.StoreError, match=r"^--resume: .*last was trained on other data "
+    with pytest.raises(nfstore.StoreError, match=r"^resume: .*last was trained on other data "
                        r"than .* holds now \(nsd/subj01: ingest \w+ then, \w+ now\); start a "
                        r"new run with another output_dir$"):
         train(store, swapped["cfg"], resume=True)
-    refusal = (rf"^--checkpoint {out / 'best'}: trained on other data than {store} holds now "
+    refusal = (rf"^ckpt: {out / 'best'} was trained on other data than {store} holds now "
                rf"\(nsd/subj01: ingest {swapped['before'][:12]} then, {swapped['after'][:12]} "
                rf"now; re-ingested or re-embedded since\); train again on the store as it is, "
                rf"or pass allow_store_change \(`--allow-store-change`\) to use the checkpoint "
@@ -93,7 +93,7 @@ def test_nf_evaluate_refuses_in_one_line_and_allows_on_request(swapped: dict) ->
     args = ["evaluate", str(swapped["store"]), "--checkpoint", str(swapped["out"] / "best")]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
-    assert r.output.startswith("Error: --checkpoint ") and "--allow-store-change" in r.output
+    assert r.output.startswith("Error: --checkpoint: ") and "--allow-store-change" in r.output
     r = CliRunner().invoke(cli, [*args, "--allow-store-change"])
     assert r.exit_code == 0, r.output
     assert "nsd/subj01" in r.output

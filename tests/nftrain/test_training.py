@@ -43,6 +43,21 @@ def test_test_split_is_never_used(train_store: Path, small_cfg, options: dict) -
     assert set(meta["store_fingerprint"]) >= {"nsd/subj01", "embeddings"}
 
 
+def test_the_checkpoint_records_the_validation_stimuli(train_store: Path, small_cfg) -> None:
+    """``validation_stimuli``: sorted ids, the same as the loader's, none of them trained on."""
+    from nftrain.data import load_dataset
+
+    cfg = small_cfg(epochs=1)
+    summary = train(train_store, cfg)
+    data = load_dataset(nfstore.open_store(train_store), cfg)
+    trained = {str(s) for sub in data.subjects for src in sub.train
+               for s in data.stimuli[src.targets]}
+    for name in ("best", "last"):
+        val = checkpoint.load(summary.output_dir / name)[1]["validation_stimuli"]
+        assert val and val == sorted(val) == data.validation_stimuli()
+        assert not set(val) & trained
+
+
 RUN = textwrap.dedent("""
     import os, signal, sys, json
     from nftrain.config import build
@@ -82,7 +97,8 @@ def test_kill_9_mid_epoch_then_resume_gives_the_same_model(train_store: Path, sm
     assert proc.returncode == -9, proc.stderr
     state = json.loads((tmp_path / "killed/last/state.json").read_text())
     assert state["epoch"] == 1 and state["step_in_epoch"] > 0
-    with pytest.raises(nfstore.StoreError, match="pass --resume"):
+    with pytest.raises(nfstore.StoreError,
+                       match="^output_dir: a run is already there .*; pass resume"):
         train(train_store, cfg)
     resumed = _run(train_store, cfg, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
