@@ -61,14 +61,15 @@ def remote_option(arg: str = "store") -> Any:
 
     def decorate(command: Any) -> Any:
         @functools.wraps(command)
-        def run(*args: Any, storage_option: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        def run(*args: Any, storage_options: tuple[str, ...] = (), **kwargs: Any) -> Any:
             from nfstore import _remote
 
-            _remote.configure(str(kwargs[arg]), _remote.parse_storage_options(storage_option))
+            _remote.configure(str(kwargs[arg]), _remote.parse_storage_options(storage_options))
             return command(*args, **kwargs)
 
+        # named as the library's parameter: its errors (storage_options: ...) name the flag
         return click.option(
-            "--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+            "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
             help="For a store URL (s3://...): an fsspec option of its filesystem (repeatable), "
                  "e.g. endpoint_url=http://127.0.0.1:9000. Also read: FSSPEC_S3_<OPTION> and "
                  "the backend's own variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...).")(run)
@@ -92,16 +93,19 @@ def pixel_cache_options(command: Any) -> Any:
 
 
 def writes_store(arg: str = "store") -> Any:
-    """Let a writing command take a versioned store URL in ``arg`` (``nf push`` made it): the
-    command writes a local working copy and publishes it as the next snapshot when it
-    succeeds (:func:`nfstore.versioned.publishing`); a local folder is written as always.
-    Adds ``--storage-option``."""
+    """Run a writing command in one transaction on the store in ``arg``
+    (:func:`nfstore.transaction`): a local folder, or a versioned store URL (``nf push``
+    made it), whose local working copy the command writes and which is published as the next
+    snapshot when it succeeds. The command gets the transaction's folder, so the library
+    writers it calls join this transaction (one lock, one snapshot); for a URL the new
+    snapshot is printed. Adds ``--storage-option``."""
     import functools
 
     def decorate(command: Any) -> Any:
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> Any:
             from nfstore import _remote
+            from nfstore.transaction import transaction
 
             url = str(kwargs[arg])
             if not _remote.is_url(url):
@@ -109,8 +113,8 @@ def writes_store(arg: str = "store") -> Any:
             from nfstore import versioned
 
             name = f"nf {click.get_current_context().command.name}"
-            with versioned.publishing(url, message=name) as work:
-                out = command(*args, **{**kwargs, arg: str(work)})
+            with transaction(url, name) as tx:
+                out = command(*args, **{**kwargs, arg: str(tx.root)})
             head = versioned.log(url)[0]
             click.echo(f"{url}: main is snapshot {head['snapshot']} (after {name})")
             return out

@@ -52,7 +52,7 @@ def augment(store: str, subject: str, pool: str, n: int | None, fraction: float 
     try:
         grid = tuple(float(a) for a in alphas) if alphas else None
     except ValueError:
-        raise OptionError(f"--alphas: expected numbers; got {list(alphas or ())}") from None
+        raise OptionError(f"alphas: expected numbers; found {list(alphas or ())}") from None
     cfg = AugmentConfig(pool=pool, n=n, fraction=fraction, noise=noise, noise_scale=noise_scale,
                         alpha=alpha, cv=cv, rank=rank, name=name, seed=seed, embedding=embedding,
                         voxel_chunk=voxel_chunk, workers=workers, scheduler=scheduler,

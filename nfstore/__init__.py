@@ -20,6 +20,6 @@ from nfstore.ingest import IngestSummary, ingest
 from nfstore.store import Store, open_store
 from nfstore.transaction import Transaction, transaction
 
-__all__ = ["__version__", "open_store", "Store", "transaction", "Transaction", "ingest", "IngestSummary", "NFError",
-           "ChunkError", "ReaderError", "MissingFileError", "SchemaError", "StoreError",
-           "QueryError", "OptionError"]
+__all__ = ["__version__", "open_store", "Store", "transaction", "Transaction", "ingest",
+           "IngestSummary", "NFError", "ChunkError", "ReaderError", "MissingFileError",
+           "SchemaError", "StoreError", "QueryError", "OptionError"]

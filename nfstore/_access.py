@@ -9,8 +9,8 @@ from typing import Any
 import zarr
 
 from nfstore import _remote
-from nfstore.names import BETAS, RECON_GROUP, STAGING_GROUP
 from nfstore.errors import NFError, QueryError, StoreError
+from nfstore.names import BETAS, RECON_GROUP, STAGING_GROUP
 
 
 class RawAccess:
@@ -88,33 +88,45 @@ class RawAccess:
 
     def staged_writes(self) -> dict[str, tuple[str, str, str]]:
         """Writes in progress or interrupted: key -> (what it is, e.g. ``'ingest'`` or
-        ``"reconstruction set 'rr'"``; the command that resumes it; progress)."""
-        import json
+        ``"reconstruction set 'rr'"``; the command that resumes it; progress:
+        ``'<n> blocks written'`` where its progress file counts blocks, else ``'staged'``).
 
+        Found under ``_staging``: staged groups ``<quoted key>/`` and progress files
+        ``<quoted key>.json`` (:func:`nfstore.transaction.staged_name`), and the names earlier
+        versions staged under (``nsd/subj01``, ``reconstructions.rr.nsd.subj01``)."""
         from nfstore._layout import staged_kind
 
         staging = f"{self.fs_path}/{STAGING_GROUP}"
         found: dict[str, str] = {}
-        for pattern in ("*/zarr.json", "*/*/zarr.json", "*/*.json"):
+        for pattern in ("*/zarr.json", "*/*/zarr.json"):
+            for path in sorted(self.fs.glob(f"{staging}/{pattern}")):
+                name = path[len(staging) + 1:].removesuffix("/zarr.json")
+                if "/" not in name and "." not in name and "%" not in name:
+                    continue  # a parent group of an earlier version's names (nsd, stimuli)
+                found.setdefault(name, "staged")
+        for pattern in ("*.json", "*/*.json"):
             for path in sorted(self.fs.glob(f"{staging}/{pattern}")):
                 rel = path[len(staging) + 1:]
-                if rel.endswith("/zarr.json"):
-                    name = rel.removesuffix("/zarr.json")
-                    if "/" not in name and "." not in name:  # a parent group (nsd, stimuli)
-                        continue
-                    found.setdefault(name, "staged")
-                elif not rel.endswith("zarr.json"):  # an ingest's progress file
-                    try:
-                        state = json.loads(_remote.read_text(self.fs, path) or "{}")
-                    except ValueError:
-                        state = {}
-                    found[rel.removesuffix(".json")] = (
-                        f"{len(state.get('blocks_done', []))} blocks written")
+                if rel.endswith("zarr.json"):
+                    continue
+                found[rel.removesuffix(".json")] = self._progress(path)
         out = {}
         for name, progress in found.items():
             key, what, command = staged_kind(name, self.location)
             out[key] = (what, command, progress)
         return out
+
+    def _progress(self, path: str) -> str:
+        """What a progress file says: ``'<n> blocks written'`` (an ingest) or ``'staged'``."""
+        import json
+
+        try:
+            state = json.loads(_remote.read_text(self.fs, path) or "{}")
+        except ValueError:
+            state = {}
+        if isinstance(state, dict) and "blocks_done" in state:
+            return f"{len(state['blocks_done'])} blocks written"
+        return "staged"
 
     def _loaded(self, key: str, load: Any) -> Any:
         """``load()`` (coordinates read into memory); a chunk its codec cannot decode (damaged

@@ -13,9 +13,9 @@ from typing import Any
 
 import zarr
 
-from nfstore.names import SCHEMA_VERSION, STAGING_GROUP, STIMULI_GROUP, TRASH_GROUP
 from nfstore._version import __version__
 from nfstore.errors import OptionError, SchemaError, StoreError
+from nfstore.names import SCHEMA_VERSION, STAGING_GROUP, STIMULI_GROUP, TRASH_GROUP
 
 
 def local_store_path(store: str | os.PathLike[str]) -> Path:
@@ -24,8 +24,8 @@ def local_store_path(store: str | os.PathLike[str]) -> Path:
 
     text = os.fspath(store)
     if is_url(text):
-        raise OptionError(f"--store: writing needs a local folder (atomic renames); got {text!r}."
-                          " Write into nfstore.versioned.publishing(URL) (what the nf commands "
+        raise OptionError(f"store: writing needs a local folder (atomic renames); got {text!r}."
+                          " Write through nfstore.transaction(URL) (what the nf commands "
                           "do with a URL), or write locally and `nf push` it")
     return Path(text.removeprefix("file://"))
 
@@ -34,15 +34,25 @@ LOCK_FILE = ".nf-write.lock"
 
 
 @contextmanager
-def writing(store: Path, command: str) -> Iterator[None]:
+def writing(store: Path, command: str, register: bool = True) -> Iterator[None]:
     """Hold the store's write lock (``fcntl.flock`` on ``<store>/.nf-write.lock``) and put back
-    anything an interrupted swap left aside, before the caller writes.
+    anything an interrupted swap left aside, before the caller writes. Used by
+    :func:`nfstore.transaction.transaction`; with ``register`` (a writer that holds the lock
+    directly) a transaction is registered for the block, so library writers that open
+    ``transaction(store)`` inside it join it instead of meeting a held lock; such a writer
+    inside a transaction on ``store`` joins it the same way.
 
     A second writer gets a one-line :class:`StoreError` naming the holder's process id. The
     lock is released by the kernel if the holder dies; the file is removed on release.
     """
     import fcntl
 
+    if register:
+        from nfstore.transaction import active
+
+        if active(store) is not None:  # this context holds it: join
+            yield
+            return
     path = store / LOCK_FILE
     while True:
         fd = _open_lock(store, path)
@@ -64,7 +74,13 @@ def writing(store: Path, command: str) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()}, {command}".encode(), 0)
         recover(store)
-        yield
+        if register:
+            from nfstore.transaction import Transaction, registered
+
+            with registered(Transaction(store, str(store), command)):
+                yield
+        else:
+            yield
     finally:
         try:
             path.unlink()
@@ -234,40 +250,70 @@ def recover(store: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+EMBEDDINGS = "embeddings"  # the group of embedding caches
+
+
 def staged_kind(name: str, store: str) -> tuple[str, str, str]:
     """What a name under ``_staging`` will become: (its key in the store, what it is, the
-    command that resumes it), from the names the writers stage under.
+    command that resumes it).
 
     Parameters
     ----------
-    name : path relative to ``_staging`` (``nsd/subj01``, ``reconstructions.rr.nsd.subj01``)
+    name : path relative to ``_staging``: the one spelling of
+        :func:`nfstore.transaction.staged_name` (``decoded%2Frr%2Fnsd%2Fsubj01``), or a name
+        staged by an earlier version (``nsd/subj01``, ``reconstructions.rr.nsd.subj01``)
     store : the store's location, for the command
     """
-    from nfstore.names import DATASETS, DECODED_GROUP, RECON_GROUP
+    from nfstore.transaction import key_of_staged
+
+    key = key_of_staged(name) if "%2F" in name.upper() else _legacy_key(name)
+    return (key, *kind_of_key(key, store))
+
+
+def _legacy_key(name: str) -> str:
+    """The key a name staged by an earlier version (dots or ``. -`` for ``/``) commits to."""
+    from nfstore.names import DECODED_GROUP, RECON_GROUP
 
     head, _, rest = name.partition(".")
-    parts = rest.split(".")
     if name.startswith(f"{RECON_GROUP}. -"):
-        key = name.replace(". -", "/")
-        return key, "metrics of a reconstruction set", f"nf metrics {store} ..."
-    if head == RECON_GROUP and len(parts) >= 3:
-        setname, subject = ".".join(parts[:-2]), "/".join(parts[-2:])
-        return (f"{RECON_GROUP}/{setname}/{subject}", f"reconstruction set {setname!r}",
-                f"nf reconstruct {store} ... --name {setname} (or the nf decode-ridge that "
-                f"writes its blurry images)")
-    if head == DECODED_GROUP and len(parts) >= 3:
-        setname, subject = ".".join(parts[:-2]), "/".join(parts[-2:])
-        return (f"{DECODED_GROUP}/{setname}/{subject}", f"decoded set {setname!r}",
-                f"nf predict, nf decode-ridge or nf refine {store} ... --name {setname}")
-    if head == "embeddings" and rest:
-        return f"embeddings/{rest}", f"embedding cache {rest!r}", f"nf embed {store} ..."
-    if name.startswith(f"{STIMULI_GROUP}/"):
-        table = name.split("/", 1)[1]
-        return name, f"stimulus table {table!r}", "the nf ingest or nf embed --pool that writes it"
+        return name.replace(". -", "/")
+    parts = rest.split(".")
+    if head in (RECON_GROUP, DECODED_GROUP) and len(parts) >= 3:
+        return "/".join((head, ".".join(parts[:-2]), *parts[-2:]))
+    if head == EMBEDDINGS and rest:
+        return f"{EMBEDDINGS}/{rest}"
     subject, _, synthetic = name.partition(".synthetic.")
     if synthetic:
-        return (f"{subject}/synthetic/{synthetic}", f"synthetic set {synthetic!r}",
-                f"nf augment {store} {subject} ... --name {synthetic}")
-    if name.split("/")[0] in DATASETS:
-        return name, "ingest", f"nf ingest {name.split('/')[0]} RAW_ROOT --store {store}"
-    return name, "write", "the nf command that wrote it"
+        return f"{subject}/synthetic/{synthetic}"
+    return name
+
+
+def kind_of_key(key: str, store: str) -> tuple[str, str]:
+    """(what a write of ``key`` is, the command that resumes it), from the key's prefix."""
+    from nfstore.names import DATASETS, DECODED_GROUP, RECON_GROUP
+
+    parts = key.split("/")
+    if parts[0] == RECON_GROUP and len(parts) >= 5 and parts[-1] == "metrics":
+        return "metrics of a reconstruction set", f"nf metrics {store} ..."
+    if parts[0] == RECON_GROUP and len(parts) >= 4:
+        setname = "/".join(parts[1:-2])
+        return (f"reconstruction set {setname!r}",
+                f"nf reconstruct {store} ... --name {setname} (or the nf decode-ridge that "
+                f"writes its blurry images)")
+    if parts[0] == DECODED_GROUP and len(parts) >= 4:
+        setname = "/".join(parts[1:-2])
+        return (f"decoded set {setname!r}",
+                f"nf predict, nf decode-ridge or nf refine {store} ... --name {setname}")
+    if parts[0] == EMBEDDINGS and len(parts) >= 2:
+        model = "/".join(parts[1:])
+        return f"embedding cache {model!r}", f"nf embed {store} ..."
+    if parts[0] == STIMULI_GROUP and len(parts) >= 2:
+        return (f"stimulus table {'/'.join(parts[1:])!r}",
+                "the nf ingest or nf embed --pool that writes it")
+    if parts[0] in DATASETS and len(parts) == 4 and parts[2] == "synthetic":
+        subject = "/".join(parts[:2])
+        return (f"synthetic set {parts[3]!r}",
+                f"nf augment {store} {subject} ... --name {parts[3]}")
+    if parts[0] in DATASETS and len(parts) == 2:
+        return "ingest", f"nf ingest {parts[0]} RAW_ROOT --store {store}"
+    return "write", "the nf command that wrote it"

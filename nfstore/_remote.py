@@ -43,7 +43,7 @@ def filesystem(location: str, storage_options: dict[str, Any] | None = None
         raise OptionError(f"{location}: reading {protocol_of(location)}:// URLs needs a package "
                           f"that is not installed ({err}); e.g. pip install s3fs") from None
     except (TypeError, ValueError) as err:
-        raise OptionError(f"--storage-option: not accepted for {location}: {err}") from None
+        raise OptionError(f"storage_options: not accepted for {location}: {err}") from None
 
 
 def zarr_store(location: str, storage_options: dict[str, Any] | None = None) -> Any:
@@ -71,7 +71,7 @@ def parse_storage_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise OptionError(f"--storage-option: expected KEY=VALUE; got {pair!r}")
+            raise OptionError(f"storage_options: expected KEY=VALUE; got {pair!r}")
         try:
             value: Any = json.loads(raw)
         except ValueError:
@@ -83,7 +83,7 @@ def parse_storage_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
         for p in parents:
             target = target.setdefault(p, {})
             if not isinstance(target, dict):
-                raise OptionError(f"--storage-option: {key!r} nests under a value")
+                raise OptionError(f"storage_options: {key!r} nests under a value")
         target[leaf] = value
     return out
 
@@ -95,7 +95,7 @@ def configure(location: str, options: dict[str, Any]) -> None:
     if not options:
         return
     if not is_url(location):
-        raise OptionError(f"--storage-option: given for {location!r}, which is not a URL "
+        raise OptionError(f"storage_options: given for {location!r}, which is not a URL "
                           f"(s3://..., gs://...)")
     import fsspec.config
 

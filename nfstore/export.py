@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from nfstore._layout import swap_into_place
 from nfstore.errors import OptionError
+from nfstore.transaction import replace_path
 
 SUFFIXES = (".npy", ".nc", ".zarr")
 
@@ -24,9 +24,9 @@ def write_query(x: xr.DataArray, out: str | Path) -> Path:
     """
     out = Path(out)
     if out.suffix not in SUFFIXES:
-        raise OptionError(f"--out: expected a file ending in {', '.join(SUFFIXES)}; got {out}")
+        raise OptionError(f"out: expected a file ending in {', '.join(SUFFIXES)}; got {out}")
     if not out.parent.is_dir():
-        raise OptionError(f"--out: folder {out.parent} does not exist")
+        raise OptionError(f"out: folder {out.parent} does not exist")
     tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
     attrs = dict(x.attrs)
     x = x.compute()
@@ -49,7 +49,7 @@ def write_query(x: xr.DataArray, out: str | Path) -> Path:
             with warnings.catch_warnings():  # consolidated metadata: a zarr-python extension
                 warnings.filterwarnings("ignore", message="Consolidated metadata")
                 ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
-        swap_into_place(tmp, out, out.with_name(f".{out.stem}.old-{os.getpid()}{out.suffix}"))
+        replace_path(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()

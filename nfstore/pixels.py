@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from nfstore.names import STIMULI_GROUP, STIMULUS
 from nfstore.errors import MissingFileError, OptionError, QueryError
+from nfstore.names import STIMULI_GROUP, STIMULUS
 
 PIXELS = "pixels"
 BATCH = 32
@@ -119,18 +119,21 @@ def _resize(block: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                      for im in block]) if len(block) else np.zeros((0, *size, 3), np.uint8)
 
 
-def cache_pixels(location: str | Path, tables: list[str] | None = None,
-                 size: int | None = None, progress: bool = False) -> PixelSummary:
+def cache_pixels(location: str | Path, stimuli: list[str] | None = None,
+                 pixel_size: int | None = None, progress: bool = False,
+                 storage_options: dict[str, Any] | None = None) -> PixelSummary:
     """Copy the pixels of every stimulus with an image into ``/stimuli/<table>/pixels``.
 
     Parameters
     ----------
-    location : path of a local store (writes need a local folder)
-    tables : stimulus tables (datasets, pools); default every table
-    size : int, optional
-        Resize to ``size`` x ``size`` (bicubic). Default: the images' own size, which must be
-        the same for every image of a table (NSD's bricks; BOLD5000 and GOD images differ:
-        give ``size``).
+    location : path of a store, or the URL of a versioned store (published as its next
+        snapshot when every table is cached); a transaction (:func:`nfstore.transaction`)
+    stimuli : stimulus tables (datasets, pools); default every table
+    pixel_size : int, optional
+        Resize to ``pixel_size`` x ``pixel_size`` (bicubic). Default: the images' own size,
+        which must be the same for every image of a table (NSD's bricks; BOLD5000 and GOD
+        images differ: give ``pixel_size``).
+    storage_options : fsspec options of a URL ``location`` (``endpoint_url``, ...)
 
     Resumable: rows are committed batch by batch; a rerun adds only what is missing. A cache
     of another size is an error (remove it with ``--overwrite`` in the CLI).
@@ -138,18 +141,18 @@ def cache_pixels(location: str | Path, tables: list[str] | None = None,
     from tqdm.auto import tqdm
 
     import nfstore
-    from nfstore import _layout
+    from nfstore.transaction import transaction
 
     t0 = time.perf_counter()
-    path = _layout.local_store_path(location)
     out: dict[str, int] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    with _layout.writing(path, "nf cache pixels"):
-        store = nfstore.open_store(path)
-        names = tables or store.stimulus_tables()
+    with transaction(location, "nf cache pixels", storage_options=storage_options,
+                     progress=progress) as tx:
+        store = nfstore.open_store(tx.root)
+        names = stimuli or store.stimulus_tables()
         unknown = [t for t in names if t not in store.stimulus_tables()]
         if unknown:
-            raise OptionError(f"--stimuli: no stimulus table {unknown}; available: "
+            raise OptionError(f"stimuli: no stimulus table {unknown}; available: "
                               f"{store.stimulus_tables()}")
         for name in names:
             tab = store.stimuli(name)
@@ -157,10 +160,10 @@ def cache_pixels(location: str | Path, tables: list[str] | None = None,
                            dtype=object)
             if ids.size == 0:
                 continue
-            want = (size, size) if size else None
+            want = (pixel_size, pixel_size) if pixel_size else None
             pixels = select_pixels(store, ids, want) if want else _native(store, name, ids)
             hw = tuple(int(v) for v in pixels.shape[1:3])
-            g = _open_cache(path, name, hw, want is not None)
+            g = _open_cache(tx, name, hw, want is not None)
             count = int(g.attrs["count"])
             done = set(np.array(g["stimulus"][:count].tolist(), dtype=object).tolist())
             todo = np.flatnonzero([s not in done for s in ids.tolist()])
@@ -190,28 +193,27 @@ def _native(store: Any, name: str, ids: np.ndarray) -> Any:
         return select_pixels(store, ids)
     except QueryError as err:
         if "different sizes" in str(err):
-            raise OptionError(f"--pixel-size: the {name} images differ in size; give a size "
-                              f"to cache them at (e.g. --pixel-size 256)") from None
+            raise OptionError(f"pixel_size: the {name} images differ in size; give a "
+                              f"size to cache them at (e.g. 256)") from None
         raise
 
 
-def _open_cache(store: Path, table: str, size: tuple[int, int], resized: bool) -> Any:
-    import zarr
+def _open_cache(tx: Any, table: str, size: tuple[int, int], resized: bool) -> Any:
+    """The cache group of ``table`` in the transaction ``tx``'s store, written in place (its
+    ``count`` attribute is the commit point), created empty for ``size`` if missing."""
     from zarr.codecs import BloscCodec
 
-    root = zarr.open_group(str(store), mode="r+")
     key = pixel_key(table)
-    if key in root:
-        g = root[key]
+    g = tx.require_group(key)
+    if "size" in g.attrs:
         have = tuple(int(v) for v in g.attrs["size"])
         if have != size:
-            raise OptionError(f"--pixel-size: {store}/{key} holds {have[0]}x{have[1]} pixels; "
+            raise OptionError(f"pixel_size: {tx.location}/{key} holds {have[0]}x{have[1]} pixels; "
                               f"asked for {size[0]}x{size[1]} (remove the cache first)")
         count = int(g.attrs.get("count", 0))
         for arr in ("stimulus", "file", "index", "images"):  # cut back to committed rows
             g[arr].resize((count, *g[arr].shape[1:]))
         return g
-    g = root.create_group(key)
     g.create_array("stimulus", shape=(0,), chunks=(4096,), dtype=str)
     g.create_array("file", shape=(0,), chunks=(4096,), dtype=str)
     g.create_array("index", shape=(0,), chunks=(4096,), dtype="int64")

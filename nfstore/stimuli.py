@@ -119,7 +119,7 @@ def _current(print_: str, table: str) -> bool:
     return copies.is_current(print_) and (not _with_crops(table) or copies.has_crops(print_))
 
 
-def fingerprints_to_compute(store: Path, table: StimulusTable, ids: Sequence[str],
+def fingerprints_to_compute(store: str | os.PathLike[str], table: StimulusTable, ids: Sequence[str],
                             errors: list[str] | None = None) -> dict[str, str]:
     """Fingerprints of the stimuli ``ids`` of ``table`` that the store's current table lacks
     for the same file and row (or holds from an earlier version): stimulus id -> fingerprint
@@ -130,7 +130,7 @@ def fingerprints_to_compute(store: Path, table: StimulusTable, ids: Sequence[str
     from nfstore.names import STIMULI_GROUP
 
     have: dict[str, tuple[str, int, str]] = {}
-    previous = store / STIMULI_GROUP / table.dataset
+    previous = Path(store) / STIMULI_GROUP / table.dataset
     if previous.is_dir():
         old = xr.open_zarr(str(previous), consolidated=False, zarr_format=3).load()
         if "fingerprint" in old:
@@ -146,11 +146,13 @@ def fingerprints_to_compute(store: Path, table: StimulusTable, ids: Sequence[str
     return {i: p for (i, _, _), p in zip(todo, prints) if p}
 
 
-def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequence[str] = (),
+def commit_stimulus_table(store: str | os.PathLike[str], table: StimulusTable,
+                          referenced: Sequence[str] = (),
                           fingerprint_ids: Sequence[str] | None = None,
                           known: dict[str, str] | None = None,
                           errors: list[str] | None = None) -> None:
-    """Replace ``/stimuli/<table.dataset>`` (staged, then renamed).
+    """Replace ``/stimuli/<table.dataset>`` (staged, then committed, in a transaction on
+    ``store``: joins the caller's, e.g. the ingest's).
 
     Rows: ``table``, the rows of the previous table it does not list, and the ``referenced``
     ids found in neither (no pixels: empty ``file``). Every row gets its ``identity`` and a
@@ -159,20 +161,42 @@ def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequenc
     ``fingerprint_ids`` (default: every row with pixels), empty otherwise. Unreadable image
     files get none; ``errors`` receives one line per such file.
     """
-    import xarray as xr
-    import zarr
-
-    from nfstore import _layout
     from nfstore.names import STIMULI_GROUP
-    from nfstore._version import __version__
+    from nfstore.transaction import transaction
 
     key = f"{STIMULI_GROUP}/{table.dataset}"
+    with transaction(store, f"nf ingest {table.dataset}") as tx:
+        previous = tx.path(key)
+        rows = _table_rows(previous, table, referenced, known)
+        ids, files, index, prints = rows["stimulus"], rows["file"], rows["index"], rows["print"]
+        want = set(ids if fingerprint_ids is None else fingerprint_ids)
+        todo = [n for n, i in enumerate(ids) if i in want and files[n] and not prints[n]]
+        for n, p in zip(todo, identity.fingerprint_files(
+                [(files[n], int(index[n])) for n in todo], Path(table.root),
+                crops=_with_crops(table.dataset), errors=errors)):
+            prints[n] = p
+        tx.discard(key)  # a table is written whole: nothing to resume
+        staged, _, _ = tx.stage(key, create=False)
+        _write_table(staged, table, rows)
+        from nfstore.pixels import PIXELS
+
+        if (previous / PIXELS).is_dir():  # the pixel cache moves with its table (rows by id)
+            os.rename(previous / PIXELS, staged / PIXELS)
+        tx.commit(key)
+
+
+def _table_rows(previous: Path, table: StimulusTable, referenced: Sequence[str],
+                known: dict[str, str] | None) -> dict[str, list]:
+    """The columns of the new table (``stimulus``, ``file``, ``index``, ``identity``,
+    ``print``: lists of one length), merged with the ``previous`` table's group if any (see
+    :func:`commit_stimulus_table`); fingerprints not known yet are empty."""
+    import xarray as xr
+
     ids = list(table.stimulus)
     files, index = list(table.file), list(table.index)
     ident = list(identity.identities(table.dataset, ids, table.coco_ids))
     prints = [identity.NO_FINGERPRINT] * len(ids)
     seen = {s: n for n, s in enumerate(ids)}
-    previous = store / key
     if previous.is_dir():
         old = xr.open_zarr(str(previous), consolidated=False, zarr_format=3).load()
         cols = {c: old[c].values.tolist() for c in ("stimulus", "file", "index")}
@@ -196,28 +220,25 @@ def commit_stimulus_table(store: Path, table: StimulusTable, referenced: Sequenc
     for n, i in enumerate(ids):  # computed beforehand (:func:`fingerprints_to_compute`)
         if known and i in known and not prints[n]:
             prints[n] = known[i]
-    want = set(ids if fingerprint_ids is None else fingerprint_ids)
-    todo = [n for n, i in enumerate(ids) if i in want and files[n] and not prints[n]]
-    for n, p in zip(todo, identity.fingerprint_files([(files[n], int(index[n])) for n in todo],
-                                                     Path(table.root),
-                                                     crops=_with_crops(table.dataset),
-                                                     errors=errors)):
-        prints[n] = p
-    staged = _layout.staging_path(store, key)
-    _layout.discard(staged)
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    ds = xr.Dataset(coords={"stimulus": ("stimulus", np.array(ids, dtype=object)),
-                            "file": ("stimulus", np.array(files, dtype=object)),
-                            "index": ("stimulus", np.array(index, dtype=np.int64)),
-                            "identity": ("stimulus", np.array(ident, dtype=object)),
-                            "fingerprint": ("stimulus", np.array(prints, dtype=object))})
+    return {"stimulus": ids, "file": files, "index": index, "identity": ident,
+            "print": prints}
+
+
+def _write_table(staged: Path, table: StimulusTable, rows: dict[str, list]) -> None:
+    """Write the table's columns (stimulus) and attributes as a zarr group at ``staged``."""
+    import xarray as xr
+    import zarr
+
+    from nfstore._version import __version__
+
+    ds = xr.Dataset(coords={
+        "stimulus": ("stimulus", np.array(rows["stimulus"], dtype=object)),
+        "file": ("stimulus", np.array(rows["file"], dtype=object)),
+        "index": ("stimulus", np.array(rows["index"], dtype=np.int64)),
+        "identity": ("stimulus", np.array(rows["identity"], dtype=object)),
+        "fingerprint": ("stimulus", np.array(rows["print"], dtype=object))})
     ds.to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
     zarr.open_group(str(staged), mode="r+").attrs.update(
         {"dataset": table.dataset, "raw_root": str(table.root), "nf_version": __version__,
          "fingerprint": f"nfstore.copies {copies.PREFIX} window hashes (63-bit DCT signs); "
                         f"copies within {copies.MAX_DISTANCE} bits"})
-    from nfstore.pixels import PIXELS
-
-    if (previous / PIXELS).is_dir():  # the pixel cache moves with its table (rows by id)
-        os.rename(previous / PIXELS, staged / PIXELS)
-    _layout.commit(store, staged, key)

@@ -17,6 +17,9 @@ import zarr
 
 from nfstore import _remote
 from nfstore._access import RawAccess
+from nfstore._query import average_repeats_of, plain_strings
+from nfstore.errors import OptionError, QueryError, SchemaError, StoreError
+from nfstore.identity import identities
 from nfstore.names import (
     BETAS,
     COMPLETE,
@@ -33,9 +36,6 @@ from nfstore.names import (
     TRIAL,
     VOXEL,
 )
-from nfstore._query import average_repeats_of, plain_strings
-from nfstore.errors import OptionError, QueryError, SchemaError, StoreError
-from nfstore.identity import identities
 
 
 def open_store(location: str | os.PathLike[str] | Store, *, mode: str = "r",
@@ -166,7 +166,7 @@ class Store(RawAccess):
 
     def _require(self, subject: str) -> None:
         if subject not in self.subjects():
-            raise QueryError(f"SUBJECT: {subject!r} is not in {self.location}; available: "
+            raise QueryError(f"subject: {subject!r} is not in {self.location}; available: "
                              f"{self.subjects()}")
 
     def dataset(self, subject: str) -> xr.Dataset:
@@ -216,12 +216,12 @@ class Store(RawAccess):
             names = [roi] if isinstance(roi, str) else list(roi)
             unknown = [r for r in names if r not in set(ds[ROI].values.tolist())]
             if unknown:
-                raise QueryError(f"--roi: {unknown} not available for {subject}; available: "
+                raise QueryError(f"roi: {unknown} not available for {subject}; available: "
                                  f"{self.rois(subject)}")
             voxels = np.flatnonzero(ds[ROI_MASK].sel({ROI: names}).values.any(axis=0))
             x = x.isel({VOXEL: voxels})
         if split is not None and split not in SPLITS:
-            raise QueryError(f"--split: expected one of {list(SPLITS)}; got {split!r}")
+            raise QueryError(f"split: expected one of {list(SPLITS)}; got {split!r}")
         parts = [x] + [self._synthetic(subject, name, voxels)
                        for name in self._synthetic_names(subject, synthetic)]
         if len(parts) > 1:
@@ -386,7 +386,7 @@ class Store(RawAccess):
         import dask.array as da
 
         if model not in self.embedding_models():
-            raise QueryError(f"--model: no {model!r} embeddings in {self.location}; cached: "
+            raise QueryError(f"model: no {model!r} embeddings in {self.location}; cached: "
                              f"{self.embedding_models()} (run `nf embed`)")
         g = self._root[f"embeddings/{model}"]
         count = int(g.attrs["count"])
@@ -415,7 +415,7 @@ class Store(RawAccess):
     def decoded_subjects(self, name: str) -> list[str]:
         """Subjects with rows in decoded set ``name``."""
         if name not in self.decoded_sets():
-            raise QueryError(f"--decoded: no decoded set {name!r} in {self.location}; "
+            raise QueryError(f"decoded: no decoded set {name!r} in {self.location}; "
                              f"available: {self.decoded_sets()}")
         return [f"{ds}/{sub}" for ds in self._children(f"{DECODED_GROUP}/{name}")
                 for sub in self._children(f"{DECODED_GROUP}/{name}/{ds}")]
@@ -431,7 +431,7 @@ class Store(RawAccess):
         """
         subjects = self.decoded_subjects(name)
         if subject not in subjects:
-            raise QueryError(f"--subjects: {subject!r} has no rows in decoded set {name!r}; "
+            raise QueryError(f"subject: {subject!r} has no rows in decoded set {name!r}; "
                              f"it has {subjects}")
         ds = xr.open_zarr(self._zstore, group=f"{DECODED_GROUP}/{name}/{subject}",
                           consolidated=False, chunks={}, zarr_format=3)

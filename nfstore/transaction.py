@@ -35,8 +35,8 @@ from urllib.parse import quote, unquote
 import zarr
 
 from nfstore import _layout
-from nfstore.names import STAGING_GROUP
 from nfstore.errors import SchemaError
+from nfstore.names import STAGING_GROUP
 
 _ACTIVE: contextvars.ContextVar[dict[str, Transaction] | None] = contextvars.ContextVar(
     "nf_transactions", default=None)
@@ -202,15 +202,15 @@ def transaction(location: str | os.PathLike[str], command: str, *,
                 yield tx
         return
     assert root is not None
-    with _locked(root, text, command, create=create, check=check,
-                 key=str(root.resolve())) as tx:
+    with _locked(root, text, command, create=create, check=check) as tx:
         yield tx
 
 
 @contextmanager
 def _locked(root: Path, location: str, command: str, *, create: bool, check: bool,
-            key: str) -> Iterator[Transaction]:
-    """Hold ``root``'s write lock for one transaction (registered so nested calls join)."""
+            key: str | None = None) -> Iterator[Transaction]:
+    """Hold ``root``'s write lock for one transaction (registered under the folder, and
+    under ``key`` (a URL) if given, so nested calls on either join it)."""
     if create:
         _layout.ensure_store(root)  # new, or the one-line error for a file or another folder
     elif not _layout.is_store(root):
@@ -218,14 +218,37 @@ def _locked(root: Path, location: str, command: str, *, create: bool, check: boo
         raise SchemaError(f"{location}: expected a NeuroFusion store; found {found} (a new "
                           f"store needs create=True, or open_store(location, mode='a'))")
     tx = Transaction(root, location, command)
-    token = _ACTIVE.set({**(_ACTIVE.get() or {}), key: tx})
-    try:
-        with _layout.writing(root, command):
-            yield tx
-            if check and tx.committed:
-                from nfstore.schema import check_store
-                from nfstore.store import Store
+    with _layout.writing(root, command, register=False), registered(tx, key):
+        yield tx
+        if check and tx.committed:
+            from nfstore.schema import check_store
+            from nfstore.store import Store
 
-                check_store(Store(root, check=False))
+            check_store(Store(root, check=False))
+
+
+@contextmanager
+def registered(tx: Transaction, *keys: str | None) -> Iterator[Transaction]:
+    """Make ``tx`` the transaction that nested :func:`transaction` calls on its folder (and on
+    ``keys``, e.g. its URL) join, for the duration of the block."""
+    names = [str(tx.root.resolve()), *(k for k in keys if k)]
+    token = _ACTIVE.set({**(_ACTIVE.get() or {}), **{k: tx for k in names}})
+    try:
+        yield tx
     finally:
         _ACTIVE.reset(token)
+
+
+def active(root: Path) -> Transaction | None:
+    """The transaction this context holds on the folder ``root``, if any."""
+    return (_ACTIVE.get() or {}).get(str(Path(root).resolve()))
+
+
+def replace_path(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Put the file or folder ``new`` at ``target`` atomically, outside any store (a
+    checkpoint folder, an exported file): the previous ``target`` is set aside first and
+    deleted only once ``new`` is in place, so readers see the old or the new version, never
+    half of one. Inside a store use :meth:`Transaction.replace`."""
+    new, target = Path(new), Path(target)
+    _layout.swap_into_place(new, target, target.with_name(
+        f".{target.name}.old-{os.getpid()}{target.suffix}"))

@@ -143,12 +143,16 @@ def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = N
     import zarr.storage
 
     import nfstore
-    from nfstore import _layout
+    from nfstore.transaction import transaction
 
     t0 = time.perf_counter()
-    path = _layout.local_store_path(local)
+    if _remote.is_url(os.fspath(local)):
+        raise OptionError(f"local: expected a local store folder; found the URL {local!r} "
+                          f"(copy it locally first)")
+    path = Path(os.fspath(local).removeprefix("file://"))
     nfstore.open_store(path)  # a one-line error if it is not a store
-    with _layout.writing(path, f"nf push {url}"):  # no writer changes it while it is copied
+    # the store's lock: no writer changes it while it is copied
+    with transaction(path, f"nf push {url}", check=False):
         repo = open_repository(url, storage_options, create=True)
         session = repo.writable_session("main")
         if expect is not None and session.snapshot_id != expect:
@@ -431,7 +435,7 @@ def rollback(url: str, snapshot: str, storage_options: dict[str, Any] | None = N
     repo = open_repository(url, storage_options)
     known = [s.id for s in repo.ancestry(branch="main")]
     if snapshot not in known:
-        raise OptionError(f"SNAPSHOT: {snapshot!r} is not in the history of {url}; "
+        raise OptionError(f"snapshot: {snapshot!r} is not in the history of {url}; "
                           f"`nf log {url}` lists {len(known)}")
     repo.reset_branch("main", snapshot)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +13,6 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from nfstore import _layout
-from nfstore.names import BETAS, DATASETS, SPLIT, STIMULUS, TRIAL, VOXEL
 from nfstore._version import __version__
 from nfstore.augment.synthesis import (
     AugmentConfig,
@@ -26,6 +23,7 @@ from nfstore.augment.synthesis import (
 )
 from nfstore.errors import OptionError, QueryError, StoreError
 from nfstore.leakage import find_leakage
+from nfstore.names import BETAS, DATASETS, SPLIT, STIMULUS, TRIAL, VOXEL
 
 SYNTHETIC = "synthetic"
 
@@ -80,7 +78,8 @@ def _check(cfg: AugmentConfig, name: str) -> None:
     """Every option of ``cfg`` (and the set's ``name``) for its type, finiteness and range;
     those that depend on the data (``n``, ``cv``, ``rank``) are checked again against it."""
     if (cfg.n is None) == (cfg.fraction is None):
-        raise OptionError("--n / --fraction: give exactly one of them")
+        raise OptionError(f"n: expected exactly one of n and fraction; found "
+                          f"{'both' if cfg.n is not None else 'neither'}")
     if cfg.n is not None:
         _integer("n", cfg.n, 1)
     if cfg.fraction is not None:
@@ -89,10 +88,10 @@ def _check(cfg: AugmentConfig, name: str) -> None:
     if cfg.alpha is not None:
         _number("alpha", cfg.alpha, 0, closed=False)
     if cfg.pool in DATASETS:
-        raise OptionError(f"--pool: {cfg.pool!r} is a dataset, not a pool of novel images; "
+        raise OptionError(f"pool: {cfg.pool!r} is a dataset, not a pool of novel images; "
                           f"register one with `nf embed STORE --pool DIR --pool-name NAME`")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise OptionError(f"--name: expected letters, digits, '_', '.' or '-'; got {name!r}")
+        raise OptionError(f"name: expected letters, digits, '_', '.' or '-'; found {name!r}")
     for field_name, lo in (("seed", 0), ("cv", 2), ("rank", 1), ("voxel_chunk", 1)):
         _integer(field_name, getattr(cfg, field_name), lo)
     for field_name in ("workers", "blas_threads"):
@@ -109,43 +108,50 @@ def _check_rank(cfg: AugmentConfig, subject: str, n_train: int, n_voxels: int) -
 
 
 def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite: bool = False,
-            dtype: str = "float32", progress: bool = False) -> AugmentSummary:
+            dtype: str = "float32", progress: bool = False,
+            storage_options: dict[str, Any] | None = None) -> AugmentSummary:
     """Fit the subject's encoding model on its train trials and write synthetic trials.
 
-    The result lands in ``/<dataset>/<subject>/synthetic/<name>`` (written aside, then renamed
-    into place); ``store.betas(subject, synthetic=True)`` returns it with the measured trials.
+    The result lands in ``/<dataset>/<subject>/synthetic/<name>`` (staged, then committed in
+    a transaction on ``location``: a local folder, or a versioned store's URL, published as
+    its next snapshot); ``store.betas(subject, synthetic=True)`` returns it with the measured
+    trials. ``storage_options``: fsspec options of a URL ``location``.
     """
     import nfstore
+    from nfstore.transaction import transaction
 
     t0 = time.perf_counter()
     name = cfg.name or f"{cfg.pool}-{cfg.noise}"
     _check(cfg, name)
     if dtype not in ("float32", "float16"):
         raise OptionError(f"dtype: expected float32 or float16; found {dtype!r}")
-    path = _layout.local_store_path(location)
-    with _layout.writing(path, f"nf augment {subject}"):
-        return _augment(nfstore.open_store(path), path, subject, cfg, name, overwrite, dtype,
+    with transaction(location, f"nf augment {subject}", storage_options=storage_options,
+                     progress=progress) as tx:
+        return _augment(nfstore.open_store(tx.root), tx, subject, cfg, name, overwrite, dtype,
                         progress, t0)
 
 
-def _augment(store: Any, path: Path, subject: str, cfg: AugmentConfig, name: str,
+def _augment(store: Any, tx: Any, subject: str, cfg: AugmentConfig, name: str,
              overwrite: bool, dtype: str, progress: bool, t0: float) -> AugmentSummary:
     ds = store.dataset(subject)
     train = np.flatnonzero(ds[SPLIT].values == "train")
     if train.size <= cfg.cv:
-        raise StoreError(f"{subject}: {train.size} train trials; need more than --cv {cfg.cv}")
+        raise StoreError(f"cv: expected fewer folds than {subject}'s {train.size} train trials; "
+                         f"found {cfg.cv}")
     _check_rank(cfg, subject, int(train.size), int(ds.sizes[VOXEL]))
     stimuli = ds[STIMULUS].values[train]
     try:
         X = store.embeddings(cfg.embedding, stimuli=stimuli).values
     except QueryError as err:
         raise QueryError(f"{subject}: train stimuli need {cfg.embedding} embeddings ({err}); "
-                         f"run `nf embed {path} --model {cfg.embedding} --weights ...`") from None
+                         f"run `nf embed {tx.location} --model {cfg.embedding} --weights ...`"
+                         ) from None
     cache = store.embeddings(cfg.embedding)  # exists: X was read from it
     pool_ids = [s for s in cache[STIMULUS].values.tolist() if s.startswith(f"{cfg.pool}/")]
     if not pool_ids:
-        raise QueryError(f"--pool: no {cfg.embedding} embeddings of pool {cfg.pool!r}; register "
-                         f"and embed it with `nf embed {path} --pool DIR --pool-name {cfg.pool}`")
+        raise QueryError(f"pool: no {cfg.embedding} embeddings of pool {cfg.pool!r}; register "
+                         f"and embed it with `nf embed {tx.location} --pool DIR --pool-name "
+                         f"{cfg.pool}`")
     # never synthesize a held-out picture: pool copies of any test/imagery stimulus are left out
     held_out_copies = find_leakage(store).excluded()
     n_pool = len(pool_ids)
@@ -153,7 +159,8 @@ def _augment(store: Any, path: Path, subject: str, cfg: AugmentConfig, name: str
     excluded = n_pool - len(pool_ids)
     asked = cfg.n if cfg.n is not None else cfg.fraction * train.size  # type: ignore
     if asked >= len(pool_ids) + 0.5:  # more than the pool holds once rounded
-        raise OptionError(f"--n/--fraction: {asked:.0f} synthetic trials asked; pool "
+        raise OptionError(f"{'n' if cfg.n is not None else 'fraction'}: {asked:.0f} synthetic "
+                          f"trials asked; pool "
                           f"{cfg.pool!r} has "
                           f"{len(pool_ids)} embedded images that are not copies of held-out "
                           f"pictures ({excluded} are; `nf leakage` lists them)")
@@ -166,17 +173,16 @@ def _augment(store: Any, path: Path, subject: str, cfg: AugmentConfig, name: str
                                                                  replace=False))]
     X_pool = cache.sel({STIMULUS: chosen}).values
 
-    dest = path / subject / SYNTHETIC / name
-    if dest.exists() and not overwrite:
-        raise StoreError(f"{path}: {subject} already has a synthetic set '{name}'; pass "
-                         f"--overwrite to replace it or --name to add another")
-    betas = BetasRef(str(path.resolve()), subject)  # workers open the store themselves
+    key = f"{subject}/{SYNTHETIC}/{name}"
+    if tx.path(key).exists() and not overwrite:
+        raise StoreError(f"name: {subject} already has a synthetic set '{name}' in "
+                         f"{tx.location}; pass overwrite=True to replace it or another name")
+    betas = BetasRef(str(tx.root.resolve()), subject)  # workers open the store themselves
     model, lowrank, timing = fit_model(betas, train, X, int(ds.sizes[VOXEL]), cfg, progress)
     noise = noise_model(model, lowrank, cfg.noise, n, cfg.rank, cfg.seed)
 
-    staged = _layout.staging_path(path, f"{subject}.{SYNTHETIC}.{name}")
-    shutil.rmtree(staged, ignore_errors=True)
-    staged.parent.mkdir(parents=True, exist_ok=True)
+    tx.discard(key)  # written whole: nothing to resume
+    staged, _, _ = tx.stage(key, create=False)
     try:
         _write_group(staged, chosen, model, dtype, name, int(ds.sizes[VOXEL]), cfg.voxel_chunk)
         t1 = time.perf_counter()
@@ -199,10 +205,9 @@ def _augment(store: Any, path: Path, subject: str, cfg: AugmentConfig, name: str
             "excluded_held_out_copies": int(excluded),
             "n_train_trials": int(train.size), "measured_fingerprint":
                 store.attrs(subject).get("ingest_fingerprint"), "dtype": dtype})
-        _layout.ensure_group(path, f"{subject}/{SYNTHETIC}")
-        _layout.commit(path, staged, f"{subject}/{SYNTHETIC}/{name}")
+        tx.commit(key)
     except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
+        tx.discard(key)
         raise
     summary = AugmentSummary(subject, name, int(train.size), n, int(ds.sizes[VOXEL]),
                              model.cv_corr, model.alpha, time.perf_counter() - t0, timing,

@@ -199,7 +199,8 @@ def test_measured_and_synthetic_together(aug_store: Path) -> None:
 
 
 @pytest.mark.parametrize("cfg, exc, message", [
-    (dict(pool="novel"), nfstore.OptionError, "--n / --fraction: give exactly one"),
+    (dict(pool="novel"), nfstore.OptionError,
+     "^n: expected exactly one of n and fraction; found neither$"),
     (dict(pool="novel", n=5000), nfstore.OptionError, r"pool 'novel' has \d+ embedded images"),
     (dict(pool="imagenet", n=5), nfstore.QueryError, "no ip-adapter-sdxl embeddings of pool"),
     (dict(pool="novel", n=5, embedding="ip-adapter-sdxl-vit-h"), nfstore.QueryError,
@@ -217,7 +218,7 @@ def test_measured_and_synthetic_together(aug_store: Path) -> None:
      r"^fraction: expected a finite number > 0; found inf$"),
     (dict(pool="novel", fraction=float("nan")), nfstore.OptionError, r"^fraction: expected"),
     (dict(pool="novel", fraction=1e308), nfstore.OptionError,
-     r"^--n/--fraction: inf synthetic trials asked; pool 'novel' has \d+ embedded images"),
+     r"^fraction: inf synthetic trials asked; pool 'novel' has \d+ embedded images"),
     (dict(pool="novel", fraction=1e-4), nfstore.OptionError,
      r"^fraction: expected at least one synthetic trial; found 0 \(0.0001 x 210 train"),
     (dict(pool="novel", n=5, alpha=float("nan")), nfstore.OptionError,

@@ -122,7 +122,7 @@ def test_augment_never_synthesizes_held_out_copies(world: dict[str, Path]) -> No
     with pytest.raises(nfstore.OptionError, match=r"has 40 embedded images .*\(5 are"):
         augment(store, "god/sub-01", AugmentConfig(pool="imnet", n=len(pool), alpha=10.0,
                                                    name="more"))
-    with pytest.raises(nfstore.OptionError, match="--pool: 'nsd' is a dataset"):
+    with pytest.raises(nfstore.OptionError, match="^pool: 'nsd' is a dataset"):
         augment(store, "god/sub-01", AugmentConfig(pool="nsd", n=5, alpha=10.0))
 
 

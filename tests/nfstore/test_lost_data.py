@@ -152,10 +152,11 @@ def test_an_uncreatable_store_folder_is_a_one_line_error(runner: CliRunner,
 def test_replacing_a_set_leaves_no_trash(nsd_store: Path) -> None:
     key = "decoded/ridge/nsd/subj01"
     for value in (1.0, 2.0):
-        staged = _layout.staging_path(nsd_store, "decoded.ridge.nsd.subj01")
-        g = zarr.open_group(str(staged), mode="w", zarr_format=3)
-        g.create_array("embedding", shape=(2, 3), dtype="float32")[:] = value
-        _layout.commit(nsd_store, staged, key)
+        with nfstore.transaction(nsd_store, "nf test", check=False) as tx:
+            staged, _, _ = tx.stage(key)
+            g = zarr.open_group(str(staged), mode="r+")
+            g.create_array("embedding", shape=(2, 3), dtype="float32")[:] = value
+            tx.commit(key)
     assert not (nsd_store / "_trash").exists()
     assert zarr.open_array(str(nsd_store / key / "embedding"), mode="r")[0, 0] == 2.0
 

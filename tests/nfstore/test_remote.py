@@ -37,7 +37,7 @@ def pair(served: dict[str, Path], s3: dict[str, Any], tmp_path_factory: pytest.T
     with_image = {t: int((st.stimuli(t)["file"].values != "").sum()) for t in ("nsd", "novel")}
     assert summary.tables == with_image and with_image["novel"] == 60
     assert cache_pixels(local, ["nsd"]).tables == {"nsd": 0}  # a rerun adds nothing
-    cache_pixels(local, ["god"], size=32)
+    cache_pixels(local, ["god"], pixel_size=32)
     url = _upload(s3, local, "nf.zarr")
     return {"local": local, "url": url, "remote": nfstore.open_store(url,
                                                                      storage_options=s3["options"]),
@@ -216,8 +216,8 @@ def test_errors_at_the_boundary(pair: dict[str, Any], s3: dict) -> None:
 
     with pytest.raises(OptionError, match="--allow-jobs: .* is a URL"):
         run(pair["remote"], "127.0.0.1", 0, True, None, None, [], None, 256, echo=lambda _: None)
-    with pytest.raises(OptionError, match="writing needs a local folder"):
-        cache_pixels(pair["url"])
+    with pytest.raises(OptionError, match="holds a plain copy of a store, which is read-only"):
+        cache_pixels(pair["url"], storage_options=s3["options"])
 
 
 def test_cli_cache_pixels_flags(pair: dict[str, Any], tmp_path: Path) -> None:
