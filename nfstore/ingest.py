@@ -39,6 +39,7 @@ from nfstore.names import (
     ROI,
     ROI_MASK,
     SOURCE,
+    STAGING_GROUP,
     STATUS_ATTR,
     TRIAL,
     VOXEL,
@@ -188,7 +189,7 @@ def _empty_store(path: Path, dataset: str) -> bool:
     """Whether ``path`` holds no subject and no staged write (what a failed first ingest
     leaves: safe to remove)."""
     return not any(path.glob(f"{dataset}/*/zarr.json")) and not any(
-        (path / "_staging").glob("*.json"))
+        p.name != "zarr.json" for p in (path / STAGING_GROUP).glob("*.json"))
 
 
 def _reader_path(reader: Any) -> str:

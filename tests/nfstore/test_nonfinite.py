@@ -81,7 +81,7 @@ def test_nonfinite_zero_with_statistics_across_sessions(raw_copy: Path, tmp_path
 
 def test_nonfinite_policy_is_checked(nsd_raw: Path, tmp_path: Path) -> None:
     with pytest.raises(nfstore.OptionError, match=r"nonfinite: expected one of \['error', "
-                                                  r"'zero'\]; got 'drop'"):
+                                                  r"'zero'\]; found 'drop'"):
         nfstore.ingest("nsd", nsd_raw, tmp_path / "s.zarr", nonfinite="drop")
     assert not (tmp_path / "s.zarr").exists()
 

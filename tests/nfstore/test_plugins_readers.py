@@ -179,3 +179,29 @@ def test_an_installed_plugin_reader_goes_through_every_command(tmp_path: Path) -
     # the plugin is not importable in this process: nothing leaked into the registry
     assert "godmirror" not in readers.reader_names()
     assert json.loads(json.dumps(readers.reader_names()))[:3] == ["nsd", "bold5000", "god"]
+
+
+def test_nf_ingest_takes_reader_options_as_key_value(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from nf.main import _register, cli
+
+    _register()
+    raw, store = tmp_path / "raw", tmp_path / "s.zarr"
+    runner = CliRunner()
+    r = runner.invoke(cli, ["synth", "god", str(raw), "--subjects", "1", "--set",
+                            "train_categories=6", "test_images=4", "image_size=16"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["ingest", "god", str(raw), "--store", str(store), "--option",
+                            "block_rows=8", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    blocks = nfstore.open_store(store).attrs("god/sub-01")
+    assert blocks["dataset"] == "god" and blocks["reader"] == "nfstore.readers.god.GODReader"
+    for args, message in ((["--option", "nope=1"], "Error: nope: not an option of god; valid: "
+                           "block_rows, images"),
+                          (["--option", "block_rows"], "Error: --option: expected KEY=VALUE; "
+                           "found 'block_rows'"),
+                          (["--tr", "TR3"], "Error: --tr: not an option of god")):
+        r = runner.invoke(cli, ["ingest", "god", str(raw), "--store", str(tmp_path / "x.zarr"),
+                                *args])
+        assert r.exit_code == 1 and r.output.strip().splitlines() == [
+            r.output.strip()] and r.output.startswith(message), r.output
