@@ -33,8 +33,8 @@ N = 1000
 
 def build_store() -> Path:
     import nfstore
-    from nfrecon.reconstruct import RECON_GROUP, create_group
-    from nfstore import _layout
+    from nfrecon.reconstruct import create_group
+    from nfstore.names import RECON_GROUP
     from nfstore.synth import synthesize
 
     store = WORK / "serve.zarr"
@@ -49,16 +49,17 @@ def build_store() -> Path:
     st = nfstore.open_store(store)
     ds = st.dataset("nsd/subj01")
     test = np.unique(ds.stimulus.values[ds.split.values == "test"])[:N]
-    staged = _layout.staging_path(store, "reconstructions.bench.nsd.subj01")
-    g = create_group(staged, test, 1, 64)
-    rng = np.random.default_rng(0)
-    for a in range(0, len(test), 100):
-        g["images"][a:a + 100] = rng.integers(0, 256, (min(100, len(test) - a), 1, 64, 64, 3),
-                                              dtype=np.uint8)
-    g["chosen"][:] = 0
-    g.attrs.update({"source": "benchmark: random images"})
-    _layout.ensure_group(store, f"{RECON_GROUP}/bench/nsd")
-    _layout.commit(store, staged, f"{RECON_GROUP}/bench/nsd/subj01")
+    key = f"{RECON_GROUP}/bench/nsd/subj01"
+    with nfstore.transaction(store, "bench_serve") as tx:
+        staged, _, _ = tx.stage(key, create=False)
+        g = create_group(staged, test, 1, 64)
+        rng = np.random.default_rng(0)
+        for a in range(0, len(test), 100):
+            g["images"][a:a + 100] = rng.integers(0, 256, (min(100, len(test) - a), 1, 64, 64,
+                                                           3), dtype=np.uint8)
+        g["chosen"][:] = 0
+        g.attrs.update({"source": "benchmark: random images"})
+        tx.commit(key)
     (store / "done").touch()
     return store
 

@@ -70,12 +70,12 @@ def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | 
     try:
         grid = tuple(float(a) for a in alphas) if alphas else DEFAULT_ALPHAS
     except ValueError:
-        raise OptionError(f"--alphas: expected numbers; got {list(alphas or ())}") from None
+        raise OptionError(f"alphas: expected numbers; found {list(alphas or ())}") from None
     bad = [a for a in grid if not math.isfinite(a) or a <= 0]
     if bad:
-        raise OptionError(f"--alphas: expected finite numbers > 0; found {bad}")
+        raise OptionError(f"alphas: expected finite numbers > 0; found {bad}")
     if image_size > SIZE_MAX:
-        raise OptionError(f"--image-size: expected at most {SIZE_MAX} (pixels); found "
+        raise OptionError(f"image_size: expected at most {SIZE_MAX} (pixels); found "
                           f"{image_size}")
     click.echo(run(store, subject, name, alphas=grid, cv=cv, split=split, roi=roi,
                    embedding=embedding, rescale=rescale, image_size=image_size, vae=vae).line())
@@ -148,25 +148,29 @@ def reconstruct(store: str, decoded: str | None, sdxl: str, sdxl_config: str | N
                 encoder: str | None, from_embeddings: bool, limit: int | None, progress: bool,
                 init: str | None, init_kind: str, overwrite: bool, **params: object) -> None:
     """Images from decoded embeddings with SDXL + IP-Adapter (local weights only)."""
-    from nfrecon.reconstruct import ReconConfig, SetExistsError
-    from nfrecon.reconstruct import reconstruct as run
-    from nfstore.errors import OptionError
+    from nfrecon.reconstruct import ReconConfig, ReconOptions, reconstruct_sets
+    from nfstore.errors import NFError
 
-    if decoded is None and not from_embeddings:
-        raise OptionError("--decoded: expected a decoded set to reconstruct (or "
-                          "--from-embeddings for the true embeddings); found none")
-    cfg = ReconConfig(**params)  # type: ignore[arg-type]
-    name = name or (decoded if not from_embeddings else f"{decoded}-oracle" if decoded
-                    else "oracle")
+    opts = ReconOptions(sdxl=sdxl, ip_adapter=ip_adapter, decoded=decoded, name=name,
+                        subjects=list(subjects) if subjects else None, split=split,
+                        encoder=encoder, from_embeddings=from_embeddings, limit=limit,
+                        sdxl_config=sdxl_config, init=init, init_kind=init_kind,
+                        overwrite=overwrite, progress=progress)
     try:
-        summary = run(store, decoded, sdxl, ip_adapter, name, cfg,
-                      subjects=list(subjects) if subjects else None, split=split,
-                      encoder=encoder, from_embeddings=from_embeddings, limit=limit,
-                      progress=progress, sdxl_config=sdxl_config, init=init,
-                      init_kind=init_kind, overwrite=overwrite)
-    except SetExistsError as err:  # the library names its parameter; here it is a flag
-        raise SetExistsError(str(err).replace("overwrite=True", "--overwrite")) from None
+        summary = reconstruct_sets(store, opts, ReconConfig(**params))  # type: ignore[arg-type]
+    except NFError as err:  # the library names a switch `overwrite=True`: here a flag
+        text = _flag_switches(str(err))
+        if text == str(err):
+            raise
+        raise type(err)(text) from None
     click.echo(summary.line())
+
+
+def _flag_switches(message: str) -> str:
+    """``overwrite=True`` -> ``--overwrite`` (a library keyword switch named as its flag)."""
+    import re
+
+    return re.sub(r"\b([a-z_]+)=True\b", lambda m: "--" + m[1].replace("_", "-"), message)
 
 
 @click.command("export-images")
@@ -224,38 +228,14 @@ def metrics(store: str, name: str, weights: str, clip: str, variant: str,
             sdxl: str | None, sdxl_config: str | None, figures_dir: str | None) -> None:
     """PixCorr, SSIM, AlexNet(2/5), Inception, CLIP, EffNet-B, SwAV of a reconstruction set,
     exactly as MindEye2's (default) or Brain-Diffuser's code computes them, with baselines."""
-    from pathlib import Path
+    from nfrecon.metrics_run import run_metrics
 
-    from nfrecon.report import metrics_report, write_figures, write_json, write_tables
-    from nfrecon.semantic import load_classifier
-
-    rep = metrics_report(store, name, weights, clip, variant=variant,
-                         subjects=list(subjects) if subjects else None, oracle=oracle,
-                         device=device, seed=seed, progress=True, sdxl=sdxl,
-                         sdxl_config=sdxl_config,
-                         classifier=load_classifier(classifier, device) if classifier else None)
-    for key, row in rep["subjects"].items():
-        click.echo(f"{key}: " + ", ".join(f"{k} {v['mean']:.3f} [{v['ci95'][0]:.3f}, "
-                                          f"{v['ci95'][1]:.3f}]" for k, v in row.items()
-                                          if isinstance(v, dict)))
-    for key, r in rep.get("retrieval", {}).items():
-        if r:
-            click.echo(f"{key} brain retrieval ({r['n_candidates']} candidates): top-1 "
-                       f"{r['top1_brain_to_image']:.3f} / {r['top1_image_to_brain']:.3f}, "
-                       f"top-5 {r['top5_brain_to_image']:.3f} / {r['top5_image_to_brain']:.3f}"
-                       " (brain->image / image->brain)")
-    if figures_dir:
-        click.echo(f"wrote {len(write_figures(rep, store, figures_dir))} figures to "
-                   f"{figures_dir}")
-    if table_dir:
-        t = write_tables(rep, Path(table_dir), label)
-        click.echo(t["markdown"])
-        click.echo(f"wrote {t['md']} and {t['html']}")
-    if out:
-        click.echo(f"wrote {write_json(rep, out)}")
-    click.echo(f"scored {sum(r['n_images'] for r in rep['subjects'].values())} images "
-               f"({variant}) in {rep['seconds']:.1f} s ({rep['images_per_second']:.1f} "
-               f"images/s, baselines included)")
+    for line in run_metrics(store, name, weights, clip, classifier=classifier, out=out,
+                            table_dir=table_dir, figures_dir=figures_dir, label=label,
+                            variant=variant, subjects=list(subjects) if subjects else None,
+                            oracle=oracle, device=device, seed=seed, sdxl=sdxl,
+                            sdxl_config=sdxl_config, progress=True):
+        click.echo(line)
 
 
 COMMANDS = [predict, decode_ridge, refine, reconstruct, export_images, metrics]

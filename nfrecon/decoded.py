@@ -2,12 +2,13 @@
 
 One group per subject: ``embedding (row, feature)`` float32 with row coordinates ``stimulus``,
 ``split``, ``out_of_sample`` (True where the decoder never trained on the row: test rows,
-validation pictures, out-of-fold ridge predictions) and ``n_repeats``. Written aside and renamed
-into place (:func:`nfstore._layout.commit`) under the store's write lock.
+validation pictures, out-of-fold ridge predictions) and ``n_repeats``. Written through the
+store's transaction (:func:`nfstore.transaction`): staged, then committed into place atomically.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,37 +17,57 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from nfstore import _layout
-from nfstore.names import DECODED_GROUP
-from nfstore import __version__
+from nfstore import Transaction, __version__
 from nfstore.errors import OptionError
+from nfstore.names import DECODED_GROUP
 
 
-def check_name(name: str, option: str = "--name") -> str:
+def check_name(name: str, param: str = "name") -> str:
+    """``name`` if it is a valid set name (letters, digits, ``_``, ``.``, ``-``), else a
+    one-line :class:`OptionError` starting with ``param``."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
-        raise OptionError(f"{option}: expected letters, digits, '_', '.' or '-'; got {name!r}")
+        raise OptionError(f"{param}: expected letters, digits, '_', '.' or '-'; found {name!r}")
     return name
 
 
-def write_decoded(store: Path, name: str, subject: str, embedding: np.ndarray,
-                  stimulus: np.ndarray, split: np.ndarray, out_of_sample: np.ndarray,
-                  n_repeats: np.ndarray, attrs: dict[str, Any]) -> None:
+def decoded_key(name: str, subject: str) -> str:
+    """The store key of one subject's rows of decoded set ``name``."""
+    return f"{DECODED_GROUP}/{name}/{subject}"
+
+
+def write_decoded(tx: Transaction | str | os.PathLike[str], name: str, subject: str,
+                  embedding: np.ndarray, stimulus: np.ndarray, split: np.ndarray,
+                  out_of_sample: np.ndarray, n_repeats: np.ndarray,
+                  attrs: dict[str, Any]) -> None:
     """Write one subject's rows of decoded set ``name`` (replacing earlier rows atomically).
 
     Parameters
     ----------
+    tx : the open transaction on the store (``with nfstore.transaction(store, cmd) as tx``).
+        A store path is still accepted while callers move to transactions: then the caller
+        holds the store's write lock (or nothing else writes), as before.
+    name, subject : the set (checked with :func:`check_name`) and the subject key
     embedding : float array (n_rows, D)
     stimulus, split : str arrays (n_rows,)
     out_of_sample : bool array (n_rows,)
     n_repeats : int array (n_rows,)
+    attrs : the set's attributes (``subject``, ``name`` and ``nf_version`` are added)
+
+    Raises
+    ------
+    OptionError
+        ``embedding`` holds non-finite rows (nothing is written).
     """
     if not np.isfinite(embedding).all():
-        raise OptionError(f"{subject}: {int((~np.isfinite(embedding)).any(1).sum())} decoded "
-                          f"rows are non-finite; nothing written")
-    key = f"{DECODED_GROUP}/{name}/{subject}"
-    staged = _layout.staging_path(store, f"{DECODED_GROUP}.{name}.{subject.replace('/', '.')}")
-    _layout.discard(staged)
-    staged.parent.mkdir(parents=True, exist_ok=True)
+        bad = int((~np.isfinite(embedding)).any(1).sum())
+        raise OptionError(f"embedding: expected finite values for {subject}; found non-finite "
+                          f"values ({bad} decoded rows are non-finite; nothing written)")
+    if not isinstance(tx, Transaction):  # a store path: the caller holds the lock
+        root = Path(os.fspath(tx).removeprefix("file://"))
+        tx = Transaction(root, str(root), f"write decoded set {name}")
+    key = decoded_key(check_name(name), subject)
+    tx.discard(key)  # never resumed: the rows are written at once
+    staged, _, _ = tx.stage(key, create=False)
     ds = xr.Dataset({"embedding": (("row", "feature"), np.asarray(embedding, np.float32))},
                     coords={"stimulus": ("row", np.asarray(stimulus, dtype=object)),
                             "split": ("row", np.asarray(split, dtype=object)),
@@ -55,5 +76,4 @@ def write_decoded(store: Path, name: str, subject: str, embedding: np.ndarray,
     ds.to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
     zarr.open_group(str(staged), mode="r+").attrs.update(
         {**attrs, "subject": subject, "name": name, "nf_version": __version__})
-    _layout.ensure_group(store, f"{DECODED_GROUP}/{name}/{subject.split('/')[0]}")
-    _layout.commit(store, staged, key)
+    tx.commit(key)

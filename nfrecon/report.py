@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ import numpy as np
 
 import nfstore
 from nfrecon import metrics as M
-from nfrecon.reconstruct import RECON_GROUP, read_reconstructions, recon_subjects
-from nfstore import _layout
+from nfrecon.recon_sets import read_reconstructions, recon_subjects
 from nfstore import __version__
+from nfstore.names import RECON_GROUP
 
 
 def chosen_images(location: str | Path | nfstore.Store, name: str, subject: str
@@ -82,21 +83,21 @@ def summarize(per_image: dict[str, np.ndarray], seed: int = 0) -> dict[str, Any]
             for k, v in per_image.items()} | {"n_images": int(len(next(iter(per_image.values()))))}
 
 
-def _store_per_image(path: Path, name: str, subject: str, variant: str,
+def _store_per_image(tx: nfstore.Transaction, name: str, subject: str, variant: str,
                      values: dict[str, np.ndarray]) -> None:
+    """Commit the per-image values (metric -> float (n_rows,)) at
+    ``/reconstructions/<name>/<subject>/metrics/<variant>`` in the open transaction ``tx``."""
     import zarr
 
     key = f"{RECON_GROUP}/{name}/{subject}/metrics/{variant}"
-    staged = _layout.staging_path(path, key.replace("/", ". -"))
-    _layout.discard(staged)
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    g = zarr.open_group(str(staged), mode="w", zarr_format=3)
+    tx.discard(key)  # written at once: never resumed
+    staged, _, _ = tx.stage(key)
+    g = zarr.open_group(str(staged), mode="r+")
     for k, v in values.items():
         g.create_array(k, data=np.asarray(v, np.float64), dimension_names=("row",))
     g.attrs.update({"variant": variant, "nf_version": __version__,
                     "metrics": list(values), "lower_is_better": list(M.LOWER_IS_BETTER)})
-    _layout.ensure_group(path, f"{RECON_GROUP}/{name}/{subject}/metrics")
-    _layout.commit(path, staged, key)
+    tx.commit(key)
 
 
 def metrics_report(location: str | Path, name: str, weights: str | Path, clip: str | Path, *,
@@ -105,7 +106,8 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
                    classifier: Any = None, sdxl: str | Path | None = None,
                    sdxl_config: str | Path | None = None,
                    progress: bool = False) -> dict[str, Any]:
-    """Metrics of reconstruction set ``name`` and its baselines; per-image values stored.
+    """Metrics of reconstruction set ``name`` and its baselines; per-image values stored (in a
+    local store; a store read from a URL is only read).
 
     ``classifier`` (uint8 images -> ImageNet probabilities, e.g.
     :func:`nfrecon.semantic.load_classifier`) adds the paper's 50-way "Top-1 acc"; ``sdxl``
@@ -116,17 +118,42 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
 
     t0 = time.perf_counter()
     if variant not in M.VARIANTS:
-        raise nfstore.OptionError(f"--variant: expected one of {list(M.VARIANTS)}; got "
+        raise nfstore.OptionError(f"variant: expected one of {list(M.VARIANTS)}; found "
                                   f"{variant!r}")
     store = nfstore.open_store(location)
-    # per-image values go into a local store; a store read from a URL is only read
-    path = None if store.remote else _layout.local_store_path(store.location)
-    base = f"{RECON_GROUP}/{name}"
     keys = recon_subjects(store, name, subjects)
     networks = M.load_networks(M.weight_paths(weights, variant), clip, device)
+    score = _scorer(networks, variant, device, classifier, seed)
     vae = vae_roundtrip(sdxl, device, sdxl_config) if sdxl else None
+    report: dict[str, Any] = {"reconstructions": name, "variant": variant, "subjects": {},
+                              "datasets": {}, "overall": {}, "baselines": {}, "retrieval": {}}
+    pooled: dict[str, dict[str, np.ndarray]] = {}
+    n_images = 0
+    bar = tqdm(total=sum(int(store.group(f"{RECON_GROUP}/{name}/{k}")["stimulus"].shape[0])
+                         for k in keys), desc=f"metrics {name}", unit="img", disable=not progress)
+    with nullcontext() if store.remote else store.transaction(f"nf metrics {name}") as tx:
+        for key in keys:
+            pooled[key] = _score_subject(store, name, key, score, report, vae, oracle, seed)
+            if tx is not None:
+                _store_per_image(tx, name, key, variant, pooled[key])
+            n_images += report["subjects"][key]["n_images"]
+            bar.update(report["subjects"][key]["n_images"])
+            bar.set_postfix_str(f"{n_images / (time.perf_counter() - t0):.2f} img/s (with "
+                                f"baselines)")
+    bar.close()
+    _pool(report, pooled, seed)
+    report["per_image_values"] = (f"stored at {RECON_GROUP}/{name}/<subject>/metrics/{variant}"
+                                  if not store.remote else
+                                  "not stored: the store was read from a URL")
+    report["seconds"] = time.perf_counter() - t0
+    report["images_per_second"] = n_images / max(report["seconds"], 1e-9)
+    return report
 
-    def score(gt: np.ndarray, imgs: np.ndarray) -> dict[str, np.ndarray]:
+
+def _scorer(networks: Any, variant: str, device: str, classifier: Any, seed: int
+            ) -> Callable[[Any, np.ndarray], dict[str, np.ndarray]]:
+    """(ground truth, uint8 images (n, H, W, 3)) -> metric -> per-image values (n,)."""
+    def score(gt: Any, imgs: np.ndarray) -> dict[str, np.ndarray]:
         vals = M.image_metrics(gt, imgs, networks, variant, device)
         if classifier is not None:
             from nfrecon.semantic import semantic_top1
@@ -134,55 +161,44 @@ def metrics_report(location: str | Path, name: str, weights: str | Path, clip: s
             vals["top1"] = semantic_top1(classifier(gt), classifier(imgs), seed=seed)
         return vals
 
-    report: dict[str, Any] = {"reconstructions": name, "variant": variant, "subjects": {},
-                              "datasets": {}, "overall": {}, "baselines": {}}
-    n_images = 0
-    pooled: dict[str, dict[str, np.ndarray]] = {}
-    bar = tqdm(total=sum(int(store.group(f"{base}/{k}")["stimulus"].shape[0]) for k in keys),
-               desc=f"metrics {name}", unit="img", disable=not progress)
-    with _layout.writing(path, f"nf metrics {name}") if path else nullcontext():
-        for key in keys:
-            rec, stim = chosen_images(store, name, key)
-            gt = ground_truth(store, stim)  # native sizes: the metric convention resizes
-            vals = score(gt, rec)
-            pooled[key] = vals
-            if path is not None:
-                _store_per_image(path, name, key, variant, vals)
-            report["subjects"][key] = summarize(vals, seed)
-            report.setdefault("retrieval", {})[key] = _retrieval(
-                store, store.group(f"{base}/{key}"), stim, seed)
-            rows = {"shuffled reconstructions": rec[derangement(len(rec), seed)],
-                    "mean train image": np.broadcast_to(
-                        mean_train_image(store, key, rec.shape[1]), rec.shape).copy()}
-            if vae is not None:  # the VAE sees the ground truth at the reconstructions' size
-                rows["VAE round trip (low-level ceiling)"] = vae(
-                    ground_truth(store, stim, rec.shape[1]))
-            if oracle:
-                orec, ostim = chosen_images(store, oracle, key)
-                if list(ostim) == list(stim):
-                    rows["oracle (true embeddings)"] = orec
-            for label, imgs in rows.items():
-                report["baselines"].setdefault(label, {})[key] = summarize(score(gt, imgs),
-                                                                          seed)
-            n_images += len(rec)
-            bar.update(len(rec))
-            bar.set_postfix_str(f"{n_images / (time.perf_counter() - t0):.2f} img/s (with "
-                                f"baselines)")
-    bar.close()
+    return score
+
+
+def _score_subject(store: nfstore.Store, name: str, key: str, score: Callable[..., Any],
+                   report: dict[str, Any], vae: Any, oracle: str | None, seed: int
+                   ) -> dict[str, np.ndarray]:
+    """Score one subject's chosen images and its baselines into ``report``; returns the
+    per-image values (metric -> (n,))."""
+    rec, stim = chosen_images(store, name, key)
+    gt = ground_truth(store, stim)  # native sizes: the metric convention resizes
+    vals = score(gt, rec)
+    report["subjects"][key] = summarize(vals, seed)
+    report["retrieval"][key] = _retrieval(store, store.group(f"{RECON_GROUP}/{name}/{key}"),
+                                          stim, seed)
+    rows = {"shuffled reconstructions": rec[derangement(len(rec), seed)],
+            "mean train image": np.broadcast_to(
+                mean_train_image(store, key, rec.shape[1]), rec.shape).copy()}
+    if vae is not None:  # the VAE sees the ground truth at the reconstructions' size
+        rows["VAE round trip (low-level ceiling)"] = vae(ground_truth(store, stim, rec.shape[1]))
+    if oracle:
+        orec, ostim = chosen_images(store, oracle, key)
+        if list(ostim) == list(stim):
+            rows["oracle (true embeddings)"] = orec
+    for label, imgs in rows.items():
+        report["baselines"].setdefault(label, {})[key] = summarize(score(gt, imgs), seed)
+    return vals
+
+
+def _pool(report: dict[str, Any], pooled: dict[str, dict[str, np.ndarray]], seed: int) -> None:
+    """The dataset and overall means, and their CIs: a bootstrap over the pooled images."""
     report["datasets"] = _by_dataset(report["subjects"])
     report["overall"] = _mean_of(list(report["subjects"].values()))
-    # CIs at the dataset and overall levels: bootstrap over the pooled images
     groups = {d: [k for k in pooled if k.startswith(f"{d}/")] for d in report["datasets"]}
     groups["overall"] = list(pooled)
     report["ci95"] = {g: {m: M.bootstrap_ci(np.concatenate([pooled[k][m] for k in ks]), seed=seed)
                           for m in pooled[ks[0]]} for g, ks in groups.items() if ks}
-    for label, per in report["baselines"].items():
+    for per in report["baselines"].values():
         per["overall"] = _mean_of([v for k, v in per.items() if k != "overall"])
-    report["per_image_values"] = (f"stored at {RECON_GROUP}/{name}/<subject>/metrics/{variant}"
-                                  if path else "not stored: the store was read from a URL")
-    report["seconds"] = time.perf_counter() - t0
-    report["images_per_second"] = n_images / max(report["seconds"], 1e-9)
-    return report
 
 
 def _retrieval(store: nfstore.Store, group: Any, stim: np.ndarray, seed: int
@@ -266,8 +282,8 @@ COLUMNS = ("PixCorr", "SSIM", "Alex(2)", "Alex(5)", "Incep", "CLIP", "EffNet-B",
 
 
 def _fmt(m: dict[str, float]) -> list[str]:
-    return [f"{m[k]:.3f}" if k in ("pixcorr", "ssim", "effnet", "swav") else
-            f"{100 * m[k]:.1f}" if k in m else "-" for k in (*M.METRICS, "top1")]
+    return ["-" if k not in m else f"{m[k]:.3f}" if k in ("pixcorr", "ssim", "effnet", "swav")
+            else f"{100 * m[k]:.1f}" for k in (*M.METRICS, "top1")]
 
 
 def table_rows(report: dict[str, Any], label: str) -> dict[str, list[tuple[str, str, list[str]]]]:

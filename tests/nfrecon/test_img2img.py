@@ -138,9 +138,11 @@ def test_blend_is_its_own_labelled_set(store: Path, models: dict[str, Path]) -> 
     np.testing.assert_array_equal(np.asarray(b["images"])[:, 0], want)
     assert b["attrs"]["blend"] == 0.25 and "pixel blend" in b["attrs"]["source"]
     assert "blend" not in read_reconstructions(store, "i2i", "nsd/subj01")["attrs"]
-    for extra, msg in ((["--blend", "0.25"], "--blend: blends with the --init set"),
-                       (["--init", "lat-missing"], "--init: 'lat-missing' is not a "),
-                       (["--init", "ridge"], "--init: decoded set 'ridge' holds")):
+    for extra, msg in ((["--blend", "0.25"], "--blend: blends with the images of the init set"),
+                       (["--init", "lat-missing"], "--init: expected a reconstruction set or a "
+                                                   "decoded set of sdxl-vae latents with rows"),
+                       (["--init", "ridge"], "--init: expected 'sdxl-vae' latents or a "
+                                             "reconstruction set; found decoded set 'ridge'")):
         before = sorted(p.name for p in (store / "reconstructions").iterdir())
         res = CliRunner().invoke(cli, args + ["--name", "x", *extra])
         assert res.exit_code == 1 and msg in res.output and res.output.count("\n") == 1, \

@@ -202,7 +202,7 @@ def test_cli_options_out_of_range(store: Path, models: dict[str, Path], args: li
                                    str(models["sdxl"]), "--ip-adapter",
                                    str(models["ip_adapter"]), "--no-progress"] + args)
     assert res.exit_code == 1 and "Traceback" not in res.output
-    assert res.output.startswith(f"Error: {args[0][2:].replace('-', '_')}: expected ")
+    assert res.output.startswith(f"Error: {args[0]}: expected ")  # the flag, not the field
     assert res.output.count("\n") == 1 and tree_state(store) == before
 
 
