@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,31 +23,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
 
 from nfstore import _layout
 from nfstore._version import __version__
 from nfstore.errors import MissingFileError, NFError, OptionError, StoreError
+from nfstore.ingest_blocks import stage_here, write_template
 from nfstore.ingest_cluster import ClusterRun, connect, stage_on_cluster
 from nfstore.names import (
     BETAS,
     COMPLETE,
-    INCOMPLETE,
-    MEASURED,
-    ROI,
-    ROI_MASK,
-    SOURCE,
     STAGING_GROUP,
     STATUS_ATTR,
-    TRIAL,
-    VOXEL,
     subject_key,
 )
 from nfstore.normalize import (
     NONFINITE,
-    normalized_block,
     set_nonfinite,
     set_normalization,
     spanning_stats,
@@ -321,7 +312,7 @@ def _stage(tx: Transaction, raw: RawSubject, key: str, layout: tuple[str, int, s
     fingerprint = _fingerprint(raw, dtype, voxel_chunk)
     staged, state, resumed = tx.stage(key, identity={"fingerprint": fingerprint}, create=False)
     if not resumed:
-        _write_template(raw, staged, dtype, voxel_chunk, raw_root, reader)
+        write_template(raw, staged, dtype, voxel_chunk, raw_root, reader)
         state = {**state, "blocks_done": [], "zero_std": 0, "nonfinite": 0}
         tx.save(key, state)
     betas = zarr.open_array(str(staged / BETAS), mode="r+")
@@ -347,7 +338,7 @@ def _stage(tx: Transaction, raw: RawSubject, key: str, layout: tuple[str, int, s
         stage_on_cluster(client, run, raw, todo, str((staged / BETAS).resolve()), stats,
                           dtype, done)
     else:
-        _stage_here(raw, todo, betas, stats, fit, none, dtype, done)
+        stage_here(raw, todo, betas, stats, fit, none, dtype, done)
     group = zarr.open_group(str(staged), mode="r+")
     norm = dict(raw.normalization, zero_std_pairs=int(state["zero_std"]))
     n_bad = int(state.get("nonfinite", 0))
@@ -356,71 +347,6 @@ def _stage(tx: Transaction, raw: RawSubject, key: str, layout: tuple[str, int, s
     group.attrs.update({"normalization": norm, "ingest_fingerprint": fingerprint,
                         STATUS_ATTR: COMPLETE})
     return resumed, n_bad
-
-
-def _stage_here(raw: RawSubject, todo: list[Block], betas: Any, stats: Any, fit: np.ndarray,
-                none: bool, dtype: str, done: Callable[[Block, int, int], None]) -> None:
-    """Three-stage pipeline: load (thread) -> normalize (here) -> write (thread)."""
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        previous = None
-        for block, x in _prefetched(todo):
-            z, n_zero, n_bad = normalized_block(raw, block, x, stats, fit, none)
-            del x
-            future = writer.submit(betas.__setitem__, slice(block.start, block.stop),
-                                   z.astype(dtype, copy=False))
-            if previous is not None:
-                previous[0].result()
-                done(*previous[1:])
-            previous = (future, block, n_zero, n_bad)
-        if previous is not None:
-            previous[0].result()
-            done(*previous[1:])
-
-
-def _prefetched(blocks: list[Block]) -> Iterator[tuple[Block, np.ndarray]]:
-    """Yield ``(block, block.load())``, loading the next block in a thread meanwhile.
-
-    Decompression (zlib, HDF5) and the store's codecs release the GIL, so reading session
-    k + 1 overlaps normalizing and writing session k; at most two blocks are in memory.
-    """
-    if not blocks:
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(blocks[0].load)
-        for n, block in enumerate(blocks):
-            x = pending.result()
-            if n + 1 < len(blocks):
-                pending = pool.submit(blocks[n + 1].load)
-            yield block, x
-            del x
-
-
-def _write_template(raw: RawSubject, staged: Path, dtype: str, voxel_chunk: int,
-                    raw_root: str, reader: str) -> None:
-    """Create the subject group: coordinates written, betas allocated (filled by blocks)."""
-    t_chunk = max(b.stop - b.start for b in raw.blocks)
-    chunks = (min(t_chunk, raw.n_trials), min(voxel_chunk, raw.n_voxels))
-    coords: dict[str, Any] = {}
-    for col in raw.trials.columns:
-        values = raw.trials[col].to_numpy()
-        coords[col] = (TRIAL, values.astype(object) if values.dtype == object else values)
-    coords[SOURCE] = (TRIAL, np.full(raw.n_trials, MEASURED, dtype=object))
-    for name, values in raw.voxels.items():
-        coords[name] = (VOXEL, np.asarray(values))
-    coords[ROI] = (ROI, np.array(raw.roi_names, dtype=object))
-    coords[ROI_MASK] = ((ROI, VOXEL), raw.roi_mask.astype(bool))
-    xr.Dataset(coords=coords).to_zarr(str(staged), mode="w", zarr_format=3, consolidated=False)
-    zarr.create_array(str(staged), name=BETAS, shape=(raw.n_trials, raw.n_voxels),
-                      chunks=chunks, dtype=dtype, fill_value=np.nan,
-                      compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
-                      dimension_names=(TRIAL, VOXEL))
-    group = zarr.open_group(str(staged), mode="r+")
-    group.attrs.update({
-        STATUS_ATTR: INCOMPLETE, "dataset": raw.dataset, "subject": raw.subject,
-        "reader": reader, "nf_version": __version__,
-        "raw_root": raw_root, "dtype": dtype, "normalization": raw.normalization,
-        **raw.attrs,
-    })
 
 
 def _commit_stimuli(store: Path, table: StimulusTable, raws: list[RawSubject],

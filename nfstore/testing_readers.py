@@ -30,8 +30,8 @@ TRIAL_COLUMNS = ("stimulus", "split", "session", "run", "repeat")
 class ReaderTests:
     """Checks every reader must pass (subclass it; see the module docstring).
 
-    Class attributes
-    ----------------
+    Attributes
+    ----------
     reader_class : the :class:`~nfstore.readers.Reader` subclass under test (registered, built
         in or through the ``nfstore.readers`` entry point group)
     synth_settings : settings of its synthetic generator (small sizes keep the suite fast)

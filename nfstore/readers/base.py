@@ -207,8 +207,8 @@ class Reader:
     """A dataset reader: subclass it (and register it under the ``nfstore.readers`` entry point
     group, see :mod:`nfstore.readers`) to add a dataset; no other file changes.
 
-    Class attributes
-    ----------------
+    Attributes
+    ----------
     name : str
         Dataset key: the store group (``nsd``), the stimulus-id prefix (``nsd/00042``) and the
         ``nf ingest`` / ``nf synth`` argument. Lower-case letters, digits, ``_`` and ``-``.
