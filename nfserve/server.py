@@ -13,15 +13,17 @@ from nfstore.errors import OptionError
 
 def _check_jobs(opened: Any, sdxl: str | None, ip_adapter: str | None,
                 checkpoints: list[str]) -> None:
-    """One-line errors for ``--allow-jobs`` options that cannot work (before anything runs)."""
+    """One-line errors for ``allow_jobs`` options that cannot work (before anything runs)."""
     if opened.remote:
-        raise OptionError(f"--allow-jobs: jobs write reconstruction sets into the store, which "
+        raise OptionError(f"allow_jobs: jobs write reconstruction sets into the store, which "
                           f"needs a local folder; {opened.location} is a URL (serve it "
                           f"read-only)")
     from nfrecon.pipeline import locate_ip_adapter, locate_sdxl
 
     if sdxl is None or ip_adapter is None:
-        raise OptionError("--allow-jobs: needs --sdxl DIR and --ip-adapter DIR")
+        missing = [n for n, v in (("sdxl", sdxl), ("ip_adapter", ip_adapter)) if v is None]
+        raise OptionError(f"allow_jobs: expected the sdxl and ip_adapter folders jobs use "
+                          f"(--sdxl, --ip-adapter); found no {' and no '.join(missing)}")
     locate_sdxl(sdxl)
     locate_ip_adapter(ip_adapter)
     from nftrain import checkpoint as ck

@@ -196,5 +196,5 @@ def test_cli_allowed_host_is_checked_before_serving(served: dict[str, Path]) -> 
     _register()
     r = CliRunner().invoke(cli, ["serve", str(served["store"]), "--allowed-host", "*.lan"])
     assert r.exit_code == 1 and r.output.strip().splitlines() == [
-        "Error: allowed_hosts: expected a host name or IP address; found '*.lan'"], r.output
+        "Error: --allowed-host: expected a host name or IP address; found '*.lan'"], r.output
     assert "--allowed-host NAME" in CliRunner().invoke(cli, ["serve", "--help"]).output
