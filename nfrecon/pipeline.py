@@ -201,10 +201,16 @@ def weights_checksums(sdxl: str | Path, ip_adapter: str | Path,
 
 
 def encoder_checksum(path: str | Path, model: str) -> str:
-    """sha256 of the ``nf embed`` image encoder's files (best of N chooses with it)."""
+    """sha256 of the weights of the ``nf embed`` featurizer ``model`` (best of N chooses with
+    it): the IP-Adapter encoders' files without loading them, any other featurizer's
+    ``fingerprint()``."""
     from nfstore.encoders import checksum, get_model, locate_weights
+    from nfstore.featurizers import get_featurizer, make_featurizer
 
-    return checksum(locate_weights(path, get_model(model)).files)
+    spec = getattr(get_featurizer(model), "spec", None)
+    if spec is not None:
+        return checksum(locate_weights(path, get_model(spec)).files)
+    return str(make_featurizer(model, path).fingerprint()["weights_sha256"])
 
 
 def image_seed(seed: int, row: int, sample: int, samples: int) -> int:
