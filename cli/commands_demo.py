@@ -14,9 +14,11 @@ import click
 def demo(workdir: Path, seed: int) -> None:
     """Synthesize NSD, BOLD5000 and GOD; ingest, query, embed, augment, train, evaluate,
     predict, reconstruct and export, on CPU; print each step and a summary."""
-    from nf.demo import run_demo
+    from nfrecon.demo import run_demo
 
-    run_demo(workdir, seed=seed, echo=click.echo)
+    summary = run_demo(workdir, seed=seed, echo=click.echo)
+    for line in summary.lines():
+        click.echo(line)
 
 
 COMMANDS = [demo]
