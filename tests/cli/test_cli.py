@@ -65,7 +65,7 @@ def test_synth_refuses_non_empty_folder(runner: CliRunner, tmp_path: Path) -> No
      "--subjects: expected NSD subjects like 1 or subj01; got 'x'"),
     (["info", "{tmp}/none.zarr"], "expected a NeuroFusion store"),
     (["augment", "{store}", "nsd/subj01", "--pool", "novel", "--n", "50", "--noise-scale", "nan"],
-     "noise_scale: expected a finite number >= 0; found nan"),
+     "--noise-scale: expected a finite number >= 0; found nan"),
     (["augment", "{store}", "nsd/subj01", "--pool", "novel", "--fraction", "inf"],
      "fraction: expected a finite number > 0; found inf"),
     (["synth", "nsd", "{tmp}/o", "--sessions", "12", "--trials-per-session", "200"],
