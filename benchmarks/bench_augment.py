@@ -6,7 +6,7 @@ floor is the work of our algorithm divided by this machine's float32 matrix-mult
 
 ``--decode`` times the low-level decoding ridge instead: N = 8859 trials, d =
 15724 voxels as features, 3136 SDXL-VAE latent targets (4x28x28), per-target alphas; ours is
-``nfrecon.ridge.fit_ridge`` (the thin basis from the Gram matrix, since N < d).
+``nfstore.decoding.fit_ridge`` (the thin basis from the Gram matrix, since N < d).
 
 Run: ``python benchmarks/bench_augment.py [--decode]`` (``--small`` for a quick check).
 """
@@ -80,7 +80,7 @@ def run_method(method: str, path: Path, workers: int, blas: int | None) -> dict[
     X = np.load(path / "X.npy")
     t0 = time.perf_counter()
     if method == "ours-decode":
-        from nfrecon.ridge import fit_ridge
+        from nfstore.decoding import fit_ridge
 
         Y = zarr.open_array(str(path / "Y.zarr"))[:]
         t0 = time.perf_counter()

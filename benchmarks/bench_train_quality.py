@@ -83,7 +83,7 @@ def ridge(store: Path, subjects: list[str]) -> dict[str, float]:
     """Mean test top-1 per dataset of a per-subject RidgeCV (train trials -> embeddings)."""
     from sklearn.linear_model import RidgeCV
 
-    from nftrain.evaluate import retrieval
+    from nfstore.decoding import retrieval
 
     st = nfstore.open_store(store)
     out: dict[str, list[float]] = {}

@@ -64,7 +64,7 @@ def decode_ridge(store: str, subject: str, name: str, alphas: tuple[str, ...] | 
     """Closed-form ridge baseline: SUBJECT's train betas -> embeddings, per-target CV alphas."""
     from nfrecon.decode import decode_ridge as run
     from nfrecon.pipeline import SIZE_MAX
-    from nfrecon.ridge import DEFAULT_ALPHAS
+    from nfstore.decoding import DEFAULT_ALPHAS
     from nfstore.errors import OptionError
 
     try:

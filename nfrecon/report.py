@@ -204,7 +204,7 @@ def _pool(report: dict[str, Any], pooled: dict[str, dict[str, np.ndarray]], seed
 def _retrieval(store: nfstore.Store, group: Any, stim: np.ndarray, seed: int
                ) -> dict[str, Any] | None:
     """Brain retrieval of the decoded set the reconstructions came from (same stimuli)."""
-    from nfrecon.semantic import brain_retrieval
+    from nfstore.decoding import brain_retrieval
 
     decoded, subject = group.attrs.get("decoded"), group.attrs.get("subject")
     if not decoded or decoded not in store.decoded_sets() or \

@@ -30,7 +30,7 @@ from nfstore._version import __version__
 from nfstore.errors import OptionError, ReaderError, StoreError
 from nfstore.featurizers import Featurizer, get_featurizer, make_featurizer
 from nfstore.imagebatches import batches, todo_images
-from nfstore.names import DATASETS, STIMULI_GROUP
+from nfstore.names import STIMULI_GROUP, dataset_names
 from nfstore.transaction import Transaction, transaction
 
 EMBEDDINGS_GROUP = "embeddings"
@@ -65,10 +65,10 @@ def _pool_table(folder: str | Path, name: str) -> Any:
     """
     from nfstore.readers.base import StimulusTable
 
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in DATASETS or name in (
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in dataset_names() or name in (
             STIMULI_GROUP, EMBEDDINGS_GROUP):
         raise OptionError(f"pool_name: expected a name of letters, digits, '_' or '-' that is "
-                          f"not a dataset name ({', '.join(DATASETS)}); found {name!r}")
+                          f"not a dataset name ({', '.join(dataset_names())}); found {name!r}")
     base = Path(folder)
     if not base.is_dir():
         raise OptionError(f"pool: expected a folder of images; found {base} (not a folder)")
@@ -316,8 +316,8 @@ def _chosen(store: Any, path: Path, stimuli: str, new: list[str], pools: bool = 
     """Stimulus tables named by ``stimuli`` (``new``: pools about to be registered; ``pools``:
     whether "all" includes the pools)."""
     tables = store.stimulus_tables() + [t for t in new if t not in store.stimulus_tables()]
-    in_pools = [t for t in tables if t not in DATASETS]
-    every = tables if pools else [t for t in tables if t in DATASETS]
+    in_pools = [t for t in tables if t not in dataset_names()]
+    every = tables if pools else [t for t in tables if t in dataset_names()]
     chosen = {"all": every, "pool": in_pools}.get(stimuli, [stimuli])
     unknown = [c for c in chosen if c not in tables]
     if unknown:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nfstore.names import DATASETS
+from nfstore.names import dataset_names
 
 PIXELS = "pixels"
 
@@ -65,7 +65,7 @@ def _stimuli_with_images(store, batch: int) -> list[np.ndarray]:  # noqa: ANN001
     """Batches of dataset stimulus ids with pixels, each of one dataset (the batches the cache
     writer featurizes for ``pixels`` and ``sdxl-vae``)."""
     out = []
-    for ds in [t for t in store.stimulus_tables() if t in DATASETS]:
+    for ds in [t for t in store.stimulus_tables() if t in dataset_names()]:
         tab = store.stimuli(ds)
         have = [s for s, f in zip(tab["stimulus"].values, tab["file"].values) if f]
         out += [np.array(have[a:a + batch], dtype=object) for a in range(0, len(have), batch)]

@@ -13,7 +13,8 @@ import nfstore
 from nftrain import checkpoint
 from nftrain.config import build
 from nftrain.data import load_dataset
-from nftrain.evaluate import evaluate, retrieval
+from nfstore.decoding import retrieval
+from nftrain.evaluate import evaluate
 from nftrain.train import TrainingError, train
 
 

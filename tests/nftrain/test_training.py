@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 import nfstore
 from nftrain import checkpoint
-from nftrain.evaluate import evaluate, retrieval
+from nfstore.decoding import retrieval
+from nftrain.evaluate import evaluate
 from nftrain.train import train
 
 ROOT = Path(__file__).parents[2]
@@ -316,7 +317,7 @@ def test_evaluate_with_the_ridge_baseline(planted_store: Path, tmp_path: Path) -
     from click.testing import CliRunner
     from nf.main import _register, cli
 
-    from nfrecon.ridge import fit_ridge
+    from nfstore.decoding import fit_ridge
     from nftrain.config import build
 
     cfg = build(dict(subjects=["nsd/subj01"], adapter_dim=16, width=16, depth=1, batch_size=32,
