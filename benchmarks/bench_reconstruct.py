@@ -43,8 +43,9 @@ def setup() -> tuple[Path, dict[str, Path], np.ndarray]:
     E = np.asarray(st.embeddings("ip-adapter-sdxl", stimuli=test.stimulus).values, np.float32)
     E += np.random.default_rng(0).normal(0, 0.1, E.shape).astype(np.float32)  # "decoded"
     n = E.shape[0]
-    write_decoded(store, "bench", "nsd/subj01", E, test.stimulus.values,
-                  np.full(n, "test", object), np.ones(n, bool), np.ones(n, np.int64), {})
+    with nfstore.transaction(store, "bench decoded set") as tx:
+        write_decoded(tx, "bench", "nsd/subj01", E, test.stimulus.values,
+                      np.full(n, "test", object), np.ones(n, bool), np.ones(n, np.int64), {})
     return store, write_tiny_models(base / "models"), E
 
 

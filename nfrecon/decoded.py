@@ -8,9 +8,7 @@ store's transaction (:func:`nfstore.transaction`): staged, then committed into p
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +33,7 @@ def decoded_key(name: str, subject: str) -> str:
     return f"{DECODED_GROUP}/{name}/{subject}"
 
 
-def write_decoded(tx: Transaction | str | os.PathLike[str], name: str, subject: str,
+def write_decoded(tx: Transaction, name: str, subject: str,
                   embedding: np.ndarray, stimulus: np.ndarray, split: np.ndarray,
                   out_of_sample: np.ndarray, n_repeats: np.ndarray,
                   attrs: dict[str, Any]) -> None:
@@ -43,9 +41,7 @@ def write_decoded(tx: Transaction | str | os.PathLike[str], name: str, subject: 
 
     Parameters
     ----------
-    tx : the open transaction on the store (``with nfstore.transaction(store, cmd) as tx``).
-        A store path is still accepted while callers move to transactions: then the caller
-        holds the store's write lock (or nothing else writes), as before.
+    tx : the open transaction on the store (``with nfstore.transaction(store, cmd) as tx``)
     name, subject : the set (checked with :func:`check_name`) and the subject key
     embedding : float array (n_rows, D)
     stimulus, split : str arrays (n_rows,)
@@ -62,9 +58,6 @@ def write_decoded(tx: Transaction | str | os.PathLike[str], name: str, subject: 
         bad = int((~np.isfinite(embedding)).any(1).sum())
         raise OptionError(f"embedding: expected finite values for {subject}; found non-finite "
                           f"values ({bad} decoded rows are non-finite; nothing written)")
-    if not isinstance(tx, Transaction):  # a store path: the caller holds the lock
-        root = Path(os.fspath(tx).removeprefix("file://"))
-        tx = Transaction(root, str(root), f"write decoded set {name}")
     key = decoded_key(check_name(name), subject)
     tx.discard(key)  # never resumed: the rows are written at once
     staged, _, _ = tx.stage(key, create=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from nfstore._fields import from_values
-from nfstore._layout import swap_into_place
 from nfstore.errors import OptionError, StoreError
+from nfstore.transaction import replace_path
 
 POOL = "pool"  # a folder of ImageNet-named images (nf embed --pool), not a dataset
 
@@ -105,5 +105,5 @@ def synthesize(dataset: str, out: str | Path, overwrite: bool = False, **params:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    swap_into_place(tmp, out, out.with_name(f".{out.name}.old-{os.getpid()}"))
+    replace_path(tmp, out)
     return summary

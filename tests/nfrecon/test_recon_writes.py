@@ -37,7 +37,8 @@ def test_write_decoded_in_a_transaction(store: Path) -> None:
     d = nfstore.open_store(store).decoded("d", SUBJ)
     assert d.shape == (3, 4) and d.attrs["decoder"] == "test" and d.attrs["subject"] == SUBJ
     assert not list((store / "_staging").glob(staged_name(f"decoded/d/{SUBJ}") + "*"))
-    write_decoded(store, "d", SUBJ, *_rows(2), {})  # a store path: the caller holds the lock
+    with nfstore.transaction(store, "again") as tx:  # a second write replaces the rows
+        write_decoded(tx, "d", SUBJ, *_rows(2), {})
     assert nfstore.open_store(store).decoded("d", SUBJ).shape == (2, 4)
 
 
