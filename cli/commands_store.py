@@ -65,11 +65,11 @@ def parse_items(items: tuple[str, ...] | None, param: str) -> dict[str, str]:
 @click.option("--image-size", type=click.IntRange(8), help="Pixels per side.")
 @click.option("--grid", help="Voxel grid X,Y,Z (nsd: of subject 1; god: voxel box).")
 @click.option("--noise", type=float, help="Trial noise (signal has unit variance).")
-@click.option("--set", "extra", cls=ManyValues, split_commas=False, metavar="KEY=VALUE",
+@click.option("--set", "settings", cls=ManyValues, split_commas=False, metavar="KEY=VALUE",
               help="Any other size of the dataset's generator, e.g. test_images=5.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
 def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: int,
-          grid: str | None, extra: tuple[str, ...], overwrite: bool,
+          grid: str | None, settings: tuple[str, ...], overwrite: bool,
           **sizes: int | float | None) -> None:
     """Write a small synthetic DATASET tree in its ORIGINAL layout to OUT_DIR.
 
@@ -94,7 +94,7 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
     params = parse_settings(dataset, [f"subjects={','.join(subjects)}"] if subjects else [])
     if grid:
         params.update(parse_settings(dataset, [f"grid={grid}"]))
-    params.update(parse_settings(dataset, list(extra or ())))
+    params.update(parse_settings(dataset, list(settings or ())))
     summary = synthesize(dataset, out_dir, overwrite=overwrite, seed=seed,
                          **{**sizes, **params})
     click.echo(f"wrote synthetic {dataset} to {out_dir}: {summary['subjects']} subject(s), "

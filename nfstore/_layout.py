@@ -290,7 +290,7 @@ def _legacy_key(name: str) -> str:
 
 def kind_of_key(key: str, store: str) -> tuple[str, str]:
     """(what a write of ``key`` is, the command that resumes it), from the key's prefix."""
-    from nfstore.names import DATASETS, DECODED_GROUP, RECON_GROUP
+    from nfstore.names import DECODED_GROUP, RECON_GROUP, dataset_names
 
     parts = key.split("/")
     if parts[0] == RECON_GROUP and len(parts) >= 5 and parts[-1] == "metrics":
@@ -310,10 +310,10 @@ def kind_of_key(key: str, store: str) -> tuple[str, str]:
     if parts[0] == STIMULI_GROUP and len(parts) >= 2:
         return (f"stimulus table {'/'.join(parts[1:])!r}",
                 "the nf ingest or nf embed --pool that writes it")
-    if parts[0] in DATASETS and len(parts) == 4 and parts[2] == "synthetic":
+    if parts[0] in dataset_names() and len(parts) == 4 and parts[2] == "synthetic":
         subject = "/".join(parts[:2])
         return (f"synthetic set {parts[3]!r}",
                 f"nf augment {store} {subject} ... --name {parts[3]}")
-    if parts[0] in DATASETS and len(parts) == 2:
+    if parts[0] in dataset_names() and len(parts) == 2:
         return "ingest", f"nf ingest {parts[0]} RAW_ROOT --store {store}"
     return "write", "the nf command that wrote it"

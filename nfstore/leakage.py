@@ -21,7 +21,7 @@ import numpy as np
 
 from nfstore import copies
 from nfstore import identity as ident
-from nfstore.names import DATASETS, SPLIT, STIMULUS
+from nfstore.names import SPLIT, STIMULUS, dataset_names
 
 HELD_OUT = ("test", "imagery")
 
@@ -110,7 +110,7 @@ def _uses(store: Any) -> tuple[dict[str, tuple[str, set[str]]], dict[str, set[st
                 used.setdefault(s, set()).add(f"synthetic:{key}/{name}")
     tab = store.identity_table()
     for s, name in zip(tab["stimulus"].tolist(), tab["table"].tolist()):
-        if name not in DATASETS:
+        if name not in dataset_names():
             used.setdefault(s, set()).add(f"pool:{name}")
     return held, used
 

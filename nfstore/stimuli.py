@@ -108,9 +108,9 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
 
 def _with_crops(table: str) -> bool:
     """Whether prints of ``table`` hash crop windows: datasets' stimuli may be held out."""
-    from nfstore.names import DATASETS
+    from nfstore.names import dataset_names
 
-    return table in DATASETS
+    return table in dataset_names()
 
 
 def _current(print_: str, table: str) -> bool:

@@ -23,7 +23,6 @@ from nfstore.identity import identities
 from nfstore.names import (
     BETAS,
     COMPLETE,
-    DATASETS,
     DECODED_GROUP,
     ROI,
     ROI_MASK,
@@ -35,6 +34,7 @@ from nfstore.names import (
     STIMULUS,
     TRIAL,
     VOXEL,
+    dataset_names,
 )
 
 
@@ -153,7 +153,7 @@ class Store(RawAccess):
     def subjects(self, dataset: str | None = None) -> list[str]:
         """Complete subjects, as ``'<dataset>/<subject>'`` keys (incomplete ones are hidden)."""
         out = []
-        for ds in [dataset] if dataset else DATASETS:
+        for ds in [dataset] if dataset else dataset_names():
             for name in self._children(ds):
                 if self._root[f"{ds}/{name}"].attrs.get(STATUS_ATTR) == COMPLETE:
                     out.append(f"{ds}/{name}")

@@ -225,7 +225,7 @@ def decode_betas(checkpoint: Decoder | str | Path, subject: str, betas: np.ndarr
 def held_out_stimuli(data: Any) -> list[str]:
     """The validation stimulus ids (sorted) of a training :class:`nftrain.data.Dataset`: the
     pictures validated on and never trained on, saved as ``meta["validation_stimuli"]``."""
-    return sorted({str(s) for sub in data.subjects for s in data.stimuli[sub.val[0].targets]})
+    return data.validation_stimuli()
 
 
 def validation_stimuli(meta: dict[str, Any], store: Any = None) -> set[str]:

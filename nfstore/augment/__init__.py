@@ -23,7 +23,7 @@ from nfstore.augment.synthesis import (
 )
 from nfstore.errors import OptionError, QueryError, StoreError
 from nfstore.leakage import find_leakage
-from nfstore.names import BETAS, DATASETS, SPLIT, STIMULUS, TRIAL, VOXEL
+from nfstore.names import BETAS, SPLIT, STIMULUS, TRIAL, VOXEL, dataset_names
 
 SYNTHETIC = "synthetic"
 
@@ -87,7 +87,7 @@ def _check(cfg: AugmentConfig, name: str) -> None:
     _number("noise_scale", cfg.noise_scale, 0, closed=True)
     if cfg.alpha is not None:
         _number("alpha", cfg.alpha, 0, closed=False)
-    if cfg.pool in DATASETS:
+    if cfg.pool in dataset_names():
         raise OptionError(f"pool: {cfg.pool!r} is a dataset, not a pool of novel images; "
                           f"register one with `nf embed STORE --pool DIR --pool-name NAME`")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):

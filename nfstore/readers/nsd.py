@@ -280,8 +280,8 @@ class NSDReader(Reader):
         sessions = list(options.sessions) if options.sessions else sorted(files)
         absent = [s for s in sessions if s not in files]
         if absent:
-            raise MissingFileError(f"{beta_dir}: --sessions asks for {absent}; betas files "
-                                   f"exist for sessions {sorted(files)}")
+            raise MissingFileError(f"{beta_dir}: expected betas files for the sessions asked "
+                                   f"for {absent}; found sessions {sorted(files)}")
 
         general_path = roi_dir / "nsdgeneral.nii.gz"
         grid, affine, general_img = _io.nifti_header(general_path)

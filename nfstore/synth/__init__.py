@@ -43,7 +43,7 @@ def config_class(dataset: str) -> Any:
     return _generator(dataset)[0]
 
 
-def parse_settings(dataset: str, items: list[str]) -> dict[str, Any]:
+def parse_settings(dataset: str, settings: list[str]) -> dict[str, Any]:
     """Parse ``KEY=VALUE`` items into config fields, converted to the field's type.
 
     Tuples take comma-separated values (``grid=20,24,20``); booleans take true/false.
@@ -53,12 +53,12 @@ def parse_settings(dataset: str, items: list[str]) -> dict[str, Any]:
     cls = config_class(dataset)
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
-    for item in items:
+    for item in settings:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in hints:
-            raise OptionError(f"--set: expected KEY=VALUE with KEY one of {sorted(hints)}; "
-                              f"got {item!r}")
+            raise OptionError(f"settings: expected KEY=VALUE with KEY one of {sorted(hints)}; "
+                              f"found {item!r}")
         hint = hints[key]
         try:
             if typing.get_origin(hint) is tuple:
@@ -71,8 +71,8 @@ def parse_settings(dataset: str, items: list[str]) -> dict[str, Any]:
             else:
                 out[key] = hint(text)
         except ValueError:
-            raise OptionError(f"--set {key}: expected {getattr(hint, '__name__', hint)}; "
-                              f"got {text!r}") from None
+            raise OptionError(f"settings: expected {key}=<{getattr(hint, '__name__', hint)}>; "
+                              f"found {key}={text!r}") from None
     return out
 
 

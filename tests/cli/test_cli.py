@@ -60,7 +60,7 @@ def test_synth_refuses_non_empty_folder(runner: CliRunner, tmp_path: Path) -> No
     (["ingest", "nsd", "{raw}", "--store", "{tmp}/n.zarr", "--sessions", "3-1"],
      "--sessions: expected increasing"),
     (["ingest", "nsd", "{raw}", "--store", "{tmp}/n.zarr", "--sessions", "9"],
-     "--sessions asks for [9]"),
+     "expected betas files for the sessions asked for [9]"),
     (["ingest", "nsd", "{raw}", "--store", "{tmp}/n.zarr", "--subjects", "x"],
      "--subjects: expected NSD subjects like 1 or subj01; got 'x'"),
     (["info", "{tmp}/none.zarr"], "expected a NeuroFusion store"),
@@ -143,7 +143,7 @@ def test_bold5000_and_god_from_the_cli(runner: CliRunner, tmp_path: Path) -> Non
     (["ingest", "god", "{tmp}", "--store", "{tmp}/s.zarr", "--format", "mat"],
      "--format: not an option of god"),
     (["synth", "god", "{tmp}/x", "--sessions", "3"], "--sessions: not a setting of the god"),
-    (["synth", "god", "{tmp}/x", "--set", "legacy_names=maybe"], "--set legacy_names: expected"),
+    (["synth", "god", "{tmp}/x", "--set", "legacy_names=maybe"], "--set: expected legacy_names=<bool>; found legacy_names='maybe'"),
     (["synth", "nsd", "{tmp}/x", "--set", "foo=1"], "--set: expected KEY=VALUE with KEY one of"),
 ])
 def test_dataset_option_errors(runner: CliRunner, tmp_path: Path, args: list[str],
