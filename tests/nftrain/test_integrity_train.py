@@ -10,10 +10,10 @@ import pytest
 import zarr
 
 import nfstore
+from nfstore.decoding import retrieval
 from nftrain import checkpoint
 from nftrain.config import build
 from nftrain.data import load_dataset
-from nfstore.decoding import retrieval
 from nftrain.evaluate import evaluate
 from nftrain.train import TrainingError, train
 

@@ -15,8 +15,8 @@ import zarr
 from safetensors.torch import load_file
 
 import nfstore
-from nftrain import checkpoint
 from nfstore.decoding import retrieval
+from nftrain import checkpoint
 from nftrain.evaluate import evaluate
 from nftrain.train import train
 
