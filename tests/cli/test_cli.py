@@ -143,7 +143,8 @@ def test_bold5000_and_god_from_the_cli(runner: CliRunner, tmp_path: Path) -> Non
     (["ingest", "god", "{tmp}", "--store", "{tmp}/s.zarr", "--format", "mat"],
      "--format: not an option of god"),
     (["synth", "god", "{tmp}/x", "--sessions", "3"], "--sessions: not a setting of the god"),
-    (["synth", "god", "{tmp}/x", "--set", "legacy_names=maybe"], "--set: expected legacy_names=<bool>; found legacy_names='maybe'"),
+    (["synth", "god", "{tmp}/x", "--set", "legacy_names=maybe"],
+     "--set: expected legacy_names=<bool>; found legacy_names='maybe'"),
     (["synth", "nsd", "{tmp}/x", "--set", "foo=1"], "--set: expected KEY=VALUE with KEY one of"),
 ])
 def test_dataset_option_errors(runner: CliRunner, tmp_path: Path, args: list[str],
