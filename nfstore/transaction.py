@@ -195,8 +195,12 @@ def transaction(location: str | os.PathLike[str], command: str, *,
     if url:
         from nfstore import versioned
 
-        with versioned.publishing(text, storage_options, message=command,
-                                  progress=progress) as work:
+        # the working copy's folder is locked before the pull, so a second writer on this
+        # machine never pulls into a copy another one is writing
+        lock = versioned.working_copy(text).parent
+        lock.mkdir(parents=True, exist_ok=True)
+        with _layout.writing(lock, command, register=False), versioned.publishing(
+                text, storage_options, message=command, progress=progress) as work:
             with _locked(work, text, command, create=True, check=check,
                          key=text) as tx:
                 yield tx

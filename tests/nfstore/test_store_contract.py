@@ -13,7 +13,7 @@ import zarr
 
 import nfstore
 from nfstore import transaction, versioned
-from nfstore.errors import SchemaError
+from nfstore.errors import SchemaError, StoreError
 from nfstore.transaction import key_of_staged, staged_name
 from tests.nfstore.store_contract import KEY, StoreContract, value_at, write
 
@@ -65,6 +65,30 @@ class TestVersionedStore(StoreContract):
         url = f"s3://{s3['bucket']}/contract-{uuid.uuid4().hex[:12]}/nf.zarr"
         versioned.push(seed, url, s3["options"], message="first")
         return url
+
+    def test_a_second_writer_is_refused_before_it_pulls(
+            self, location: str, opts: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        import threading
+
+        pulls: list[str] = []
+        real = versioned.pull
+        monkeypatch.setattr(versioned, "pull",
+                            lambda url, *a, **k: pulls.append(url) or real(url, *a, **k))
+        errors: list[BaseException] = []
+
+        def second() -> None:  # a thread has a context of its own: it does not join
+            try:
+                with transaction(location, "nf second", storage_options=opts):
+                    pass
+            except StoreError as err:
+                errors.append(err)
+
+        with transaction(location, "nf first", storage_options=opts):
+            thread = threading.Thread(target=second)
+            thread.start()
+            thread.join()
+        assert len(pulls) == 1 and len(errors) == 1  # the second never touched the copy
+        assert "another writer holds the store (process" in str(errors[0])
 
     def test_a_transaction_on_a_new_url_makes_a_versioned_store(
             self, s3: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
