@@ -1,22 +1,5 @@
-"""The decoder layer: closed-form ridge solvers and retrieval metrics (numpy only).
-
-Every linear map of the project is fitted here: the encoding models of ``nf augment``
-(embeddings -> voxels, :mod:`nfstore.augment.synthesis`), ``nf decode-ridge`` and the
-evaluation baseline (betas -> embeddings), the ridge start of training (``ridge_init``) and
-the refinement (decoded -> true embeddings); and every retrieval figure (``nf evaluate``,
-``nf metrics``) is scored here. Pure functions of arrays; nothing reads or writes a store.
-
-Every target shares the design ``X`` (n_samples, n_features), so each fold needs one
-eigendecomposition of the centered design, and targets are independent columns: the functions
-work on one block of targets, which callers map over chunks.
-
-Cross-validated alpha selection follows himalaya's ``RidgeCV`` (``solve_ridge_cv_svd``) exactly:
-intercept by centering X and Y on each fold's training rows, score = negative mean squared error
-on the validation rows, averaged over folds, ties broken towards larger alphas
-(``+ 1e-10 * log(alpha)``), the best alpha per target. The work differs: himalaya multiplies an
-(n_val x n_train) hat matrix per alpha into every target; here everything happens in the
-eigenbasis of X, so the per-alpha cost is (n_val x d) @ (d x n_targets).
-"""
+"""Closed-form ridge solvers in the eigenbasis of the design, with himalaya's CV rule (see
+:mod:`nfstore.decoding`)."""
 
 from __future__ import annotations
 
@@ -24,13 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nfstore.errors import OptionError, StoreError
+from nfstore.errors import OptionError
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(0, 6, 13))
 """Candidate alphas of the decoders (``nf decode-ridge``, refinement, baselines)."""
 
 
-# --------------------------------------------------------------------------- solvers
 @dataclass(frozen=True)
 class Basis:
     """Eigenbasis of a centered design: ``Xc.T @ Xc = V @ diag(s2) @ V.T``.
@@ -264,186 +246,3 @@ def refit(X: np.ndarray, Y: np.ndarray, full: Basis, alpha: np.ndarray,
     return W, y_mean - full.mean @ W
 
 
-# --------------------------------------------------------------------------- fitted decoders
-@dataclass
-class RidgeFit:
-    """``predict(X) = X @ W + b``; per-target alphas, out-of-fold predictions of the fit rows.
-
-    Attributes
-    ----------
-    W : (n_features, n_targets)     b : (n_targets,)     alpha : (n_targets,)
-    oof : (n_samples, n_targets), predictions of each fit row by the fold that left it out
-        ((0, n_targets) for :func:`fit_ridge_loo`)
-    target_norm : mean L2 norm of the fitted targets' rows
-    """
-
-    W: np.ndarray
-    b: np.ndarray
-    alpha: np.ndarray
-    oof: np.ndarray
-    target_norm: float = float("nan")
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predictions (n_rows, n_targets) of ``X`` (n_rows, n_features), float32."""
-        return np.asarray(X, np.float32) @ self.W + self.b
-
-
-def _fit_chunk(X: np.ndarray, Y: np.ndarray, fb: FoldBases, full: Basis, alphas: np.ndarray,
-               shared_alpha: bool) -> tuple[np.ndarray, ...]:
-    proj = fold_projections(X, Y, fb)
-    scores = cv_scores(Y, fb, proj, alphas).scores
-    if shared_alpha:  # one alpha for every target: the mean score over targets
-        scores = np.broadcast_to(scores.mean(2, keepdims=True), scores.shape)
-    best, _ = select_alphas(scores, alphas)
-    alpha = alphas[best]
-    W, b = refit(X, Y, full, alpha)
-    return W, b, alpha, oof_predictions(fb, proj, alpha, X.shape[0])
-
-
-def fit_ridge(X: np.ndarray, Y: np.ndarray, alphas: tuple[float, ...] = DEFAULT_ALPHAS,
-              cv: int = 5, target_chunk: int = 256, shared_alpha: bool = False,
-              workers: int | None = None) -> RidgeFit:
-    """Ridge with intercept from ``X`` to every column of ``Y``, alphas by K-fold CV.
-
-    Parameters
-    ----------
-    X : array (n_samples, n_features)
-    Y : array (n_samples, n_targets)
-    alphas : candidate alphas; each target gets its own (``shared_alpha``: one for all)
-    cv : contiguous folds (as scikit-learn's ``KFold``)
-    target_chunk : targets per thread task (the fold bases are shared by all tasks)
-    workers : threads (default: the standard library's pool size)
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    X = np.asarray(X, np.float32)
-    Y = np.asarray(Y, np.float32)
-    grid = check_alphas(alphas)
-    fb = fold_bases(X, kfold(X.shape[0], cv))
-    full = basis(X)
-    step = Y.shape[1] if shared_alpha else max(int(target_chunk), 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        parts = list(pool.map(lambda a: _fit_chunk(X, Y[:, a:a + step], fb, full, grid,
-                                                   shared_alpha), range(0, Y.shape[1], step)))
-    W, b, alpha, oof = (np.concatenate([p[i] for p in parts], axis=1 if i in (0, 3) else 0)
-                        for i in range(4))
-    return RidgeFit(W, b, alpha, oof, float(np.linalg.norm(Y, axis=1).mean()))
-
-
-def fit_ridge_loo(X: np.ndarray, Y: np.ndarray,
-                  alphas: tuple[float, ...] = DEFAULT_ALPHAS) -> RidgeFit:
-    """Ridge with intercept and ONE alpha for all targets, chosen by exact leave-one-out CV
-    (scikit-learn's ``RidgeCV()`` default: the mean squared LOO error over all rows and
-    targets, the first best alpha on ties), in float64.
-
-    With ``A = Xc @ V`` (n_samples, k) in the eigenbasis of the centered design, the hat
-    matrix is ``1/n + A diag(1 / (s2 + alpha)) A.T`` and the LOO residual of row i is the fit's
-    residual divided by ``1 - H_ii``.
-
-    Parameters
-    ----------
-    X : array (n_samples, n_features)
-    Y : array (n_samples, n_targets)
-
-    Returns
-    -------
-    RidgeFit with float32 ``W``, ``b``; ``alpha`` (n_targets,) repeats the chosen alpha.
-    """
-    grid = check_alphas(alphas)
-    X64 = np.asarray(X, np.float64)
-    Y64 = np.asarray(Y, np.float64)
-    n = X64.shape[0]
-    full = basis(X64)
-    A = (X64 - full.mean) @ full.V  # (n, k)
-    y_mean = Y64.mean(0)
-    C = A.T @ (Y64 - y_mean)  # (k, n_targets)
-    best, best_score = 0, -np.inf
-    for k, alpha in enumerate(grid):
-        g = 1 / (full.s2 + alpha)
-        resid = Y64 - y_mean - A @ (g[:, None] * C)
-        h = 1 / n + np.einsum("nk,k,nk->n", A, g, A)
-        score = -np.mean((resid / (1 - h)[:, None]) ** 2)
-        if score > best_score:
-            best, best_score = k, score
-    W, b = refit(X64, Y64, full, grid[best])
-    return RidgeFit(W.astype(np.float32), b.astype(np.float32), np.full(W.shape[1], grid[best]),
-                    np.empty((0, W.shape[1]), np.float32),
-                    float(np.linalg.norm(Y64, axis=1).mean()))
-
-
-# --------------------------------------------------------------------------- retrieval
-RETRIEVAL = ("top1_brain_to_image", "top5_brain_to_image", "top1_image_to_brain",
-             "top5_image_to_brain", "cosine")
-
-
-def retrieval(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """Retrieval metrics for matched rows: brain -> image (is the right image among the k
-    embeddings most similar to a decoded vector), image -> brain, and the mean cosine.
-
-    Parameters
-    ----------
-    pred, target : arrays of shape (n, D); row i of each belongs to stimulus i
-
-    A wrong candidate that ties with the right one counts against it (rank = number of other
-    candidates scoring at least as high). Non-finite or all-zero rows are an error.
-
-    Returns
-    -------
-    ``{name: value}`` for :data:`RETRIEVAL` and ``n_candidates``.
-    """
-    for param, name, a in (("pred", "predictions", pred), ("target", "targets", target)):
-        bad = ~np.isfinite(a).all(axis=1) | ~(np.abs(a).sum(axis=1) > 0)
-        if bad.any():
-            raise StoreError(f"{param}: {int(bad.sum())} of {len(a)} {name} are non-finite or "
-                             f"zero (rows {np.flatnonzero(bad)[:5].tolist()}); no score computed")
-    p = pred / np.linalg.norm(pred, axis=1, keepdims=True)
-    t = target / np.linalg.norm(target, axis=1, keepdims=True)
-    sim = p @ t.T
-    diag = np.diag(sim)
-    others = ~np.eye(len(diag), dtype=bool)
-    rank_b2i = ((sim >= diag[:, None]) & others).sum(1)  # other images at least as close
-    rank_i2b = ((sim >= diag[None, :]) & others).sum(0)
-    return {"top1_brain_to_image": float((rank_b2i < 1).mean()),
-            "top5_brain_to_image": float((rank_b2i < 5).mean()),
-            "top1_image_to_brain": float((rank_i2b < 1).mean()),
-            "top5_image_to_brain": float((rank_i2b < 5).mean()),
-            "cosine": float(diag.mean()), "n_candidates": int(len(diag))}
-
-
-def brain_retrieval(pred: np.ndarray, target: np.ndarray, seed: int = 0, subset: int = 300,
-                    n_subsets: int = 30) -> dict[str, object]:
-    """:func:`retrieval` of decoded vs. true embeddings (n, D), plus MindEye2's protocol
-    (``n_subsets`` random subsets of ``subset`` rows, top-1, seeded) when there are at least
-    ``subset`` rows (``out["mindeye2_300"]``)."""
-    out: dict[str, object] = dict(retrieval(pred, target))
-    if len(pred) >= subset:
-        rng = np.random.default_rng(seed)
-        tops = []
-        for _ in range(n_subsets):
-            idx = rng.choice(len(pred), subset, replace=False)
-            r = retrieval(pred[idx], target[idx])
-            tops.append((r["top1_brain_to_image"], r["top1_image_to_brain"]))
-        t = np.array(tops)
-        out["mindeye2_300"] = {"top1_brain_to_image": float(t[:, 0].mean()),
-                               "top1_image_to_brain": float(t[:, 1].mean()),
-                               "subsets": n_subsets}
-    return out
-
-
-def two_way(gt: np.ndarray, rec: np.ndarray) -> np.ndarray:
-    """Per-image 2-way identification, as brain-diffuser and MindEye compute it:
-    ``r = corrcoef(gt, rec)[:N, N:]``; image j scores ``sum_i [r[i, j] < r[j, j]] / (N - 1)``.
-
-    Parameters
-    ----------
-    gt, rec : arrays (N, ...) of features; flattened per image
-
-    Returns
-    -------
-    score : array (N,) in [0, 1]; the metric is its mean (chance 0.5)
-    """
-    n = gt.shape[0]
-    if n < 2:
-        raise OptionError(f"gt: expected at least 2 images for 2-way identification; found {n}")
-    r = np.corrcoef(gt.reshape(n, -1), rec.reshape(n, -1))[:n, n:]
-    return (r < np.diag(r)[None, :]).sum(0) / (n - 1)
