@@ -27,17 +27,8 @@ from typing import Any
 
 from nfstore import _remote
 from nfstore._remote import reach
+from nfstore._transfer import copy, published, transfer
 from nfstore.errors import ChunkError, OptionError, StoreError
-
-SKIP = ("_staging/", "_trash/", ".nf-write.lock")  # never published: writes in progress
-PARTIAL = ".partial"  # zarr LocalStore's temporary files (a write killed half-way leaves one)
-
-
-def _published(key: str) -> bool:
-    return not key.startswith(SKIP) and not key.endswith(PARTIAL)
-
-
-CONCURRENCY = 16  # objects in flight at once
 
 
 def storage(location: str, storage_options: dict[str, Any] | None = None) -> Any:
@@ -164,7 +155,7 @@ def push(local: str | Path, url: str, storage_options: dict[str, Any] | None = N
         same = (frozenset(k for k, st in stats.items() if sync["objects"].get(k) == st)
                 if sync and sync["snapshot"] == session.snapshot_id else frozenset())
         src = zarr.storage.LocalStore(str(path), read_only=True)
-        copied, deleted, size = asyncio.run(_copy(src, session.store, on_key, progress, same))
+        copied, deleted, size = asyncio.run(copy(src, session.store, on_key, progress, same))
         repaired, size_fixed = _check_session(url, storage_options, session, src)
         if not session.has_uncommitted_changes:  # the same content: no new snapshot
             _write_sync(path, url, session.snapshot_id, stats)
@@ -200,7 +191,7 @@ def _check_session(url: str, storage_options: dict[str, Any] | None, session: An
     fixed, size = 0, 0
     if damaged:
         keys = [k for k in sorted(damaged) if asyncio.run(src.exists(k))]
-        fixed, _, size = asyncio.run(_transfer(src, session.store, keys, [], None, False,
+        fixed, _, size = asyncio.run(transfer(src, session.store, keys, [], None, False,
                                                "repair"))
         found = problems({})
     if found:
@@ -219,7 +210,7 @@ def _stats(path: Path) -> dict[str, list[int]]:
     out = {}
     for f in path.rglob("*"):
         key = f.relative_to(path).as_posix()
-        if f.is_file() and _published(key):
+        if f.is_file() and published(key):
             st = f.stat()
             out[key] = [st.st_size, st.st_mtime_ns]
     return out
@@ -294,9 +285,9 @@ def pull(url: str, storage_options: dict[str, Any] | None = None, progress: bool
     plan = _changes(repo, src, sync, head, work) if sync is not None else None
     try:
         if plan is None:
-            copied, deleted, _ = asyncio.run(_copy(src, dst, None, progress, label="pull"))
+            copied, deleted, _ = asyncio.run(copy(src, dst, None, progress, label="pull"))
         else:
-            copied, deleted, _ = asyncio.run(_transfer(src, dst, *plan, None, progress,
+            copied, deleted, _ = asyncio.run(transfer(src, dst, *plan, None, progress,
                                                        "pull", absent_is_deleted=True))
     except ChunkError as err:
         raise StoreError(f"{str(err).split('; `nf validate')[0].rstrip('.')}; snapshot {head} "
@@ -361,64 +352,6 @@ def publishing(url: str, storage_options: dict[str, Any] | None = None,
 
     if is_store(work):
         push(work, url, storage_options, message=message, progress=progress, expect=head)
-
-
-async def _copy(src: Any, dst: Any, on_key: Callable[[int], None] | None, progress: bool,
-                unchanged: frozenset[str] = frozenset(), label: str = "push"
-                ) -> tuple[int, int, int]:
-    """Make ``dst`` hold ``src``'s objects (writes in progress left out): copy those not in
-    ``unchanged``, delete those ``src`` lacks. Returns (copied, deleted, bytes copied)."""
-    every = [k async for k in src.list() if _published(k)]
-    have = {k async for k in dst.list() if _published(k)}
-    keys = [k for k in every if k not in unchanged or k not in have]
-    return await _transfer(src, dst, keys, sorted(have - set(every)), on_key, progress, label)
-
-
-async def _transfer(src: Any, dst: Any, keys: list[str], gone: list[str],
-                    on_key: Callable[[int], None] | None, progress: bool, label: str,
-                    absent_is_deleted: bool = False) -> tuple[int, int, int]:
-    """Copy ``keys`` from ``src`` to ``dst`` (metadata first, parents before children), then
-    delete ``gone`` from ``dst``. A key ``src`` lacks is deleted from ``dst`` where
-    ``absent_is_deleted`` (a pull planned from a diff), else an error (a push: the source is
-    the locked local store). Returns (copied, deleted, bytes copied)."""
-    from tqdm.auto import tqdm
-    from zarr.core.buffer import default_buffer_prototype
-
-    keys = sorted(keys, key=lambda k: (not k.endswith("zarr.json"), k.count("/"), k))
-    proto = default_buffer_prototype()
-    gate = asyncio.Semaphore(CONCURRENCY)
-    bar = tqdm(total=len(keys), unit="obj", desc=label, disable=not progress)
-    done = 0
-    size = 0
-    gone = list(gone)
-
-    async def one(key: str) -> None:
-        nonlocal done, size
-        async with gate:
-            buf = await src.get(key, proto)
-            if buf is None and absent_is_deleted:
-                gone.append(key)
-            elif buf is None:
-                raise StoreError(f"{key}: vanished while it was being copied")
-            else:
-                await dst.set(key, buf)
-                size += len(buf)
-                done += 1
-            bar.update(1)
-            if on_key is not None:
-                on_key(done)
-
-    meta = [k for k in keys if k.endswith("zarr.json")]
-    for depth in sorted({k.count("/") for k in meta}):  # levels in turn, each concurrently
-        await asyncio.gather(*(one(k) for k in meta if k.count("/") == depth))
-    await asyncio.gather(*(one(k) for k in keys if not k.endswith("zarr.json")))
-    deleted = 0
-    for key in sorted(gone, key=lambda k: (k.endswith("zarr.json"), -k.count("/"))):
-        if await dst.exists(key):  # chunks first, then nodes, deepest first
-            await dst.delete(key)
-            deleted += 1
-    bar.close()
-    return done, deleted, size
 
 
 def log(url: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import nfstore
-from nfstore import versioned
+from nfstore import _transfer, versioned
 from nfstore.errors import OptionError
 from nfstore.schema import validate_store
 
@@ -298,7 +298,7 @@ def _objects(store: Any) -> dict[str, bytes]:
     from zarr.core.buffer import default_buffer_prototype
 
     async def read() -> dict[str, bytes]:
-        keys = [k async for k in store.list() if versioned._published(k)]
+        keys = [k async for k in store.list() if _transfer.published(k)]
         proto = default_buffer_prototype()
         return {k: (await store.get(k, proto)).to_bytes() for k in keys}
     return asyncio.run(read())
