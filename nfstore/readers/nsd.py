@@ -28,16 +28,14 @@ import pandas as pd
 from nfstore import _io
 from nfstore.errors import MissingFileError, OptionError, ReaderError
 from nfstore.names import SPLIT, STIMULUS, VOXEL_I, VOXEL_J, VOXEL_K
-from nfstore.readers._rois import NSD_ATLAS_LABELS, alias_rois, atlas_rois, read_ctab
+from nfstore.readers._nsd_betas import SCALE, _beta_header, _load_block, _read_rois
 from nfstore.readers.base import Block, RawSubject, Reader, StimulusTable, parse_ranges
 
 NAME = "nsd"
 EXPDESIGN = Path("nsddata/experiments/nsd/nsd_expdesign.mat")
 STIM_INFO = Path("nsddata/experiments/nsd/nsd_stim_info_merged.csv")
 STIMULI = Path("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
-SCALE = 300.0  # int16 betas are percent signal change x 300
 FORMATS = ("auto", "nifti", "hdf5")
-BETA_DTYPES = "int16 (as released) or float16, float32, float64"
 _SUFFIX = {"nifti": ".nii.gz", "hdf5": ".hdf5"}
 
 
@@ -129,87 +127,143 @@ def _beta_files(beta_dir: Path, fmt: str) -> dict[int, Path]:
     return found
 
 
-def _check_dtype(path: Path, dtype: np.dtype) -> None:
-    """Betas must be int16 (the release: percent signal change x 300) or floats in the same
-    units; anything else (complex, other integers, bool) is refused before anything is read."""
-    dtype = np.dtype(dtype)
-    if not ((dtype.kind == "i" and dtype.itemsize == 2) or dtype.kind == "f"):
-        raise ReaderError(f"{path}: expected betas of dtype {BETA_DTYPES}; found {dtype}")
+def _session_files(beta_dir: Path, options: Options) -> tuple[dict[int, Path], list[int]]:
+    """Betas file per session and the sessions to ingest, checked against each other.
+
+    Returns
+    -------
+    files : dict of int to Path
+        Every session's betas file found in ``beta_dir``.
+    sessions : list of int
+        The 1-based sessions asked for (default: every session found).
+    """
+    files = _beta_files(beta_dir, options.format)
+    if not files:
+        kinds = ".nii.gz or .hdf5" if options.format == "auto" else _SUFFIX[options.format]
+        raise MissingFileError(f"{beta_dir}: missing betas; expected betas_sessionSS{kinds} "
+                               "files")
+    sessions = list(options.sessions) if options.sessions else sorted(files)
+    absent = [s for s in sessions if s not in files]
+    if absent:
+        raise MissingFileError(f"{beta_dir}: expected betas files for the sessions asked "
+                               f"for {absent}; found sessions {sorted(files)}")
+    return files, sessions
 
 
-def _beta_header(path: Path) -> tuple[tuple[int, int, int], int, Any]:
-    """Spatial grid (X, Y, Z), trial count and NIfTI image (None for HDF5) of one betas file,
-    from its header, after checking its dtype."""
-    if path.name.endswith(".nii.gz"):
-        shape, _, img = _io.nifti_header(path)
-        if len(shape) != 4:
-            raise ReaderError(f"{path}: expected a 4-D (X, Y, Z, trials) image; found {shape}")
-        _check_dtype(path, img.header.get_data_dtype())
-        return (shape[0], shape[1], shape[2]), shape[3], img
-    import h5py
+def _voxels(roi_dir: Path, root: Path) -> tuple[Any, Any, Any, tuple[np.ndarray, ...],
+                                                list[str], np.ndarray]:
+    """The nsdgeneral voxels in ingest order, with their ROI masks.
 
-    with _io.reading(path, "HDF5"), h5py.File(path, "r") as f:
-        if "betas" not in f:
-            raise ReaderError(f"{path}: expected dataset 'betas'; found {sorted(f.keys())}")
-        shape, dtype = f["betas"].shape, f["betas"].dtype
-    if len(shape) != 4:
-        raise ReaderError(f"{path}: expected /betas of shape (trials, Z, Y, X); found {shape}")
-    _check_dtype(path, dtype)
-    return (shape[3], shape[2], shape[1]), shape[0], None
+    Voxels are ordered by prf-visualrois label (1..7, then unlabelled), then by C-order grid
+    index.
 
+    Returns
+    -------
+    grid, affine, general_img
+        nsdgeneral's header shape, affine and NIfTI image.
+    ijk : tuple of 3 ndarray
+        Grid indices, int64 (n_voxels,) each.
+    names : list of str
+        ROI names.
+    masks : ndarray
+        bool (n_rois, n_voxels).
+    """
+    general_path = roi_dir / "nsdgeneral.nii.gz"
+    grid, affine, general_img = _io.nifti_header(general_path)
+    general = _io.nifti_data(general_path)
+    selected = general == 1
+    if not selected.any():
+        raise ReaderError(f"{general_path}: expected voxels labelled 1; found none")
 
-def _load_block(path: Path, ijk: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """Betas of the selected voxels, float32 (n_trials, n_voxels) in percent signal change.
-
-    Float values beyond float32's range become inf (refused or replaced by the ingest's
-    ``nonfinite`` policy, never stored)."""
-    i, j, k = ijk
-    if path.name.endswith(".nii.gz"):
-        data = _io.nifti_data(path)  # (X, Y, Z, T), Fortran order as stored
-        x, y, _, t = data.shape
-        flat = data.reshape(-1, t, order="F").T  # (T, X*Y*Z) C-contiguous view when F-ordered
-        vals = np.take(flat, i + x * (j + y * k), axis=1)
-    else:
-        import h5py
-
-        with _io.reading(path, "HDF5"), h5py.File(path, "r") as f:
-            d = f["betas"]
-            box = d[:, k.min():k.max() + 1, j.min():j.max() + 1, i.min():i.max() + 1]
-            vals = box[:, k - k.min(), j - j.min(), i - i.min()]
-    with _io.reading(path, "NSD betas"), np.errstate(over="ignore", invalid="ignore"):
-        return np.multiply(vals, np.float32(1 / SCALE), dtype=np.float32)  # one pass
+    # voxel order: prf-visualrois label (1..7, then unlabelled), then C-order grid index
+    ijk0 = np.nonzero(selected)
+    names, masks, prf = _read_rois(roi_dir, root, (general_path, general_img), ijk0)
+    key = np.where(prf > 0, prf, np.iinfo(np.int64).max) if prf is not None else np.zeros(
+        ijk0[0].size, np.int64)
+    order = np.lexsort((np.arange(key.size), key))
+    ijk = tuple(np.asarray(a[order], dtype=np.int64) for a in ijk0)
+    return grid, affine, general_img, ijk, names, masks[:, order]
 
 
-def _read_rois(roi_dir: Path, root: Path, ref: tuple[Path, Any], ijk: tuple[np.ndarray, ...]
-               ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """Native and alias ROI masks over the selected voxels, plus the prf-visualrois labels.
+def _trial_design(root: Path, sub_dir: Path, sub_no: int, responses: pd.DataFrame,
+                  design: tuple[np.ndarray, np.ndarray, np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nsdIds, repeat indices and test flags of the subject's full trial sequence.
 
-    ``ref`` is nsdgeneral's path and image: every atlas must share its grid and affine."""
-    grid = tuple(int(n) for n in ref[1].shape[:3])
-    names: list[str] = ["nsdgeneral"]
-    masks: list[np.ndarray] = [np.ones(ijk[0].size, bool)]
-    by_label: dict[str, np.ndarray] = {}
-    prf: np.ndarray | None = None
-    for path in sorted(roi_dir.glob("*.nii.gz")):
-        atlas = path.name[: -len(".nii.gz")]
-        if atlas == "nsdgeneral" or atlas.startswith(("lh.", "rh.")):
-            continue
-        shape, _, img = _io.nifti_header(path)
-        if shape[:3] != grid:
-            raise ReaderError(f"{path}: expected the nsdgeneral grid {grid}; found {shape}")
-        _io.same_space(path, img, *ref)
-        values = _io.nifti_data(path)[ijk].astype(np.int64)
-        ctab = root / "nsddata/freesurfer/fsaverage/label" / f"{atlas}.mgz.ctab"
-        labels = read_ctab(ctab) if ctab.is_file() else NSD_ATLAS_LABELS.get(atlas, {})
-        n, m, b = atlas_rois(atlas, values, labels)
-        names += n
-        masks += m
-        for label, mask in b.items():
-            by_label.setdefault(label, mask)
-        if atlas == "prf-visualrois":
-            prf = values
-    a_names, a_masks = alias_rois(by_label)
-    return names + a_names, np.array(masks + a_masks, dtype=bool), prf
+    The full sequence is used so that repeat indices do not depend on the sessions asked for.
+
+    Returns
+    -------
+    nsd_ids : ndarray
+        int64 (n_trials,), 0-based rows of imgBrick.
+    repeat : ndarray
+        int (n_trials,), how often the image was shown before.
+    test : ndarray
+        bool (n_trials,), the image is one of the shared images.
+    """
+    masterordering, subjectim, sharedix = design
+    n_total = len(responses)
+    if n_total > masterordering.size:
+        raise ReaderError(f"{sub_dir / 'behav/responses.tsv'}: expected at most "
+                          f"{masterordering.size} trials (masterordering); found {n_total}")
+    ten_k = masterordering[:n_total] - 1
+    if ten_k.max() >= subjectim.shape[1]:
+        raise ReaderError(f"{root / EXPDESIGN}: masterordering refers to image "
+                          f"{ten_k.max() + 1} of the 10k list; subjectim has "
+                          f"{subjectim.shape[1]} columns")
+    nsd_ids = subjectim[sub_no - 1, ten_k] - 1
+    n_images = stimulus_count(root)
+    if nsd_ids.max() >= n_images or nsd_ids.min() < 0:
+        raise ReaderError(f"{root / STIMULI}: expected an image for nsdId {nsd_ids.max()}; "
+                          f"imgBrick has {n_images} images")
+    kid = responses["73KID"].to_numpy(np.int64) - 1
+    bad = np.flatnonzero(kid != nsd_ids)
+    if bad.size:
+        t = int(bad[0])
+        raise ReaderError(f"{sub_dir / 'behav/responses.tsv'}: row {t + 1} expected 73KID "
+                          f"{nsd_ids[t] + 1} (from nsd_expdesign.mat); found {kid[t] + 1}")
+    repeat = pd.Series(nsd_ids).groupby(nsd_ids).cumcount().to_numpy()
+    test = np.isin(nsd_ids, sharedix - 1)
+    return nsd_ids, repeat, test
+
+
+def _session_blocks(sessions: list[int], files: dict[int, Path], session_col: np.ndarray,
+                    grid: tuple[int, ...], general: tuple[Path, Any],
+                    ijk: tuple[np.ndarray, ...]) -> tuple[list[np.ndarray], list[Block]]:
+    """One lazy block per session, after checking each betas header.
+
+    Parameters
+    ----------
+    session_col : ndarray
+        int64 (n_trials,), the session of every responses.tsv row.
+    general : tuple of (Path, image)
+        nsdgeneral's path and NIfTI image (the grid and affine every betas file must share).
+
+    Returns
+    -------
+    rows : list of ndarray
+        int (n_session_trials,) responses.tsv rows of each session.
+    blocks : list of Block
+    """
+    rows, blocks = [], []
+    start = 0
+    for s in sessions:
+        idx = np.flatnonzero(session_col == s)
+        path = files[s]
+        bgrid, n_t, img = _beta_header(path)
+        if bgrid != grid[:3]:
+            raise ReaderError(f"{path}: expected the ROI grid {grid[:3]} (nsdgeneral.nii.gz); "
+                              f"found {bgrid}")
+        if n_t != idx.size:
+            raise ReaderError(f"{path}: expected {idx.size} trials (responses.tsv rows of "
+                              f"session {s}); found {n_t}")
+        if img is not None:  # HDF5 betas carry no affine
+            _io.same_space(path, img, *general)
+        rows.append(idx)
+        blocks.append(Block(f"session {s}", start, start + n_t,
+                            (lambda p=path: _load_block(p, ijk)), (path,)))
+        start += n_t
+    return rows, blocks
 
 
 class NSDReader(Reader):
@@ -267,82 +321,19 @@ class NSDReader(Reader):
         beta_dir = (root / "nsddata_betas" / "ppdata" / subject / options.space
                     / options.beta_version)
 
-        masterordering, subjectim, sharedix = _design(root)
-        if sub_no > subjectim.shape[0]:
+        design = _design(root)
+        if sub_no > design[1].shape[0]:
             raise ReaderError(f"{root / EXPDESIGN}: expected a subjectim row for {subject}; "
-                              f"found {subjectim.shape[0]} rows")
+                              f"found {design[1].shape[0]} rows")
         responses = _responses(sub_dir / "behav" / "responses.tsv")
-        files = _beta_files(beta_dir, options.format)
-        if not files:
-            kinds = ".nii.gz or .hdf5" if options.format == "auto" else _SUFFIX[options.format]
-            raise MissingFileError(f"{beta_dir}: missing betas; expected betas_sessionSS{kinds} "
-                                   "files")
-        sessions = list(options.sessions) if options.sessions else sorted(files)
-        absent = [s for s in sessions if s not in files]
-        if absent:
-            raise MissingFileError(f"{beta_dir}: expected betas files for the sessions asked "
-                                   f"for {absent}; found sessions {sorted(files)}")
-
+        files, sessions = _session_files(beta_dir, options)
         general_path = roi_dir / "nsdgeneral.nii.gz"
-        grid, affine, general_img = _io.nifti_header(general_path)
-        general = _io.nifti_data(general_path)
-        selected = general == 1
-        if not selected.any():
-            raise ReaderError(f"{general_path}: expected voxels labelled 1; found none")
-
-        # voxel order: prf-visualrois label (1..7, then unlabelled), then C-order grid index
-        ijk0 = np.nonzero(selected)
-        names, masks, prf = _read_rois(roi_dir, root, (general_path, general_img), ijk0)
-        key = np.where(prf > 0, prf, np.iinfo(np.int64).max) if prf is not None else np.zeros(
-            ijk0[0].size, np.int64)
-        order = np.lexsort((np.arange(key.size), key))
-        ijk = tuple(np.asarray(a[order], dtype=np.int64) for a in ijk0)
-        masks = masks[:, order]
-
-        # trial table: the subject's full sequence, so repeat indices do not depend on --sessions
-        n_total = len(responses)
-        if n_total > masterordering.size:
-            raise ReaderError(f"{sub_dir / 'behav/responses.tsv'}: expected at most "
-                              f"{masterordering.size} trials (masterordering); found {n_total}")
-        ten_k = masterordering[:n_total] - 1
-        if ten_k.max() >= subjectim.shape[1]:
-            raise ReaderError(f"{root / EXPDESIGN}: masterordering refers to image "
-                              f"{ten_k.max() + 1} of the 10k list; subjectim has "
-                              f"{subjectim.shape[1]} columns")
-        nsd_ids = subjectim[sub_no - 1, ten_k] - 1
-        n_images = stimulus_count(root)
-        if nsd_ids.max() >= n_images or nsd_ids.min() < 0:
-            raise ReaderError(f"{root / STIMULI}: expected an image for nsdId {nsd_ids.max()}; "
-                              f"imgBrick has {n_images} images")
-        kid = responses["73KID"].to_numpy(np.int64) - 1
-        bad = np.flatnonzero(kid != nsd_ids)
-        if bad.size:
-            t = int(bad[0])
-            raise ReaderError(f"{sub_dir / 'behav/responses.tsv'}: row {t + 1} expected 73KID "
-                              f"{nsd_ids[t] + 1} (from nsd_expdesign.mat); found {kid[t] + 1}")
-        repeat = pd.Series(nsd_ids).groupby(nsd_ids).cumcount().to_numpy()
-        test = np.isin(nsd_ids, sharedix - 1)
+        grid, affine, general_img, ijk, names, masks = _voxels(roi_dir, root)
+        nsd_ids, repeat, test = _trial_design(root, sub_dir, sub_no, responses, design)
         session_col = responses["SESSION"].to_numpy(np.int64)
-
-        rows, blocks, sources = [], [], []
-        start = 0
-        for s in sessions:
-            idx = np.flatnonzero(session_col == s)
-            path = files[s]
-            bgrid, n_t, img = _beta_header(path)
-            if bgrid != grid[:3]:
-                raise ReaderError(f"{path}: expected the ROI grid {grid[:3]} (nsdgeneral.nii.gz); "
-                                  f"found {bgrid}")
-            if n_t != idx.size:
-                raise ReaderError(f"{path}: expected {idx.size} trials (responses.tsv rows of "
-                                  f"session {s}); found {n_t}")
-            if img is not None:  # HDF5 betas carry no affine
-                _io.same_space(path, img, general_path, general_img)
-            rows.append(idx)
-            blocks.append(Block(f"session {s}", start, start + n_t,
-                                (lambda p=path: _load_block(p, ijk)), (path,)))
-            sources.append(path)
-            start += n_t
+        rows, blocks = _session_blocks(sessions, files, session_col, grid,
+                                       (general_path, general_img), ijk)
+        sources = [files[s] for s in sessions]
         t = np.concatenate(rows)
         trials = pd.DataFrame({
             STIMULUS: np.array([f"{self.name}/{i:05d}" for i in nsd_ids[t]], dtype=object),
