@@ -62,7 +62,7 @@ def remote_option(arg: str = "store") -> Any:
     def decorate(command: Any) -> Any:
         @functools.wraps(command)
         def run(*args: Any, storage_options: tuple[str, ...] = (), **kwargs: Any) -> Any:
-            from nfstore import _remote
+            from nfstore import locations as _remote
 
             _remote.configure(str(kwargs[arg]), _remote.parse_storage_options(storage_options))
             return command(*args, **kwargs)
@@ -104,7 +104,7 @@ def writes_store(arg: str = "store") -> Any:
     def decorate(command: Any) -> Any:
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> Any:
-            from nfstore import _remote
+            from nfstore import locations as _remote
             from nfstore.transaction import transaction
 
             url = str(kwargs[arg])
