@@ -62,9 +62,9 @@ def remote_option(arg: str = "store") -> Any:
     def decorate(command: Any) -> Any:
         @functools.wraps(command)
         def run(*args: Any, storage_options: tuple[str, ...] = (), **kwargs: Any) -> Any:
-            from nfstore import locations as _remote
+            from nfstore import locations
 
-            _remote.configure(str(kwargs[arg]), _remote.parse_storage_options(storage_options))
+            locations.configure(str(kwargs[arg]), locations.parse_storage_options(storage_options))
             return command(*args, **kwargs)
 
         # named as the library's parameter: its errors (storage_options: ...) name the flag
@@ -104,11 +104,11 @@ def writes_store(arg: str = "store") -> Any:
     def decorate(command: Any) -> Any:
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> Any:
-            from nfstore import locations as _remote
+            from nfstore import locations
             from nfstore.transaction import transaction
 
             url = str(kwargs[arg])
-            if not _remote.is_url(url):
+            if not locations.is_url(url):
                 return command(*args, **kwargs)
             from nfstore import versioned
 
