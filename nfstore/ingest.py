@@ -132,6 +132,33 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     """
     t0 = time.perf_counter()
     reader = get_reader(dataset)
+    root, options, raws, table = _read_subjects(reader, dataset, raw_root, subjects, options,
+                                                dtype, normalization, nonfinite)
+    summary = _write_store(store, dataset, reader, (root, options, raws, table), overwrite, dtype,
+                           voxel_chunk, normalization, progress, on_block, scheduler,
+                           nonfinite)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _read_subjects(reader: Any, dataset: str, raw_root: str | Path,
+                   subjects: Sequence[str] | None, options: Any, dtype: str,
+                   normalization: str | None, nonfinite: str
+                   ) -> tuple[Path, Any, list[RawSubject], StimulusTable]:
+    """Check the arguments and open every subject and the stimulus table, writing nothing.
+
+    Everything that can be checked before writing is checked here: the store is untouched
+    when a header, design file or ROI is wrong.
+
+    Returns
+    -------
+    root : Path
+        The dataset root.
+    options : reader ``Options``
+    raws : list of RawSubject
+        One per subject, with its normalization and nonfinite policy set.
+    table : StimulusTable
+    """
     if dtype not in DTYPES:
         raise OptionError(f"dtype: expected one of {list(DTYPES)}; found {dtype!r}")
     if nonfinite not in NONFINITE:
@@ -144,14 +171,24 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
     names = [reader.subject_name(s) for s in subjects] if subjects else reader.list_subjects(root)
     if not names:
         raise MissingFileError(f"{root}: expected {dataset} subject folders; found none")
-
-    # Everything that can be checked before writing is checked here: the store is untouched
-    # when a header, design file or ROI is wrong, or a subject exists without --overwrite.
     raws = [reader.open_subject(root, name, options) for name in names]
     for raw in raws:
         set_normalization(raw, normalization)
         set_nonfinite(raw, nonfinite)
-    table = reader.stimulus_table(root, options)
+    return root, options, raws, reader.stimulus_table(root, options)
+
+
+def _write_store(store: str | Path, dataset: str, reader: Any,
+                 opened: tuple[Path, Any, list[RawSubject], StimulusTable], overwrite: bool,
+                 dtype: str, voxel_chunk: int, normalization: str | None, progress: bool,
+                 on_block: Callable[[str, str], None] | None, scheduler: str | None,
+                 nonfinite: str) -> IngestSummary:
+    """Write the opened subjects and stimuli in one transaction.
+
+    ``opened`` is :func:`_read_subjects`'s result. A store folder this call created is removed
+    again when the ingest fails before writing anything into it.
+    """
+    root, options, raws, table = opened
     local = _local_path(store)
     created = local is not None and not local.exists()
     try:
@@ -164,7 +201,6 @@ def ingest(dataset: str, raw_root: str | Path, store: str | Path, *,
         if created and local is not None and _empty_store(local, dataset):
             shutil.rmtree(local, ignore_errors=True)  # a store this command created, empty
         raise
-    summary.seconds = time.perf_counter() - t0
     return summary
 
 
