@@ -264,25 +264,43 @@ def embed_store(location: str | Path, model: str = "ip-adapter-sdxl",
     stimuli = pool_name if table is not None and stimuli == "all" else stimuli
     opts = {**(options or {}), **({"tokens": True} if tokens else {})}
     with transaction(location, f"nf embed --model {model}", progress=progress) as tx:
-        store = _open(tx)
         new = [pool_name] if table is not None else []
-        chosen = _chosen(store, tx.root, stimuli, new, cls.include_pools)
+        chosen = _chosen(_open(tx), tx.root, stimuli, new, cls.include_pools)
         if weights is None and cls.needs_weights and cache_pixels and table is None:
             return EmbedSummary(model, ran=False, pixels=_cache_pixels(
                 tx, chosen, pixel_size, progress))
-        feat = make_featurizer(model, weights, device=device, options=opts, strict=False)
-        meta = {"model": feat.name, **feat.fingerprint(), "dtype": dtype,
-                "feature_shape": list(feat.feature_shape), "nf_version": __version__}
-        _clash(tx.root, feat.cache_name, meta, overwrite or not cls.needs_weights)
-        if table is not None:
-            _commit_pool(tx.root, table, skip_bad)
-        line = _cache_pixels(tx, chosen, pixel_size, progress) if cache_pixels else ""
-        summary = write_cache(tx, feat, meta, chosen, batch_size=batch_size, workers=workers,
-                              skip_bad=skip_bad, overwrite=overwrite or not cls.needs_weights,
-                              progress=progress, on_batch=on_batch)
+        summary = _featurize(tx, cls, model, weights, opts, table, chosen, device=device,
+                             dtype=dtype, batch_size=batch_size, workers=workers,
+                             skip_bad=skip_bad, overwrite=overwrite, progress=progress,
+                             on_batch=on_batch, cache_pixels=cache_pixels,
+                             pixel_size=pixel_size)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _featurize(tx: Transaction, cls: type, model: str, weights: str | Path | None,
+               opts: dict[str, Any], table: Any, chosen: list[str], *, device: str,
+               dtype: str, batch_size: int, workers: int, skip_bad: bool, overwrite: bool,
+               progress: bool, on_batch: Callable[[int], None] | None, cache_pixels: bool,
+               pixel_size: int | None) -> EmbedSummary:
+    """Load the featurizer, check the cache, register the pool and write the embeddings.
+
+    Parameters are :func:`embed_store`'s; ``cls`` is the featurizer class, ``table`` the pool's
+    stimulus table (or None) and ``chosen`` the stimulus tables to featurize.
+    """
+    replace = overwrite or not cls.needs_weights
+    feat = make_featurizer(model, weights, device=device, options=opts, strict=False)
+    meta = {"model": feat.name, **feat.fingerprint(), "dtype": dtype,
+            "feature_shape": list(feat.feature_shape), "nf_version": __version__}
+    _clash(tx.root, feat.cache_name, meta, replace)
+    if table is not None:
+        _commit_pool(tx.root, table, skip_bad)
+    line = _cache_pixels(tx, chosen, pixel_size, progress) if cache_pixels else ""
+    summary = write_cache(tx, feat, meta, chosen, batch_size=batch_size, workers=workers,
+                          skip_bad=skip_bad, overwrite=replace, progress=progress,
+                          on_batch=on_batch)
     summary.registered = 0 if table is None else len(table.stimulus)
     summary.pixels = line
-    summary.seconds = time.perf_counter() - t0
     return summary
 
 
