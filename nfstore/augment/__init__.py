@@ -131,9 +131,19 @@ def augment(location: str | Path, subject: str, cfg: AugmentConfig, *, overwrite
                         progress, t0)
 
 
-def _augment(store: Any, tx: Any, subject: str, cfg: AugmentConfig, name: str,
-             overwrite: bool, dtype: str, progress: bool, t0: float) -> AugmentSummary:
-    ds = store.dataset(subject)
+def _train_embeddings(store: Any, tx: Any, subject: str, cfg: AugmentConfig,
+                      ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray, xr.DataArray]:
+    """The subject's train trials and their embeddings, after checking folds and rank.
+
+    Returns
+    -------
+    train : ndarray
+        int (n_train,), positions of the train trials.
+    X : ndarray
+        (n_train, n_features) embeddings of the train stimuli.
+    cache : xarray.DataArray
+        (n_stimuli, n_features) every stored embedding of ``cfg.embedding``.
+    """
     train = np.flatnonzero(ds[SPLIT].values == "train")
     if train.size <= cfg.cv:
         raise StoreError(f"cv: expected fewer folds than {subject}'s {train.size} train trials; "
@@ -147,6 +157,24 @@ def _augment(store: Any, tx: Any, subject: str, cfg: AugmentConfig, name: str,
                          f"run `nf embed {tx.location} --model {cfg.embedding} --weights ...`"
                          ) from None
     cache = store.embeddings(cfg.embedding)  # exists: X was read from it
+    return train, X, cache
+
+
+def _choose_pool(store: Any, tx: Any, subject: str, cfg: AugmentConfig, n_train: int,
+                 cache: xr.DataArray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Draw the pool images to synthesize trials for.
+
+    Pool copies of any test or imagery stimulus are never drawn.
+
+    Returns
+    -------
+    chosen : ndarray
+        object (n,), the drawn pool stimuli, in pool order.
+    X_pool : ndarray
+        (n, n_features) their embeddings.
+    excluded : int
+        Pool images left out as copies of held-out pictures.
+    """
     pool_ids = [s for s in cache[STIMULUS].values.tolist() if s.startswith(f"{cfg.pool}/")]
     if not pool_ids:
         raise QueryError(f"pool: no {cfg.embedding} embeddings of pool {cfg.pool!r}; register "
@@ -157,7 +185,7 @@ def _augment(store: Any, tx: Any, subject: str, cfg: AugmentConfig, name: str,
     n_pool = len(pool_ids)
     pool_ids = [s for s in pool_ids if s not in held_out_copies]
     excluded = n_pool - len(pool_ids)
-    asked = cfg.n if cfg.n is not None else cfg.fraction * train.size  # type: ignore
+    asked = cfg.n if cfg.n is not None else cfg.fraction * n_train  # type: ignore
     if asked >= len(pool_ids) + 0.5:  # more than the pool holds once rounded
         raise OptionError(f"{'n' if cfg.n is not None else 'fraction'}: {asked:.0f} synthetic "
                           f"trials asked; pool "
@@ -167,11 +195,41 @@ def _augment(store: Any, tx: Any, subject: str, cfg: AugmentConfig, name: str,
     n = int(round(asked))
     if n < 1:
         raise OptionError(f"fraction: expected at least one synthetic trial; found {n} "
-                          f"({cfg.fraction} x {train.size} train trials of {subject})")
+                          f"({cfg.fraction} x {n_train} train trials of {subject})")
     rng = np.random.default_rng(cfg.seed)
     chosen = np.array(pool_ids, dtype=object)[np.sort(rng.choice(len(pool_ids), n,
                                                                  replace=False))]
-    X_pool = cache.sel({STIMULUS: chosen}).values
+    return chosen, cache.sel({STIMULUS: chosen}).values, excluded
+
+
+def _set_attrs(staged: Path, store: Any, subject: str, cfg: AugmentConfig, name: str,
+               model: Any, emb_attrs: Any, excluded: int, n_train: int, dtype: str) -> None:
+    """Record how the synthetic set was made in the staged group's attributes."""
+    zarr.open_group(str(staged), mode="r+").attrs.update({
+        "name": name, "subject": subject, "source": "ridge synthesis (nf augment)",
+        "nf_version": __version__, "config": dataclasses.asdict(cfg),
+        "embedding": cfg.embedding, "embedding_weights_sha256": emb_attrs["weights_sha256"],
+        "alphas": list(map(float, np.atleast_1d(cfg.alpha if cfg.alpha is not None
+                                                else cfg.alphas))),
+        "alpha_selection": "fixed" if cfg.alpha is not None else
+        f"per voxel, {cfg.cv}-fold CV (negative MSE, himalaya rule)",
+        "cv_corr_summary": {k: float(v) for k, v in zip(
+            ("p5", "p25", "median", "p75", "p95"),
+            np.percentile(model.cv_corr, [5, 25, 50, 75, 95]))} | {
+            "mean": float(model.cv_corr.mean())},
+        "noise": cfg.noise, "noise_scale": cfg.noise_scale, "seed": cfg.seed,
+        "excluded_held_out_copies": int(excluded),
+        "n_train_trials": int(n_train), "measured_fingerprint":
+            store.attrs(subject).get("ingest_fingerprint"), "dtype": dtype})
+
+
+def _augment(store: Any, tx: Any, subject: str, cfg: AugmentConfig, name: str,
+             overwrite: bool, dtype: str, progress: bool, t0: float) -> AugmentSummary:
+    """Fit the ridge model of one subject and write a synthetic set (see :func:`augment`)."""
+    ds = store.dataset(subject)
+    train, X, cache = _train_embeddings(store, tx, subject, cfg, ds)
+    chosen, X_pool, excluded = _choose_pool(store, tx, subject, cfg, int(train.size), cache)
+    n = int(chosen.size)
 
     key = f"{subject}/{SYNTHETIC}/{name}"
     if tx.path(key).exists() and not overwrite:
@@ -188,23 +246,8 @@ def _augment(store: Any, tx: Any, subject: str, cfg: AugmentConfig, name: str,
         t1 = time.perf_counter()
         synthesize(str(staged / BETAS), X_pool, model, noise, cfg, dtype, progress)
         timing["synthesis_seconds"] = time.perf_counter() - t1
-        emb_attrs = cache.attrs
-        zarr.open_group(str(staged), mode="r+").attrs.update({
-            "name": name, "subject": subject, "source": "ridge synthesis (nf augment)",
-            "nf_version": __version__, "config": dataclasses.asdict(cfg),
-            "embedding": cfg.embedding, "embedding_weights_sha256": emb_attrs["weights_sha256"],
-            "alphas": list(map(float, np.atleast_1d(cfg.alpha if cfg.alpha is not None
-                                                    else cfg.alphas))),
-            "alpha_selection": "fixed" if cfg.alpha is not None else
-            f"per voxel, {cfg.cv}-fold CV (negative MSE, himalaya rule)",
-            "cv_corr_summary": {k: float(v) for k, v in zip(
-                ("p5", "p25", "median", "p75", "p95"),
-                np.percentile(model.cv_corr, [5, 25, 50, 75, 95]))} | {
-                "mean": float(model.cv_corr.mean())},
-            "noise": cfg.noise, "noise_scale": cfg.noise_scale, "seed": cfg.seed,
-            "excluded_held_out_copies": int(excluded),
-            "n_train_trials": int(train.size), "measured_fingerprint":
-                store.attrs(subject).get("ingest_fingerprint"), "dtype": dtype})
+        _set_attrs(staged, store, subject, cfg, name, model, cache.attrs, excluded,
+                   int(train.size), dtype)
         tx.commit(key)
     except BaseException:
         tx.discard(key)
