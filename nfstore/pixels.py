@@ -138,8 +138,6 @@ def cache_pixels(location: str | Path, stimuli: list[str] | None = None,
     Resumable: rows are committed batch by batch; a rerun adds only what is missing. A cache
     of another size is an error (remove it with ``--overwrite`` in the CLI).
     """
-    from tqdm.auto import tqdm
-
     import nfstore
     from nfstore.transaction import transaction
 
@@ -155,37 +153,54 @@ def cache_pixels(location: str | Path, stimuli: list[str] | None = None,
             raise OptionError(f"stimuli: no stimulus table {unknown}; available: "
                               f"{store.stimulus_tables()}")
         for name in names:
-            tab = store.stimuli(name)
-            ids = np.array([s for s, f in zip(tab[STIMULUS].values, tab["file"].values) if f],
-                           dtype=object)
-            if ids.size == 0:
-                continue
-            want = (pixel_size, pixel_size) if pixel_size else None
-            pixels = select_pixels(store, ids, want) if want else _native(store, name, ids)
-            hw = tuple(int(v) for v in pixels.shape[1:3])
-            g = _open_cache(tx, name, hw, want is not None)
-            count = int(g.attrs["count"])
-            done = set(np.array(g["stimulus"][:count].tolist(), dtype=object).tolist())
-            todo = np.flatnonzero([s not in done for s in ids.tolist()])
-            pos = {s: i for i, s in enumerate(tab[STIMULUS].values.tolist())}
-            bar = tqdm(total=todo.size, desc=f"pixels {name}", unit="img", disable=not progress)
-            for a in range(0, todo.size, BATCH):
-                sel = todo[a:a + BATCH]
-                block = np.asarray(pixels[sel].values)
-                rows = slice(count, count + sel.size)
-                for arr in ("stimulus", "file", "index", "images"):
-                    g[arr].resize((rows.stop, *g[arr].shape[1:]))
-                p = [pos[s] for s in ids[sel]]
-                g["stimulus"][rows] = ids[sel]
-                g["file"][rows] = tab["file"].values[p]
-                g["index"][rows] = tab["index"].values[p]
-                g["images"][rows] = block
-                count = rows.stop
-                g.attrs["count"] = count  # the commit point of this batch
-                bar.update(sel.size)
-            bar.close()
-            out[name], sizes[name] = int(todo.size), hw
+            done = _cache_table(tx, store, name, pixel_size, progress)
+            if done is not None:
+                out[name], sizes[name] = done
     return PixelSummary(out, sizes, time.perf_counter() - t0)
+
+
+def _cache_table(tx: Any, store: Any, name: str, pixel_size: int | None, progress: bool
+                 ) -> tuple[int, tuple[int, int]] | None:
+    """Append the missing pixels of one stimulus table to its cache, batch by batch.
+
+    Returns
+    -------
+    tuple of (int, (int, int)) or None
+        Images added and the cached (height, width); None when no stimulus of the table has
+        an image.
+    """
+    from tqdm.auto import tqdm
+
+    tab = store.stimuli(name)
+    ids = np.array([s for s, f in zip(tab[STIMULUS].values, tab["file"].values) if f],
+                   dtype=object)
+    if ids.size == 0:
+        return None
+    want = (pixel_size, pixel_size) if pixel_size else None
+    pixels = select_pixels(store, ids, want) if want else _native(store, name, ids)
+    hw = tuple(int(v) for v in pixels.shape[1:3])
+    g = _open_cache(tx, name, hw, want is not None)
+    count = int(g.attrs["count"])
+    done = set(np.array(g["stimulus"][:count].tolist(), dtype=object).tolist())
+    todo = np.flatnonzero([s not in done for s in ids.tolist()])
+    pos = {s: i for i, s in enumerate(tab[STIMULUS].values.tolist())}
+    bar = tqdm(total=todo.size, desc=f"pixels {name}", unit="img", disable=not progress)
+    for a in range(0, todo.size, BATCH):
+        sel = todo[a:a + BATCH]
+        block = np.asarray(pixels[sel].values)
+        rows = slice(count, count + sel.size)
+        for arr in ("stimulus", "file", "index", "images"):
+            g[arr].resize((rows.stop, *g[arr].shape[1:]))
+        p = [pos[s] for s in ids[sel]]
+        g["stimulus"][rows] = ids[sel]
+        g["file"][rows] = tab["file"].values[p]
+        g["index"][rows] = tab["index"].values[p]
+        g["images"][rows] = block
+        count = rows.stop
+        g.attrs["count"] = count  # the commit point of this batch
+        bar.update(sel.size)
+    bar.close()
+    return int(todo.size), hw  # type: ignore[return-value]
 
 
 def _native(store: Any, name: str, ids: np.ndarray) -> Any:
