@@ -152,6 +152,83 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     nib.save(img, str(path))
 
 
+def _write_expdesign(out: Path, cfg: NSDSynthConfig, runs: list[int],
+                     masterordering: np.ndarray, subjectim: np.ndarray,
+                     sharedix: np.ndarray) -> None:
+    """Write ``nsd_expdesign.mat``.
+
+    Parameters
+    ----------
+    runs : list of int
+        Trials of each run of a session.
+    masterordering : ndarray
+        int (n_trials,), 1-based positions in a subject's 10k list.
+    subjectim : ndarray
+        int (N_SUBJECT_ROWS, n_list), 1-based nsdIds of each subject's list.
+    sharedix : ndarray
+        int (n_shared,), 1-based nsdIds of the shared images.
+    """
+    (out / EXPDESIGN).parent.mkdir(parents=True, exist_ok=True)
+    stimpattern = np.zeros((cfg.sessions, cfg.runs_per_session, max(runs) + 2), np.uint8)
+    for r, n in enumerate(runs):
+        stimpattern[:, r, 1:n + 1] = 1
+    scipy.io.savemat(out / EXPDESIGN, {
+        "masterordering": masterordering[None, :].astype(np.float64),
+        "subjectim": subjectim.astype(np.float64),
+        "sharedix": sharedix[None, :].astype(np.float64),
+        "basiccnt": np.tile(np.array([[cfg.trials_per_session], [0], [0]], np.float64),
+                            (1, cfg.sessions)),
+        "stimpattern": stimpattern.astype(np.float64),
+    })
+
+
+def _write_stim_info(out: Path, coco: np.ndarray, overlap: np.ndarray,
+                     design: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     rng: np.random.Generator) -> None:
+    """Write ``nsd_stim_info_merged.csv`` (COCO ids, splits, per-subject repeats).
+
+    Parameters
+    ----------
+    coco : ndarray
+        int (n_images,), the COCO id of every image.
+    overlap : ndarray
+        int (n_overlap,), 0-based nsdIds that BOLD5000 also showed.
+    design : tuple of ndarray
+        ``masterordering``, ``subjectim`` and ``sharedix`` as in :func:`_write_expdesign`.
+    """
+    masterordering, subjectim, sharedix = design
+    n_images = coco.size
+    info = pd.DataFrame({"cocoId": coco,
+                         "cocoSplit": np.where(rng.random(n_images) < 0.9, "train2017",
+                                               "val2017"),
+                         "cropBox": ["(0, 0, 0.1, 0.1)"] * n_images,
+                         "loss": np.zeros(n_images), "nsdId": np.arange(n_images),
+                         "flagged": False,
+                         "BOLD5000": np.isin(np.arange(n_images), overlap),
+                         "shared1000": np.isin(np.arange(n_images), sharedix - 1)})
+    for sub in range(1, N_SUBJECT_ROWS + 1):
+        ids = subjectim[sub - 1, masterordering - 1] - 1
+        info[f"subject{sub}"] = np.isin(np.arange(n_images), ids).astype(int)
+        reps = np.zeros((n_images, 3), np.int64)
+        seen = np.zeros(n_images, np.int64)
+        for t, i in enumerate(ids):
+            if seen[i] < 3:
+                reps[i, seen[i]] = t + 1
+            seen[i] += 1
+        for r in range(3):
+            info[f"subject{sub}_rep{r}"] = reps[:, r]
+    info.to_csv(out / "nsddata/experiments/nsd/nsd_stim_info_merged.csv")
+
+
+def _write_ctabs(out: Path) -> None:
+    """Write the colour tables naming the prf-visualrois and floc-places labels."""
+    label_dir = out / "nsddata/freesurfer/fsaverage/label"
+    label_dir.mkdir(parents=True, exist_ok=True)
+    for atlas in ("prf-visualrois", "floc-places"):
+        lines = ["0 Unknown"] + [f"{k} {v}" for k, v in NSD_ATLAS_LABELS[atlas].items()]
+        (label_dir / f"{atlas}.mgz.ctab").write_text("\n".join(lines) + "\n")
+
+
 def synth_nsd(out: Path, cfg: NSDSynthConfig = NSDSynthConfig()) -> dict[str, float]:
     """Write a synthetic NSD tree under ``out``; returns a summary (counts, seconds)."""
     t0 = time.perf_counter()
@@ -176,46 +253,10 @@ def synth_nsd(out: Path, cfg: NSDSynthConfig = NSDSynthConfig()) -> dict[str, fl
         f.create_dataset("imgBrick", data=images, chunks=(1, *images.shape[1:]))
 
     runs = _run_sizes(cfg)
-    (out / EXPDESIGN).parent.mkdir(parents=True, exist_ok=True)
-    stimpattern = np.zeros((cfg.sessions, cfg.runs_per_session, max(runs) + 2), np.uint8)
-    for r, n in enumerate(runs):
-        stimpattern[:, r, 1:n + 1] = 1
-    scipy.io.savemat(out / EXPDESIGN, {
-        "masterordering": masterordering[None, :].astype(np.float64),
-        "subjectim": subjectim.astype(np.float64),
-        "sharedix": sharedix[None, :].astype(np.float64),
-        "basiccnt": np.tile(np.array([[cfg.trials_per_session], [0], [0]], np.float64),
-                            (1, cfg.sessions)),
-        "stimpattern": stimpattern.astype(np.float64),
-    })
-    info = pd.DataFrame({"cocoId": coco,
-                         "cocoSplit": np.where(rng.random(n_images) < 0.9, "train2017",
-                                               "val2017"),
-                         "cropBox": ["(0, 0, 0.1, 0.1)"] * n_images,
-                         "loss": np.zeros(n_images), "nsdId": np.arange(n_images),
-                         "flagged": False,
-                         "BOLD5000": np.isin(np.arange(n_images), overlap),
-                         "shared1000": np.isin(np.arange(n_images), sharedix - 1)})
+    _write_expdesign(out, cfg, runs, masterordering, subjectim, sharedix)
+    _write_stim_info(out, coco, overlap, (masterordering, subjectim, sharedix), rng)
+    _write_ctabs(out)
     n_trials = cfg.sessions * cfg.trials_per_session
-    for sub in range(1, N_SUBJECT_ROWS + 1):
-        ids = subjectim[sub - 1, masterordering - 1] - 1
-        info[f"subject{sub}"] = np.isin(np.arange(n_images), ids).astype(int)
-        reps = np.zeros((n_images, 3), np.int64)
-        seen = np.zeros(n_images, np.int64)
-        for t, i in enumerate(ids):
-            if seen[i] < 3:
-                reps[i, seen[i]] = t + 1
-            seen[i] += 1
-        for r in range(3):
-            info[f"subject{sub}_rep{r}"] = reps[:, r]
-    info.to_csv(out / "nsddata/experiments/nsd/nsd_stim_info_merged.csv")
-
-    label_dir = out / "nsddata/freesurfer/fsaverage/label"
-    label_dir.mkdir(parents=True, exist_ok=True)
-    for atlas in ("prf-visualrois", "floc-places"):
-        lines = ["0 Unknown"] + [f"{k} {v}" for k, v in NSD_ATLAS_LABELS[atlas].items()]
-        (label_dir / f"{atlas}.mgz.ctab").write_text("\n".join(lines) + "\n")
-
     for sub in cfg.subjects:
         _write_subject(out, cfg, sub, z, subjectim, masterordering, runs, rng)
     _signal.save_truth(out, latents=z)
