@@ -97,21 +97,38 @@ def synth_god(out: Path, cfg: GODSynthConfig = GODSynthConfig()) -> dict[str, fl
             "trials": len(samples) * len(cfg.subjects), "seconds": time.perf_counter() - t0}
 
 
-def _write_subject(path: Path, cfg: GODSynthConfig, samples: list, rng: np.random.Generator
-                   ) -> None:
+def _voxel_box(cfg: GODSynthConfig) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Voxels of an ellipsoid inside the ``cfg.grid`` box, and their ROIs.
+
+    Returns
+    -------
+    ijk : ndarray
+        int (n_voxels, 3), grid indices inside the box.
+    mm : ndarray
+        float (n_voxels, 3), coordinates in mm of the 64x64x50 3 mm volume.
+    roi : dict of str to ndarray
+        bool (n_voxels,) per ROI: bands along Y, plus LVC, HVC and VC.
+    """
     x, y, zz = np.meshgrid(*[np.arange(n) for n in cfg.grid], indexing="ij")
     inside = ((x - cfg.grid[0] / 2) ** 2 / cfg.grid[0] ** 2 + (y - cfg.grid[1] / 2) ** 2
               / cfg.grid[1] ** 2 + (zz - cfg.grid[2] / 2) ** 2 / cfg.grid[2] ** 2) < 0.22
     ijk = np.argwhere(inside)
-    n_vox = len(ijk)
     offset = np.array([20, 8, 14])  # position of the box in the 64x64x50 volume
     mm = (ijk + offset) * 3.0 - np.array([96.0, 120.0, 60.0])
     band = np.digitize(ijk[:, 1], np.quantile(ijk[:, 1], np.linspace(0, 1, len(ROIS) + 1)[1:-1]))
     roi = {name: band == i for i, name in enumerate(ROIS)}
     roi["LVC"] = roi["V1"] | roi["V2"] | roi["V3"]
     roi["HVC"] = roi["LOC"] | roi["FFA"] | roi["PPA"]
-    roi["VC"] = np.ones(n_vox, bool)
+    roi["VC"] = np.ones(len(ijk), bool)
+    return ijk, mm, roi
 
+
+def _data_matrix(cfg: GODSynthConfig, samples: list, n_vox: int, rng: np.random.Generator
+                 ) -> np.ndarray:
+    """The BData ``dataset`` matrix, float64 (n_samples, 2 + n_voxels + 2).
+
+    Columns: Run, DataType | voxels | Block, stimulus_id (order is not part of the format).
+    """
     w = _signal.voxel_weights(n_vox, rng)
     lat = np.array([s[4] for s in samples])
     runs = np.array([s[0] * 100 + s[1] for s in samples])
@@ -119,11 +136,14 @@ def _write_subject(path: Path, cfg: GODSynthConfig, samples: list, rng: np.rando
     betas = lat @ w + base + rng.normal(0, cfg.noise, (len(samples), n_vox))
     stim = np.array([c + (n / 1e6 if n is not None else 0.0) for _, _, _, (c, n), _ in samples])
 
-    # columns: Run, DataType | voxels | Block, stimulus_id   (order is not part of the format)
     head = np.stack([[s[1] for s in samples], [s[0] for s in samples]], axis=1)
     tail = np.stack([[s[2] for s in samples], stim], axis=1)
-    data = np.hstack([head, betas, tail]).astype(np.float64)
-    n_col = data.shape[1]
+    return np.hstack([head, betas, tail]).astype(np.float64)
+
+
+def _metadata(n_col: int, n_vox: int, mm: np.ndarray, roi: dict[str, np.ndarray]
+              ) -> tuple[list[str], list[str], np.ndarray]:
+    """BData metadata keys, descriptions and values, float (n_keys, n_col), NaN off-column."""
     vox_cols = slice(2, 2 + n_vox)
 
     def single(col: int) -> np.ndarray:
@@ -143,9 +163,16 @@ def _write_subject(path: Path, cfg: GODSynthConfig, samples: list, rng: np.rando
     meta += [(f"voxel_{a}", f"Voxel {a} coordinate (mm)", on_voxels(mm[:, i]))
              for i, a in enumerate("xyz")]
     meta += [(f"ROI_{k}", f"1 = ROI {k}", on_voxels(m.astype(float))) for k, m in roi.items()]
-    keys = [m[0] for m in meta]
-    descs = [m[1] for m in meta]
-    values = np.stack([m[2] for m in meta])
+    return [m[0] for m in meta], [m[1] for m in meta], np.stack([m[2] for m in meta])
+
+
+def _write_subject(path: Path, cfg: GODSynthConfig, samples: list, rng: np.random.Generator
+                   ) -> None:
+    """Write one subject's BData file (see the module docstring for the layout)."""
+    _, mm, roi = _voxel_box(cfg)
+    n_vox = len(mm)
+    data = _data_matrix(cfg, samples, n_vox, rng)
+    keys, descs, values = _metadata(data.shape[1], n_vox, mm, roi)
     dname, mname = ("dataSet", "metaData") if cfg.legacy_names else ("dataset", "metadata")
     with h5py.File(path, "w") as f:
         f.create_dataset(dname, data=data)
