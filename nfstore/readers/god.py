@@ -157,6 +157,38 @@ def _grid(path: Path, keys: list[str], value: np.ndarray, voxels: np.ndarray
     return coords, {"grid_origin_mm": origin, "voxel_size_mm": VOXEL_MM, "on_grid": on_grid}
 
 
+def _check_images(base: Path, path: Path, stems: np.ndarray, datatype: np.ndarray) -> None:
+    """Every image a train or test trial shows must be under ``base`` (.JPEG, .jpg or .png).
+
+    Parameters
+    ----------
+    stems : ndarray
+        object (n_trials,), image file names without suffix.
+    datatype : ndarray
+        int64 (n_trials,), 1 train, 2 test, 3 imagery (no image file).
+    """
+    wanted = sorted({(FOLDERS[d], s) for s, d in zip(stems, datatype) if d in FOLDERS})
+    missing = [base / f / f"{s}.JPEG" for f, s in wanted
+               if not any((base / f / f"{s}{x}").is_file() for x in (".JPEG", ".jpg", ".png"))]
+    if missing:
+        raise MissingFileError(f"{missing[0]}: missing image referenced by {path.name} "
+                               f"({len(missing)} missing); pass images=DIR if they live "
+                               f"elsewhere")
+
+
+def _rois(keys: list[str], value: np.ndarray, voxels: np.ndarray
+          ) -> tuple[list[str], np.ndarray]:
+    """ROI names (the ``ROI_*`` metadata keys, then aliases) and masks, bool (n_rois, n_voxels).
+
+    ``value`` is the metadata value matrix (n_keys, n_columns); ``voxels`` the voxel columns.
+    """
+    roi_keys = [k for k in keys if k.startswith("ROI_")]
+    by_name = {k: value[keys.index(k)][voxels] == 1 for k in roi_keys}
+    a_names, a_masks = union_aliases(by_name, {k[4:]: (k,) for k in roi_keys})
+    return roi_keys + a_names, np.array([by_name[k] for k in roi_keys] + a_masks,
+                                        dtype=bool).reshape(-1, voxels.size)
+
+
 class GODReader(Reader):
     """Generic Object Decoding (BData HDF5, see the module docstring)."""
 
@@ -222,13 +254,7 @@ class GODReader(Reader):
                          dtype=object)
 
         base = images_dir(root, options)
-        wanted = sorted({(FOLDERS[d], s) for s, d in zip(stems, datatype) if d in FOLDERS})
-        missing = [base / f / f"{s}.JPEG" for f, s in wanted
-                   if not any((base / f / f"{s}{x}").is_file() for x in (".JPEG", ".jpg", ".png"))]
-        if missing:
-            raise MissingFileError(f"{missing[0]}: missing image referenced by {path.name} "
-                                   f"({len(missing)} missing); pass images=DIR if they live "
-                                   f"elsewhere")
+        _check_images(base, path, stems, datatype)
         trials = pd.DataFrame({
             STIMULUS: np.array([f"{self.name}/{s}" for s in stems], dtype=object),
             SPLIT: np.array([SPLITS[d] for d in datatype], dtype=object),
@@ -236,9 +262,7 @@ class GODReader(Reader):
         if block_col is not None:
             trials["block"] = fields[:, 3].astype(np.int64)
 
-        roi_keys = [k for k in keys if k.startswith("ROI_")]
-        by_name = {k: value[keys.index(k)][voxels] == 1 for k in roi_keys}
-        a_names, a_masks = union_aliases(by_name, {k[4:]: (k,) for k in roi_keys})
+        roi_names, roi_mask = _rois(keys, value, voxels)
         coords, grid_attrs = _grid(path, keys, value, voxels)
         group = datatype * 10**6 + run
         blocks = [Block(f"rows {a}-{b - 1}", a, b,
@@ -246,9 +270,7 @@ class GODReader(Reader):
                   for a, b in contiguous_blocks(group, options.block_rows)]
         return RawSubject(
             dataset=self.name, subject=subject, trials=trials, norm_group=group,
-            voxels=coords, roi_names=roi_keys + a_names,
-            roi_mask=np.array([by_name[k] for k in roi_keys] + a_masks, dtype=bool).reshape(
-                -1, voxels.size),
+            voxels=coords, roi_names=roi_names, roi_mask=roi_mask,
             blocks=blocks,
             attrs={"bdata_layout": [dkey, mkey],
                    "images_root": str(base.resolve()), **grid_attrs,
