@@ -58,6 +58,7 @@ def build_store() -> Path:
             g["images"][a:a + 100] = rng.integers(0, 256, (min(100, len(test) - a), 1, 64, 64,
                                                            3), dtype=np.uint8)
         g["chosen"][:] = 0
+        g.attrs["subject"] = "nsd/subj01"
         g.attrs.update({"source": "benchmark: random images"})
         tx.commit(key)
     (store / "done").touch()

@@ -34,25 +34,16 @@ LOCK_FILE = ".nf-write.lock"
 
 
 @contextmanager
-def writing(store: Path, command: str, register: bool = True) -> Iterator[None]:
+def writing(store: Path, command: str) -> Iterator[None]:
     """Hold the store's write lock (``fcntl.flock`` on ``<store>/.nf-write.lock``) and put back
-    anything an interrupted swap left aside, before the caller writes. Used by
-    :func:`nfstore.transaction.transaction`; with ``register`` (a writer that holds the lock
-    directly) a transaction is registered for the block, so library writers that open
-    ``transaction(store)`` inside it join it instead of meeting a held lock; such a writer
-    inside a transaction on ``store`` joins it the same way.
+    anything an interrupted swap left aside, before the caller writes. Used only by
+    :func:`nfstore.transaction.transaction` (which joins nested calls itself).
 
     A second writer gets a one-line :class:`StoreError` naming the holder's process id. The
     lock is released by the kernel if the holder dies; the file is removed on release.
     """
     import fcntl
 
-    if register:
-        from nfstore.transaction import active
-
-        if active(store) is not None:  # this context holds it: join
-            yield
-            return
     path = store / LOCK_FILE
     while True:
         fd = _open_lock(store, path)
@@ -74,13 +65,7 @@ def writing(store: Path, command: str, register: bool = True) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()}, {command}".encode(), 0)
         recover(store)
-        if register:
-            from nfstore.transaction import Transaction, registered
-
-            with registered(Transaction(store, str(store), command)):
-                yield
-        else:
-            yield
+        yield
     finally:
         try:
             path.unlink()

@@ -199,7 +199,7 @@ def transaction(location: str | os.PathLike[str], command: str, *,
         # machine never pulls into a copy another one is writing
         lock = versioned.working_copy(text).parent
         lock.mkdir(parents=True, exist_ok=True)
-        with _layout.writing(lock, command, register=False), versioned.publishing(
+        with _layout.writing(lock, command), versioned.publishing(
                 text, storage_options, message=command, progress=progress) as work:
             with _locked(work, text, command, create=True, check=check,
                          key=text) as tx:
@@ -222,7 +222,7 @@ def _locked(root: Path, location: str, command: str, *, create: bool, check: boo
         raise SchemaError(f"{location}: expected a NeuroFusion store; found {found} (a new "
                           f"store needs create=True, or open_store(location, mode='a'))")
     tx = Transaction(root, location, command)
-    with _layout.writing(root, command, register=False), registered(tx, key):
+    with _layout.writing(root, command), registered(tx, key):
         yield tx
         if check and tx.committed:
             from nfstore.schema import check_store

@@ -277,7 +277,6 @@ def photo_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     from PIL import Image
 
     from nfrecon.reconstruct import create_group
-    from nfstore import _layout
     from nfstore.synth import synthesize
     from tests.realdata import skimage_photos
 
@@ -301,11 +300,14 @@ def photo_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     rec = np.stack([np.clip(np.asarray(Image.fromarray(g).resize((64, 64))).astype(int)
                             + rng.integers(-40, 40, (64, 64, 3)), 0, 255) for g in gt]
                    ).astype(np.uint8)
-    staged = _layout.staging_path(store, "reconstructions.r.god.sub-01")
-    g = create_group(staged, stim, 1, 64)
-    g["images"][:] = rec[:, None]
-    g["chosen"][:] = 0
-    _layout.commit(store, staged, "reconstructions/r/god/sub-01")
+    key = "reconstructions/r/god/sub-01"
+    with nfstore.transaction(store, "test") as tx:
+        staged, _, _ = tx.stage(key, create=False)
+        g = create_group(staged, stim, 1, 64)
+        g["images"][:] = rec[:, None]
+        g["chosen"][:] = 0
+        g.attrs["subject"] = "god/sub-01"
+        tx.commit(key)
     return {"store": store, "gt": gt, "rec": rec, "stim": stim}
 
 

@@ -94,6 +94,7 @@ def _recon_set(store: Path, name: str) -> np.ndarray:
         g = create_group(staged, stim, 1, 32)
         g["images"][:] = rec[:, None]
         g["chosen"][:] = 0
+        g.attrs["subject"] = SUBJ
         tx.commit(key)
     return rec
 

@@ -4,6 +4,7 @@ versioned store on S3 (moto), plus what ``staged_writes`` makes of the staged na
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,16 +37,16 @@ class TestLocalStore(StoreContract):
             tx.commit(KEY)
         assert value_at(nfstore.open_store(new), KEY) == 1.0
 
-    def test_a_writer_holding_the_lock_directly_is_joined(self, location: str) -> None:
-        from nfstore import _layout  # not yet migrated writers hold the lock themselves
+    def test_a_writer_holding_the_lock_directly_is_refused(self, location: str) -> None:
+        from nfstore import _layout  # the lock alone, as another process would hold it
 
-        with _layout.writing(Path(location), "nf legacy"):
-            with transaction(location, "nf contract") as tx:
-                write(tx.stage(KEY)[0], 2.0)
-                tx.commit(KEY)
-        with transaction(location, "nf contract"):
-            with _layout.writing(Path(location), "nf legacy"):
-                pass
+        with _layout.writing(Path(location), "nf other"):
+            with pytest.raises(StoreError, match=f"process {os.getpid()}, nf other"):
+                with transaction(location, "nf contract"):
+                    pass
+        with transaction(location, "nf contract") as tx:  # free again
+            write(tx.stage(KEY)[0], 2.0)
+            tx.commit(KEY)
         assert value_at(nfstore.open_store(location), KEY) == 2.0
 
 
