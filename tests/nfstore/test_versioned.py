@@ -351,3 +351,24 @@ def test_a_working_copy_pulls_only_what_changed(repo: dict[str, Any], tmp_path: 
     assert _objects(zarr.storage.LocalStore(str(work))) == _objects(
         versioned.read_session(url, repo["opts"])[0])
     assert "changes only" in second.line() and "copied whole" in third.line()
+
+
+def test_a_python_writer_publishes_to_a_versioned_url(repo: dict[str, Any], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CLI: a library writer given the URL writes one transaction, published as one
+    snapshot on top of the one it started from."""
+    from nfstore.pixels import cache_pixels
+
+    monkeypatch.setenv("NF_WORKDIR", str(tmp_path / "work"))
+    url = repo["url"].replace("/versioned/", "/python-writer/")
+    versioned.push(repo["local"], url, repo["opts"], message="first")
+    assert not nfstore.open_store(url, storage_options=repo["opts"]).has("stimuli/god/pixels")
+    cache_pixels(url, ["god"], pixel_size=16, storage_options=repo["opts"])
+    history = versioned.log(url, repo["opts"])
+    assert [h["message"] for h in history][1:] == ["first", "Repository initialized"]
+    rem = nfstore.open_store(url, storage_options=repo["opts"])
+    assert rem.version == history[0]["snapshot"] and rem.has("stimuli/god/pixels")
+    ids = rem.betas("god/sub-01", split="test").stimulus.values[:2]
+    np.testing.assert_array_equal(rem.images(ids, size=(16, 16)).values,
+                                  nfstore.open_store(repo["local"]).images(
+                                      ids, size=(16, 16)).values)
