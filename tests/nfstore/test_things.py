@@ -193,3 +193,38 @@ def test_errors_are_one_line_and_store_unchanged(things_copy: Path, tmp_path: Pa
     nfstore.ingest("things", things_copy, store, subjects=["2"])
     message = break_tree(things_copy)
     assert_fails_cleanly("things", things_copy, store, message, subjects=["1"])
+
+
+def test_small_blocks_and_row_chunks_read_the_same_values(things_raw: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from nfstore.readers import _things_files
+
+    monkeypatch.setattr(_things_files, "ROW_CHUNK_VALUES", 7 * 5)  # several row chunks per block
+    reader = THINGSReader()
+    raw = reader.open_subject(things_raw, "sub-01", reader.parse_options({"block_trials": "5"}))
+    assert [b.stop - b.start for b in raw.blocks] == [11, 11, 11]  # whole sessions
+    got = np.concatenate([b.load() for b in raw.blocks])
+    np.testing.assert_array_equal(got, _raw_betas(things_raw / TABLES / "sub-01_ResponseData.h5")
+                                  .astype(np.float32))
+
+
+def test_voxels_are_checked_against_the_brain_mask(things_copy: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    mask_path = things_copy / "brainmasks" / "sub-01_space-T1w_brainmask.nii.gz"
+    raw = THINGSReader().open_subject(things_copy, "1")
+    mask = nib.load(mask_path)
+    assert raw.attrs["volume_shape"] == list(mask.shape)
+    np.testing.assert_allclose(raw.attrs["affine"], mask.affine)
+    ijk = np.stack([raw.voxels[f"voxel_{a}"] for a in "ijk"], axis=1)
+    np.testing.assert_array_equal(ijk, np.argwhere(np.asanyarray(mask.dataobj) > 0))
+    path = things_copy / TABLES / "sub-01_VoxelMetadata.csv"
+    vox = pd.read_csv(path)
+    vox["voxel_x"] += 1  # 1-based coordinates
+    vox.to_csv(path, index=False)
+    store = tmp_path / "s.zarr"
+    nfstore.ingest("things", things_copy, store, subjects=["2"])
+    assert_fails_cleanly("things", things_copy, store, "sub-01_VoxelMetadata.csv: expected "
+                         "voxel_x/y/z to index the", subjects=["1"])
+    mask_path.unlink()  # without a brain mask, the coordinates are taken as they are
+    assert THINGSReader().open_subject(things_copy, "1").attrs["brainmask"] is None
