@@ -50,6 +50,7 @@ class ResponseLayout:
 
 
 def _text(value: object) -> str:
+    """An HDF5 attribute as text (PyTables writes bytes)."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
@@ -128,6 +129,7 @@ def read_csv(path: Path, what: str, **kwargs: object) -> pd.DataFrame:
 
 
 def require_columns(path: Path, found: list[str], wanted: tuple[str, ...]) -> None:
+    """ReaderError naming ``path`` unless every column of ``wanted`` is in ``found``."""
     missing = [c for c in wanted if c not in found]
     if missing:
         raise ReaderError(f"{path}: expected columns {list(wanted)}; missing {missing}, found "

@@ -80,6 +80,7 @@ def tables_dir(root: Path) -> Path:
 
 
 def images_dir(root: Path, options: Any) -> Path:
+    """``options.images``, else the first existing of :data:`IMAGE_DIRS` under ``root``."""
     if options.images:
         return Path(options.images)
     return next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root / IMAGE_DIRS[0])
@@ -191,6 +192,8 @@ def _grid(root: Path, subject: str, ijk: np.ndarray, meta: Path) -> dict[str, An
 
 
 def _check_images(base: Path, meta: Path, trials: pd.DataFrame) -> None:
+    """Every shown image (``trials`` columns ``concept``, ``file``) must be
+    ``<base>/<concept>/<file>``; else MissingFileError naming the first missing one."""
     wanted = sorted(set(zip(trials["concept"], trials["file"])))
     missing = [base / c / f for c, f in wanted if not (base / c / f).is_file()]
     if missing:

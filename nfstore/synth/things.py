@@ -136,11 +136,13 @@ def _attrs(node: h5py.HLObject, **kw: object) -> None:
 
 
 def _array(g: h5py.Group, key: str, data: np.ndarray, **extra: object) -> None:
+    """A PyTables ARRAY node (a plain dataset with PyTables' attributes)."""
     _attrs(g.create_dataset(key, data=data), CLASS="ARRAY", FLAVOR="numpy", TITLE="",
            VERSION="2.4", transposed=np.uint8(1), **extra)
 
 
 def _pickled(g: h5py.Group, key: str, obj: object) -> None:
+    """A PyTables object VLARRAY: ``obj`` pickled (protocol 2) into one uint8 row."""
     ds = g.create_dataset(key, shape=(1,), dtype=h5py.vlen_dtype(np.uint8))
     ds[0] = np.frombuffer(pickle.dumps(obj, protocol=2), np.uint8)
     _attrs(ds, CLASS="VLARRAY", PSEUDOATOM="object", TITLE="", VERSION="1.4", kind="object",
