@@ -282,6 +282,9 @@ class BOLD5000Reader(Reader):
 
     def _open_release1(self, root: Path, subject: str, options: Options) -> RawSubject:
         """One subject of a release-1 tree (ROI files and stimulus lists)."""
+        if options.sessions is not None:
+            raise OptionError(f"sessions: expected none for a release-1 tree (its ROI files "
+                              f"hold every session); found {options.sessions}")
         n = subject[-1]
         list_path = _io.require_file(root / "ROIs/stim_lists" / f"CSI0{n}_stim_lists.txt",
                                      f"the trial order of {subject}")

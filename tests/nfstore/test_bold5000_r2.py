@@ -4,6 +4,9 @@ scikit-learn, identities shared with release 1, ROI masks, options and errors.""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import nibabel as nib
@@ -115,11 +118,39 @@ def test_identities_shared_with_release1(bold_raw: Path, r2_raw: Path, tmp_path:
     assert scene and all(table.loc[s, "identity"] == s for s in scene)
 
 
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import nfstore
+
+    def on_block(key, label):
+        if key == "bold5000/CSI2" and label == "session 2":
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after a durable block
+
+    nfstore.ingest("bold5000", sys.argv[1], sys.argv[2], on_block=on_block)
+""")
+
+
+def test_killed_ingest_resumes_session_by_session(r2_raw: Path, tmp_path: Path) -> None:
+    store = tmp_path / "k.zarr"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(r2_raw), str(store)],
+                          cwd=Path(__file__).parents[2], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert nfstore.open_store(store).subjects() == ["bold5000/CSI1"]
+    done = []
+    summary = nfstore.ingest("bold5000", r2_raw, store,
+                             on_block=lambda key, label: done.append((key, label)))
+    assert summary.resumed == ["bold5000/CSI2"] and done == [("bold5000/CSI2", "session 3")]
+    np.testing.assert_allclose(nfstore.open_store(store).betas("bold5000/CSI2").values,
+                               _expected(r2_raw, 2)[0], atol=2e-5)
+
+
 def test_release_option_and_detection(r2_raw: Path, bold_raw: Path) -> None:
     reader = get_reader("bold5000")
     assert reader.list_subjects(bold_raw) == ["CSI1", "CSI4"]  # ROIs/ folder: release 1
     with pytest.raises(nfstore.NFError, match="CSI01_stim_lists.txt: missing file"):
         reader.open_subject(r2_raw, "1", reader.parse_options({"release": "1"}))
+    with pytest.raises(nfstore.OptionError, match=r"^sessions: expected none for a release-1"):
+        reader.open_subject(bold_raw, "1", reader.parse_options({"sessions": "1-2"}))
     with pytest.raises(nfstore.OptionError, match=r"^release: expected one of \[1, 2\]"):
         reader.parse_options({"release": "3"})
 
