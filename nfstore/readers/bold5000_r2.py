@@ -258,8 +258,21 @@ def _blocks(sessions: list[int], files: dict[int, Path], counts: dict[int, int],
 
 def open_release2(name: str, root: Path, subject: str, options: Any, table: StimulusTable
                   ) -> RawSubject:
-    """One subject of a release-2 tree (see the module docstring); reads headers, imgnames,
-    the brain mask and ROI masks, and checks them; betas stay in one block per session."""
+    """One subject of a release-2 tree (see the module docstring): reads headers, imgnames,
+    the brain mask and ROI masks, and checks them; betas stay in one block per session.
+
+    Parameters
+    ----------
+    name : str
+        Dataset key (stimulus ids ``<name>/<stem>``, as release 1).
+    root : Path
+        The BOLD5000 root.
+    subject : str
+        Canonical subject (``CSI1``).
+    options : :class:`nfstore.readers.bold5000.Options`
+    table : StimulusTable
+        The dataset's images (every imgnames stem must be one of them).
+    """
     from nfstore.readers.bold5000 import ALIASES, ROI_KEYS, _test_stems
 
     files = session_files(root, subject, options.glm)
