@@ -1,18 +1,19 @@
-"""The demo pipeline on synthetic data (``nf demo``): 13 steps on CPU, one function each.
+"""The demo pipeline on synthetic data (``nf demo``): 14 steps on CPU, one function each.
 
-1-3. synthesize NSD, BOLD5000 and GOD (sizes in :data:`DEMO_SIZES`) and ingest them into one
-     store;
-4.   query nsd/subj01's V1 test betas, repeat-averaged, written as a NetCDF file;
-5.   embed every stimulus with a tiny random image encoder (written into the work folder);
-6.   register and embed a pool of novel images (with a few GOD test images in it, as real
+1-4. synthesize NSD, BOLD5000, GOD and THINGS (sizes in :data:`DEMO_SIZES`) and ingest them
+     into one store (THINGS: one small subject; it is not among the ``demo-cpu`` config's
+     training subjects, so it appears in the ingest reports and the per-subject summary);
+5.   query nsd/subj01's V1 test betas, repeat-averaged, written as a NetCDF file;
+6.   embed every stimulus with a tiny random image encoder (written into the work folder);
+7.   register and embed a pool of novel images (with a few GOD test images in it, as real
      pools have), and report the leakage between the pool and the held-out images;
-7.   augment nsd/subj01 with ridge-synthesized trials of the pool images;
-8.   train the decoder (the ``demo-cpu`` config, or ``config``);
-9.   evaluate retrieval on the test split, with the closed-form ridge baseline;
-10.  predict decoded embeddings and refine them;
-11.  reconstruct images with a tiny random SDXL + IP-Adapter;
-12.  export the reconstructions as PNG files and grids;
-13.  the low-level stage: pixels embedded, ridge-decoded into blurry images, img2img from
+8.   augment nsd/subj01 with ridge-synthesized trials of the pool images;
+9.   train the decoder (the ``demo-cpu`` config, or ``config``);
+10.  evaluate retrieval on the test split, with the closed-form ridge baseline;
+11.  predict decoded embeddings and refine them;
+12.  reconstruct images with a tiny random SDXL + IP-Adapter;
+13.  export the reconstructions as PNG files and grids;
+14.  the low-level stage: pixels embedded, ridge-decoded into blurry images, img2img from
      them, scored by PixCorr / SSIM;
 
 then a per-subject summary (trials, voxels, ROIs, repeat reliability, synthetic trials).
@@ -35,12 +36,15 @@ INDENT = "\n      "  # continuation lines of a step's report
 
 # The synthetic trees' sizes where the demo departs from ``nf synth``'s defaults: GOD's test
 # images are new categories, so the decoder must generalise across categories; 12 train
-# categories and 10 test images left its retrieval row within reach of chance.
+# categories and 10 test images left its retrieval row within reach of chance. THINGS: one
+# subject of the default small tree (3 sessions x 2 runs, 8 train concepts, 3 test images),
+# so that its ingest and its images' embedding add about a second.
 DEMO_SIZES: dict[str, dict[str, object]] = {
     "nsd": {"sessions": 6, "images_per_subject": 200},
     "bold5000": {"sessions": 5, "test_images": 20, "images": (80, 60, 60)},
-    "god": {"train_categories": 80, "test_images": 30}}
-DATASETS = ("nsd", "bold5000", "god")
+    "god": {"train_categories": 80, "test_images": 30},
+    "things": {"subjects": (1,)}}
+DATASETS = ("nsd", "bold5000", "god", "things")
 
 
 def repeat_reliability(x: np.ndarray, stimuli: np.ndarray, repeats: np.ndarray) -> float:
@@ -255,8 +259,8 @@ STEPS: tuple[Callable[[_Demo], str], ...] = (
 
 def run_demo(workdir: Path, seed: int = 0, echo: Echo = print,
              config: Path | None = None) -> DemoSummary:
-    """The whole pipeline on synthetic NSD, BOLD5000 and GOD (the 13 steps of this module's
-    docstring), each reported through ``echo`` as ``[n/13] ...`` when it is done.
+    """The whole pipeline on synthetic NSD, BOLD5000, GOD and THINGS (the 14 steps of this
+    module's docstring), each reported through ``echo`` as ``[n/14] ...`` when it is done.
 
     Parameters
     ----------

@@ -24,9 +24,10 @@ from nfstore.readers.base import Block, RawSubject, Reader, StimulusTable
 from nfstore.readers.bold5000 import BOLD5000Reader
 from nfstore.readers.god import GODReader
 from nfstore.readers.nsd import NSDReader
+from nfstore.readers.things import THINGSReader
 
 ENTRY_POINT_GROUP = "nfstore.readers"
-BUILTIN: tuple[type[Reader], ...] = (NSDReader, BOLD5000Reader, GODReader)
+BUILTIN: tuple[type[Reader], ...] = (NSDReader, BOLD5000Reader, GODReader, THINGSReader)
 NAME_PATTERN = r"[a-z][a-z0-9_-]*"
 
 

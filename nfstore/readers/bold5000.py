@@ -1,4 +1,5 @@
-"""BOLD5000 reader (release 1 ROI files) -> :class:`RawSubject`.
+"""BOLD5000 reader (release 1 ROI files; release 2 in :mod:`nfstore.readers.bold5000_r2`) ->
+:class:`RawSubject`.
 
 Files (relative to the BOLD5000 root), as the README's BOLD5000 section lists them::
 
@@ -11,6 +12,10 @@ Files (relative to the BOLD5000 root), as the README's BOLD5000 section lists th
 
 The voxel axis is the ROI variables concatenated in the order EarlyVis, LOC, OPA, PPA, RSC (left
 hemisphere first); release-1 ROI files have no grid positions, so ``voxel_i/j/k`` are -1.
+
+Release 2 (GLMsingle betas, ``CSI{n}_GLMbetas-*`` files at the root) is read when the root has
+those files and no ``ROIs/`` folder, or with ``release=2``; both releases name stimuli
+``bold5000/<stem>``, so an image is one stimulus whichever release showed it.
 """
 
 from __future__ import annotations
@@ -41,20 +46,51 @@ PRESENTATION = Path("BOLD5000_Stimuli/Stimuli_Presentation_Lists")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+def _sessions_option(text: str) -> tuple[int, ...] | None:
+    """``"1-3,7"`` -> ``(1, 2, 3, 7)`` (the ``sessions`` option as text)."""
+    from nfstore.readers.base import parse_ranges
+
+    found = parse_ranges(text, "sessions")
+    return tuple(found) if found else None
+
+
 @dataclass(frozen=True)
 class Options:
     """BOLD5000 ingest options.
 
     Attributes
     ----------
+    release : {1, 2} or None
+        Release 1 (ROI files) or 2 (GLMsingle betas); default: 2 when the root holds
+        ``CSI*_GLMbetas-*`` files and no ``ROIs/`` folder, else 1.
     tr : {"TR1", "TR2", "TR3", "TR4", "TR5", "TR34"}
-        Which ROI file: a single volume after onset, or the mean of TR3 and TR4.
+        Release 1: which ROI file, a single volume after onset or the mean of TR3 and TR4.
     format : {"auto", "mat", "h5"}
-        ROI file format; ``auto`` takes ``.mat`` where present, else ``.h5``.
+        Release 1: ROI file format; ``auto`` takes ``.mat`` where present, else ``.h5``.
+    glm : {"TYPED", "TYPEA", "TYPEB", "TYPEC"}
+        Release 2: beta type (TYPED = FITHRF-GLMDENOISE-RR, the recommended one).
+    sessions : tuple of int or None
+        Release 2: 1-based sessions to ingest (default: every session file found).
+    presentation_lists : bool
+        Release 2: take runs from the release-1 presentation lists when present (checked
+        against imgnames); else runs of ``trials_per_run`` trials.
+    trials_per_run : int
+        Release 2 without presentation lists [37].
+    roi_dir : str or None
+        Release 2: folder of the ROI masks (default: ``derivatives/spm/sub-CSI<n>``,
+        ``spm/sub-CSI<n>`` or ``sub-CSI<n>`` under the root).
     """
 
+    release: int | None = field(default=None, metadata={"choices": (1, 2),
+                                                        "help": "1 or 2 (default: detected)"})
     tr: str = field(default="TR34", metadata={"choices": TRS})
     format: str = field(default="auto", metadata={"choices": ("auto", "mat", "h5")})
+    glm: str = field(default="TYPED", metadata={"choices": ("TYPED", "TYPEA", "TYPEB", "TYPEC")})
+    sessions: tuple[int, ...] | None = field(default=None, metadata={
+        "parse": _sessions_option, "help": "sessions, e.g. 1-15 or 1,3 (default: all found)"})
+    presentation_lists: bool = True
+    trials_per_run: int = 37
+    roi_dir: str | None = None
 
 
 def stem(name: str) -> str:
@@ -191,7 +227,12 @@ class BOLD5000Reader(Reader):
     subject_pattern = r"CSI[1-4]"
 
     def list_subjects(self, root: Path) -> list[str]:
-        """Subjects with a ``ROIs/CSI<n>`` folder."""
+        """Subjects with a ``ROIs/CSI<n>`` folder (release 1) or, in a release-2 tree (see
+        :func:`nfstore.readers.bold5000_r2.detect`), with betas files."""
+        from nfstore.readers import bold5000_r2
+
+        if bold5000_r2.detect(root) == 2:
+            return bold5000_r2.list_subjects(root)
         base = root / "ROIs"
         if not base.is_dir():
             return []
@@ -201,6 +242,10 @@ class BOLD5000Reader(Reader):
         from nfstore.synth.bold5000 import BOLD5000SynthConfig
 
         return BOLD5000SynthConfig
+
+    def check_synth(self, config: Any) -> None:
+        if config.release not in (1, 2):
+            raise OptionError(f"release: expected 1 or 2; found {config.release!r}")
 
     def synthesize(self, out: Path, config: Any) -> dict[str, float]:
         from nfstore.synth.bold5000 import synth_bold5000
@@ -224,9 +269,22 @@ class BOLD5000Reader(Reader):
             root=root.resolve())
 
     def open_subject(self, root: Path, subject: str, options: Any = None) -> RawSubject:
-        """Read stimulus lists and ROI file layout of one BOLD5000 subject and check them."""
+        """Read stimulus lists and ROI file layout of one BOLD5000 subject and check them
+        (release 2: :func:`nfstore.readers.bold5000_r2.open_release2`)."""
+        from nfstore.readers import bold5000_r2
+
         options = options if options is not None else Options()
         subject = self.subject_name(subject)
+        if (options.release or bold5000_r2.detect(root)) == 2:
+            return bold5000_r2.open_release2(self.name, root, subject, options,
+                                             self.stimulus_table(root, options))
+        return self._open_release1(root, subject, options)
+
+    def _open_release1(self, root: Path, subject: str, options: Options) -> RawSubject:
+        """One subject of a release-1 tree (ROI files and stimulus lists)."""
+        if options.sessions is not None:
+            raise OptionError(f"sessions: expected none for a release-1 tree (its ROI files "
+                              f"hold every session); found {options.sessions}")
         n = subject[-1]
         list_path = _io.require_file(root / "ROIs/stim_lists" / f"CSI0{n}_stim_lists.txt",
                                      f"the trial order of {subject}")

@@ -41,6 +41,9 @@ class BOLD5000SynthConfig:
     nsd_overlap : int         COCO images that are also NSD images (``nf synth nsd`` plants the
                               same COCO ids and pictures)
     seed : int
+    release : int             1: ROI files; 2: GLMsingle volumes (:mod:`nfstore.synth.bold5000_r2`;
+                              the same seed gives the same images, test list and trial order)
+    grid : tuple of int       release 2: (X, Y, Z) volume of CSI1 [(71, 89, 72)]
     """
 
     subjects: tuple[int, ...] = (1, 4)
@@ -54,6 +57,8 @@ class BOLD5000SynthConfig:
     noise: float = 1.0
     nsd_overlap: int = 6
     seed: int = 0
+    release: int = 1
+    grid: tuple[int, int, int] = (12, 14, 10)
 
 
 def _names(cfg: BOLD5000SynthConfig, rng: np.random.Generator) -> list[str]:
@@ -85,6 +90,10 @@ def _sequence(cfg: BOLD5000SynthConfig, n_images: int, test: np.ndarray,
 def synth_bold5000(out: Path, cfg: BOLD5000SynthConfig = BOLD5000SynthConfig()
                    ) -> dict[str, float]:
     """Write a synthetic BOLD5000 tree under ``out``; returns a summary."""
+    if cfg.release == 2:
+        from nfstore.synth.bold5000_r2 import synth_release2
+
+        return synth_release2(out, cfg)
     t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
     names = _names(cfg, rng)

@@ -99,7 +99,7 @@ def test_demo_runs(runner: CliRunner, tmp_path: Path) -> None:
     r = runner.invoke(cli, ["demo", "--workdir", str(tmp_path / "d")])
     assert r.exit_code == 0, r.output
     assert "demo done" in r.output
-    for key in ("nsd/subj02", "bold5000/CSI4", "god/sub-02"):
+    for key in ("nsd/subj02", "bold5000/CSI4", "god/sub-02", "things/sub-01"):
         assert key in r.output
     rel = float(re.search(r"nsd/subj01 +\d+ trials.*repeat reliability ([\d.]+)", r.output)[1])
     assert rel > 0.2  # the planted signal survives ingest and normalization

@@ -53,18 +53,23 @@ def test_builtins_come_first_and_derive_everything() -> None:
     from nfstore.schema import load_schema
     from nfstore.synth import synth_names
 
-    assert readers.reader_names()[:3] == ["nsd", "bold5000", "god"]
+    builtin = [cls.name for cls in readers.BUILTIN]
+    assert builtin == ["nsd", "bold5000", "god", "things"]
+    assert readers.reader_names()[:len(builtin)] == builtin
     assert DATASETS == dataset_names() == tuple(readers.reader_names())
-    assert [default_normalization(d) for d in ("nsd", "bold5000", "god")] == [
-        "session-train", "session-train", "run"]
+    assert [default_normalization(d) for d in builtin] == [
+        cls.normalization for cls in readers.BUILTIN]
+    assert [default_normalization(d) for d in builtin] == [
+        "session-train", "session-train", "run", "session-train"]
     pattern = load_schema()["properties"]["subjects"]["propertyNames"]["pattern"]
     assert "nsd/(?:subj0[1-8])" in pattern and "god/(?:sub-0[1-5])" in pattern
-    assert synth_names()[:3] == ["nsd", "bold5000", "god"] and synth_names()[-1] == "pool"
+    assert "things/(?:sub-" in pattern
+    assert synth_names()[:len(builtin)] == builtin and synth_names()[-1] == "pool"
 
 
 def test_an_unknown_dataset_is_one_line() -> None:
     with pytest.raises(nfstore.OptionError, match=r"^dataset: expected one of \['nsd', "
-                       r"'bold5000', 'god'.*\]; found 'nope'$"):
+                       r"'bold5000', 'god', 'things'.*\]; found 'nope'$"):
         readers.get_reader("nope")
 
 
@@ -93,7 +98,7 @@ def test_a_broken_plugin_warns_in_one_line_and_is_skipped(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             names = readers.reader_names()
-        assert names == ["nsd", "bold5000", "god", "godmirror"]
+        assert names == [*(cls.name for cls in readers.BUILTIN), "godmirror"]
         messages = [str(w.message) for w in caught if w.category is readers.PluginWarning]
         assert len(messages) == 3 and all("\n" not in m for m in messages)
         assert "'broken' (broken_pkg:Reader): could not be loaded: ImportError" in messages[0]
@@ -178,7 +183,8 @@ def test_an_installed_plugin_reader_goes_through_every_command(tmp_path: Path) -
     assert all(page == [200, True] for page in pages.values()), pages
     # the plugin is not importable in this process: nothing leaked into the registry
     assert "godmirror" not in readers.reader_names()
-    assert json.loads(json.dumps(readers.reader_names()))[:3] == ["nsd", "bold5000", "god"]
+    builtin = [cls.name for cls in readers.BUILTIN]
+    assert json.loads(json.dumps(readers.reader_names()))[:len(builtin)] == builtin
 
 
 def test_nf_ingest_takes_reader_options_as_key_value(tmp_path: Path) -> None:
