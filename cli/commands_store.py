@@ -118,6 +118,9 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
 @click.option("--option", "option", cls=ManyValues, split_commas=False, metavar="KEY=VALUE",
               help="Any option of the dataset's reader (its Options fields, e.g. space=func1mm "
                    "for nsd, block_rows=512 for god, or a plugin's own).")
+@click.option("--release", type=click.Choice(["1", "2"]),
+              help="bold5000: force release 1 (ROI betas) or 2 (GLMsingle single-trial betas) "
+                   "[detected: 2 when CSI*_GLMbetas-* files lie at RAW_ROOT and ROIs/ does not].")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True)
 @click.option("--normalization",
@@ -139,18 +142,19 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
 @writes_store()
 def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | None,
            sessions: str | None, beta_version: str | None, fmt: str | None, tr: str | None,
-           images: str | None, option: tuple[str, ...] | None, dtype: str,
+           images: str | None, option: tuple[str, ...] | None, release: str | None, dtype: str,
            normalization: str | None, overwrite: bool, nonfinite: str, cache_pixels: bool,
            pixel_size: int | None, scheduler: str | None, progress: bool) -> None:
     """Ingest DATASET from RAW_ROOT (original layout) into the store.
 
-    DATASET is any registered reader: nsd, bold5000, god, or a plugin (`nfstore.readers`
-    entry points). Reader options: the flags below, or `--option KEY=VALUE` for any."""
+    DATASET is any registered reader: nsd, bold5000 (releases 1 and 2), god, things, or a
+    plugin (`nfstore.readers` entry points). Reader options: the flags below, or
+    `--option KEY=VALUE` for any."""
     import nfstore
 
     options = {**parse_items(option, "option"), **{k: v for k, v in {
         "beta_version": beta_version, "format": fmt, "tr": tr, "images": images,
-        "sessions": sessions}.items() if v is not None}}
+        "sessions": sessions, "release": release}.items() if v is not None}}
     summary = nfstore.ingest(dataset, raw_root, store, subjects=subjects, options=options,
                              overwrite=overwrite, dtype=dtype, normalization=normalization,
                              progress=progress, scheduler=scheduler, nonfinite=nonfinite)

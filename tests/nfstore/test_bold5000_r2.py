@@ -238,3 +238,24 @@ def test_errors_are_one_line_and_store_unchanged(r2_copy: Path, nsd_store: Path,
     message = break_tree(r2_copy)
     assert_fails_cleanly("bold5000", r2_copy, nsd_store, message, subjects=["1"],
                          options={"trials_per_run": 20})
+
+
+def test_cli_release_flag(r2_raw: Path, tmp_path: Path) -> None:
+    """``nf ingest bold5000 ROOT --release 2`` ingests release 2; ``--release 1`` on the same
+    root is a one-line error naming the missing release-1 file, and no store is left."""
+    from click.testing import CliRunner
+    from nf.main import _register, cli
+
+    _register()
+    runner = CliRunner()
+    store = tmp_path / "s.zarr"
+    bad = runner.invoke(cli, ["ingest", "bold5000", str(r2_raw), "--store", str(store),
+                              "--subjects", "CSI2", "--release", "1", "--no-progress"])
+    assert bad.exit_code == 1 and "missing file" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1 and not store.exists()
+    ok = runner.invoke(cli, ["ingest", "bold5000", str(r2_raw), "--store", str(store),
+                             "--subjects", "CSI2", "--release", "2", "--no-progress"])
+    assert ok.exit_code == 0, ok.output
+    want, _, _ = _expected(r2_raw, 2)
+    np.testing.assert_allclose(nfstore.open_store(store).betas("bold5000/CSI2").values, want,
+                               atol=2e-5)
