@@ -12,7 +12,7 @@ import click
               default=Path("nf-demo"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(workdir: Path, seed: int) -> None:
-    """Synthesize NSD, BOLD5000 and GOD; ingest, query, embed, augment, train, evaluate,
+    """Synthesize NSD, BOLD5000, GOD and THINGS; ingest, query, embed, augment, train, evaluate,
     predict, reconstruct and export, on CPU; print each step and a summary."""
     from nfrecon.demo import run_demo
 

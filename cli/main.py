@@ -111,7 +111,7 @@ def _params(ctx: click.Context) -> dict[str, Any]:
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="nf")
 def cli() -> None:
-    """NeuroFusion: one feature store for NSD, BOLD5000 and GOD, and the tools around it."""
+    """NeuroFusion: one feature store for NSD, BOLD5000, GOD and THINGS-fMRI, and its tools."""
 
 
 def _register() -> None:
