@@ -29,6 +29,8 @@ test: $(VENV)/.test-$(HASH)
 
 bench: $(VENV)/.test-$(HASH)
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_ingest_bold5000_r2.py
+	$(BIN)/python benchmarks/bench_ingest_things.py
 	$(BIN)/python benchmarks/bench_query.py
 	$(BIN)/python benchmarks/bench_augment.py
 	$(BIN)/python benchmarks/bench_train_throughput.py
