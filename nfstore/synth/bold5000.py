@@ -87,15 +87,12 @@ def _sequence(cfg: BOLD5000SynthConfig, n_images: int, test: np.ndarray,
     return rng.permutation(np.array(seq[:n_trials]))
 
 
-def synth_bold5000(out: Path, cfg: BOLD5000SynthConfig = BOLD5000SynthConfig()
-                   ) -> dict[str, float]:
-    """Write a synthetic BOLD5000 tree under ``out``; returns a summary."""
-    if cfg.release == 2:
-        from nfstore.synth.bold5000_r2 import synth_release2
+def write_stimuli(out: Path, cfg: BOLD5000SynthConfig, rng: np.random.Generator
+                  ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Write the images and the test list (both releases draw them alike from ``rng``).
 
-        return synth_release2(out, cfg)
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(cfg.seed)
+    Returns (image names (n_images,), latents (n_images, k), test image indices, the trial
+    sequence of image indices)."""
     names = _names(cfg, rng)
     z = _signal.latents(len(names), rng)
     pixels = _signal.render_images(z, cfg.image_size, rng)
@@ -105,7 +102,19 @@ def synth_bold5000(out: Path, cfg: BOLD5000SynthConfig = BOLD5000SynthConfig()
     write_images([out / STIMULI / n for n in names], pixels)
     test = np.sort(rng.choice(len(names), cfg.test_images, replace=False))
     (out / TEST_LISTS[0]).write_text("\n".join(names[i].split("/")[1] for i in test) + "\n")
-    seq = _sequence(cfg, len(names), test, rng)
+    return names, z, test, _sequence(cfg, len(names), test, rng)
+
+
+def synth_bold5000(out: Path, cfg: BOLD5000SynthConfig = BOLD5000SynthConfig()
+                   ) -> dict[str, float]:
+    """Write a synthetic BOLD5000 tree under ``out``; returns a summary."""
+    if cfg.release == 2:
+        from nfstore.synth.bold5000_r2 import synth_release2
+
+        return synth_release2(out, cfg)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    names, z, test, seq = write_stimuli(out, cfg, rng)
     per_session = cfg.runs_per_session * cfg.trials_per_run
     total = 0
     for sub in cfg.subjects:

@@ -26,11 +26,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from nfstore.readers.bold5000 import PRESENTATION, ROI_KEYS, STIMULI, TEST_LISTS
+from nfstore.readers.bold5000 import PRESENTATION, ROI_KEYS
 from nfstore.readers.bold5000_r2 import MISNAMED, ROI_DIRS, betas_name, roi_file_name
 from nfstore.synth import _signal
-from nfstore.synth.bold5000 import _names, _sequence
-from nfstore.synth.images import write_images
+from nfstore.synth.bold5000 import write_stimuli
 
 MASK_AFFINE = np.array([[2.0, 0, 0, -70], [0, 2, 0, -90], [0, 0, 2, -60], [0, 0, 0, 1]])
 WRONG_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])  # the TYPED files' header (a release bug)
@@ -112,16 +111,7 @@ def synth_release2(out: Path, cfg: Any) -> dict[str, float]:
     :class:`nfstore.synth.bold5000.BOLD5000SynthConfig`); returns a summary."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)  # the calls of release 1, in its order
-    names = _names(cfg, rng)
-    z = _signal.latents(len(names), rng)
-    pixels = _signal.render_images(z, cfg.image_size, rng)
-    n_ov = min(cfg.nsd_overlap, cfg.images[0])
-    z[:n_ov], pixels[:n_ov] = _signal.world_images(
-        [f"coco/{c}" for c in _signal.overlap_coco_ids(n_ov)], cfg.image_size)
-    write_images([out / STIMULI / n for n in names], pixels)
-    test = np.sort(rng.choice(len(names), cfg.test_images, replace=False))
-    (out / TEST_LISTS[0]).write_text("\n".join(names[i].split("/")[1] for i in test) + "\n")
-    seq = _sequence(cfg, len(names), test, rng)
+    names, z, test, seq = write_stimuli(out, cfg, rng)
     per_session = cfg.runs_per_session * cfg.trials_per_run
     total = 0
     for sub in cfg.subjects:
