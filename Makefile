@@ -16,7 +16,7 @@ $(VENV)/.ml-$(HASH): $(BIN)/python
 	touch $@
 
 $(VENV)/.test-$(HASH): $(VENV)/.ml-$(HASH)
-	$(PIP) -e ".[ml,test]"
+	$(PIP) -e ".[ml,test,docs]"
 	touch $@
 
 demo: $(VENV)/.ml-$(HASH)
