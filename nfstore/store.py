@@ -69,7 +69,8 @@ def open_store(location: str | os.PathLike[str] | Store, *, mode: str = "r",
 
 
 class Store(RawAccess, StimulusAccess):
-    """A NeuroFusion feature store (see ``DESIGN.md``, store contract)."""
+    """A NeuroFusion feature store (layout: docs/reference/store-layout.md; identifiers and
+    normalization: docs/internals/architecture.md, "Store contract")."""
 
     def __init__(self, location: str | os.PathLike[str], *, check: bool = True,
                  storage_options: dict[str, Any] | None = None,

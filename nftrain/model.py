@@ -4,7 +4,7 @@ path that ``ridge_init`` sets to a closed-form ridge solution; see :mod:`nftrain
 
 Every layer acts on one sample at a time (Linear, LayerNorm, GELU, dropout): a sample's output
 never depends on the other samples of its batch (the original code's transformer attended across
-the batch; see DESIGN.md).
+the batch; see docs/internals/architecture.md, "What the original code got wrong").
 """
 
 from __future__ import annotations
