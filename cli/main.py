@@ -119,6 +119,7 @@ def _register() -> None:
         commands_augment,
         commands_demo,
         commands_embed,
+        commands_export,
         commands_recon,
         commands_serve,
         commands_store,
@@ -127,7 +128,8 @@ def _register() -> None:
     )
 
     for module in (commands_store, commands_embed, commands_augment, commands_train,
-                   commands_recon, commands_demo, commands_serve, commands_versions):
+                   commands_recon, commands_demo, commands_serve, commands_versions,
+                   commands_export):
         for command in module.COMMANDS:
             cli.add_command(command)
 
