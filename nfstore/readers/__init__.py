@@ -23,11 +23,13 @@ from nfstore.errors import OptionError
 from nfstore.readers.base import Block, RawSubject, Reader, StimulusTable
 from nfstore.readers.bold5000 import BOLD5000Reader
 from nfstore.readers.god import GODReader
+from nfstore.readers.mindeye2 import MindEye2Reader
 from nfstore.readers.nsd import NSDReader
 from nfstore.readers.things import THINGSReader
 
 ENTRY_POINT_GROUP = "nfstore.readers"
-BUILTIN: tuple[type[Reader], ...] = (NSDReader, BOLD5000Reader, GODReader, THINGSReader)
+BUILTIN: tuple[type[Reader], ...] = (NSDReader, BOLD5000Reader, GODReader, THINGSReader,
+                                      MindEye2Reader)
 NAME_PATTERN = r"[a-z][a-z0-9_-]*"
 
 
