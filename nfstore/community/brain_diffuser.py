@@ -202,10 +202,10 @@ def export_subject(store: Any, subject: str, out: str | os.PathLike[str], *,
     size, number = _integer("size", size), _integer("number", number)
     if size is None or size < 1:
         raise OptionError(f"size: expected an image side in pixels >= 1; found {size!r}")
+    number = subject_number(subject, number)
     t0 = time.perf_counter()
     st = store if isinstance(store, nfstore.Store) else nfstore.open_store(store)
     ds = st.dataset(subject)
-    number = subject_number(subject, number)
     target = bdf.subject_dir(Path(out), number)
     if target.exists() and not overwrite:
         raise StoreError(f"{target}: folder exists; pass --overwrite to replace it")

@@ -157,16 +157,11 @@ def _voxels(options: Options, subject: str, n_voxels: int
                                   "affine": np.asarray(affine).tolist()}
 
 
-def _load(path: Path, start: int, stop: int, raw: RawSubject) -> np.ndarray:
-    """Rows ``start:stop`` of an fMRI file as float32, divided by ``divide_by`` when the
-    subject's normalization says so (the default), unchanged otherwise."""
-    with _io.reading(path, ".npy array"):
-        x = np.load(path, mmap_mode="r", allow_pickle=False)[start:stop]
-        scale = raw.normalization.get("divide_by")
-        with np.errstate(over="ignore", invalid="ignore"):
-            if scale:
-                return np.multiply(x, 1.0 / float(scale), dtype=np.float32)
-            return np.asarray(x, dtype=np.float32)
+def _load(path: Path, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of an fMRI file as float32, values as in the file."""
+    with _io.reading(path, ".npy array"), np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False)[start:stop],
+                          dtype=np.float32)
 
 
 def _trials(name: str, rows: dict[str, bdf.SplitRows], design: bdf.Design,
@@ -194,7 +189,7 @@ def _trials(name: str, rows: dict[str, bdf.SplitRows], design: bdf.Design,
     return trials
 
 
-def _blocks(files: dict[str, dict[str, Any]], raw: RawSubject) -> list[Block]:
+def _blocks(files: dict[str, dict[str, Any]]) -> list[Block]:
     """Row blocks of at most BLOCK_ROWS rows, train file then test file."""
     blocks, start = [], 0
     for split in bdf.SPLITS:
@@ -202,7 +197,7 @@ def _blocks(files: dict[str, dict[str, Any]], raw: RawSubject) -> list[Block]:
         for a in range(0, n, BLOCK_ROWS):
             b = min(n, a + BLOCK_ROWS)
             blocks.append(Block(f"{split} rows {a}-{b - 1}", start + a, start + b,
-                                (lambda p=path, a=a, b=b: _load(p, a, b, raw)), (path,)))
+                                (lambda p=path, a=a, b=b: _load(p, a, b)), (path,)))
         start += n
     return blocks
 
@@ -245,21 +240,20 @@ class BrainDiffuserReader(Reader):
         sources = [expdesign_path(root, options)] + [
             files[s][f"{k}_path"] for s in bdf.SPLITS for k in ("fmri", "stim", "cap")
             if files[s][k] is not None]
-        raw = RawSubject(
+        return RawSubject(
             dataset=self.store_dataset(), subject=subject, trials=trials,
             norm_group=np.zeros(len(trials), np.int64), norm_fit=train,
-            voxels=voxels, roi_names=names, roi_mask=masks, blocks=[],
+            voxels=voxels, roi_names=names, roi_mask=masks, blocks=_blocks(files),
             attrs={**geometry, "rows": ROWS, "sessions": list(range(1, n_sess + 1)),
                    "source_format": "brain-diffuser",
                    "source_files": [_io.file_record(p, root) for p in sources],
                    "rois_option": options.rois is not None},
-            normalization={"method": "zscore", "divide_by": SCALE,
-                           "group": "subject", "ddof": 1, "statistics_from": "train",
-                           "note": "repeat-averaged rows divided by 300, then each voxel "
-                                   "z-scored with the train rows' mean and sample std "
-                                   "(ddof=1), as Brain-Diffuser's regression scripts do"})
-        raw.blocks = _blocks(files, raw)
-        return raw
+            normalization={"method": "zscore", "group": "subject", "ddof": 1,
+                           "statistics_from": "train", "peer_scale": f"1/{SCALE:g}",
+                           "note": "each voxel of the repeat-averaged rows z-scored with the "
+                                   "train rows' mean and sample std (ddof=1), as "
+                                   "Brain-Diffuser's regression scripts do after dividing "
+                                   "by 300 (peer_scale), which a z-score does not change"})
 
     def stimulus_table(self, root: Path, options: Any = None) -> StimulusTable:
         """Every subject's images as ``nsd/<5-digit 0-based 73k id>``, each once (the first
