@@ -181,25 +181,35 @@ def test_round_trip_export_then_ingest(store: Path, raw: Path, tmp_path: Path) -
         assert b[c].values.tolist() == a[c].values.tolist(), c
 
 
-def test_export_god_subject(god_raw: Path, tmp_path: Path) -> None:
-    """GOD: imagery left out, one row per image (mean of its trials), first-trial order."""
+@pytest.mark.parametrize("dataset, subject", [("god", "sub-01"), ("bold5000", "CSI1")])
+def test_export_god_and_bold5000_subjects(dataset: str, subject: str,
+                                          request: pytest.FixtureRequest, tmp_path: Path
+                                          ) -> None:
+    """Imagery (GOD) left out, one row per image (the mean of its trials) in first-trial
+    order, images resized to ``size``, no captions; every file loads without pickle."""
+    raw = request.getfixturevalue("god_raw" if dataset == "god" else "bold_raw")
     path = tmp_path / "g.zarr"
-    nfstore.ingest("god", god_raw, path, subjects=[1])
+    nfstore.ingest(dataset, raw, path, subjects=[subject])
     st = nfstore.open_store(path)
     out = tmp_path / "data"
-    export_subject(path, "god/sub-01", out, size=16, number=7)
-    x = st.betas("god/sub-01").load()
+    key = f"{dataset}/{subject}"
+    summary = export_subject(path, key, out, size=16, number=7 if dataset == "god" else None)
+    n = summary.number
+    assert n == (7 if dataset == "god" else 1)
+    x = st.betas(key).load()
     for split in ("train", "test"):
         rows = x.isel(trial=np.flatnonzero(x["split"].values == split))
         stim = rows["stimulus"].values
         ids = list(dict.fromkeys(stim))
         want = np.stack([rows.values[stim == i].astype(np.float64).mean(0) for i in ids])
-        np.testing.assert_allclose(_files(out, split, "fmri", 7), want, atol=1e-6)
-        caps = _files(out, split, "cap", 7)
+        np.testing.assert_allclose(_files(out, split, "fmri", n), want, atol=1e-6)
+        caps = _files(out, split, "cap", n)
         assert caps.shape == (len(ids), 5) and (caps == "").all()
-        stim_arr = _files(out, split, "stim", 7)
-        assert stim_arr.shape == (len(ids), 16, 16, 3) and stim_arr.dtype == np.float64
-    assert "imagery" in set(x["split"].values)
+        pixels = _files(out, split, "stim", n)
+        assert pixels.shape == (len(ids), 16, 16, 3) and pixels.dtype == np.float64
+        np.testing.assert_array_equal(pixels[:3].astype(np.uint8),
+                                      st.images(ids[:3], size=(16, 16)).values)
+    assert dataset != "god" or "imagery" in set(x["split"].values)
 
 
 @pytest.mark.parametrize("damage, message", [
