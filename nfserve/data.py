@@ -124,9 +124,9 @@ def overview(view: View) -> dict[str, Any]:
         a = read_reconstructions(view.store, name, subs[0])["attrs"] if subs else {}
         recon[name] = {"subjects": subs, "source": a.get("source"), "decoded": a.get("decoded"),
                        "init": a.get("init"), "blend": a.get("blend")}
-    from nfstore.readers import reader_names
+    from nfstore.names import dataset_names
 
-    datasets = set(reader_names())
+    datasets = set(dataset_names())
     pools = [t for t in st.stimulus_tables() if t not in datasets]
     return {"store": str(view.path), "subjects": subjects, "embeddings": emb,
             "pools": pools, "decoded": decoded, "reconstructions": recon,

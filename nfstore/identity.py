@@ -83,7 +83,7 @@ def fingerprint(pixels: np.ndarray, crops: bool = True) -> str:
 
 def fingerprint_files(items: Iterable[tuple[str, int]], root: Path, workers: int = 4,
                       crops: bool = True, errors: list[str] | None = None) -> list[str]:
-    """Fingerprints of images stored as files or rows of an HDF5 ``imgBrick``.
+    """Fingerprints of images stored as files or rows of image bricks (:mod:`nfstore.bricks`).
 
     Parameters
     ----------
@@ -119,13 +119,12 @@ def fingerprint_files(items: Iterable[tuple[str, int]], root: Path, workers: int
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one_file, files))
-        from nfstore.stimuli import read_brick_rows
+        from nfstore.bricks import read_brick_rows
 
         for f, idx in bricks.items():
             for start in range(0, len(idx), 256):  # rows of an image brick, 256 at a time
                 part = idx[start:start + 256]
-                block = read_brick_rows(np.array([items[i][1] for i in part]), str(root / f),
-                                         "imgBrick")
+                block = read_brick_rows(np.array([items[i][1] for i in part]), str(root / f))
                 for i, p in zip(part, pool.map(lambda x: fingerprint(x, crops), list(block))):
                     out[i] = p
     if errors is not None:

@@ -31,7 +31,7 @@ class _Images:
                  preprocess: Callable[[np.ndarray], np.ndarray]) -> None:
         self.items = items
         self.preprocess = preprocess
-        self._h5: dict[str, Any] = {}
+        self._bricks: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -42,11 +42,11 @@ class _Images:
         path, key, row = self.items[i]
         try:
             if row >= 0:
-                import h5py
+                from nfstore.bricks import Brick
 
-                if path not in self._h5:
-                    self._h5[path] = h5py.File(path, "r")
-                img = np.asarray(self._h5[path][key][row], dtype=np.uint8)
+                if path not in self._bricks:
+                    self._bricks[path] = Brick(path)
+                img = self._bricks[path].rows(np.array([row]))[0]
             else:
                 img = np.asarray(open_rgb(path), dtype=np.uint8)
             return i, self.preprocess(img), ""
@@ -74,7 +74,7 @@ def todo_images(store: Any, tables: list[str], done: set[str]) -> Todo:
         for sid, f, idx in zip(tab["stimulus"].values.tolist(), tab["file"].values.tolist(),
                                tab["index"].values.tolist()):
             if f and sid not in done:
-                out.append((ds, sid, str(root / f), "imgBrick" if idx >= 0 else "", int(idx)))
+                out.append((ds, sid, str(root / f), "brick" if idx >= 0 else "", int(idx)))
     return out
 
 

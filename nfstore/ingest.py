@@ -173,7 +173,7 @@ def _read_subjects(reader: Any, dataset: str, raw_root: str | Path,
         raise MissingFileError(f"{root}: expected {dataset} subject folders; found none")
     raws = [reader.open_subject(root, name, options) for name in names]
     for raw in raws:
-        set_normalization(raw, normalization)
+        set_normalization(raw, normalization, reader.normalization)
         set_nonfinite(raw, nonfinite)
     return root, options, raws, reader.stimulus_table(root, options)
 
@@ -198,7 +198,7 @@ def _write_store(store: str | Path, dataset: str, reader: Any,
             summary = _write_subjects(tx, run, raws, table, overwrite, dtype, voxel_chunk,
                                       progress, on_block, _reader_path(reader))
     except NFError:
-        if created and local is not None and _empty_store(local, dataset):
+        if created and local is not None and _empty_store(local, reader.store_dataset()):
             shutil.rmtree(local, ignore_errors=True)  # a store this command created, empty
         raise
     return summary
@@ -234,7 +234,7 @@ def _write_subjects(tx: Transaction, run: ClusterRun, raws: list[RawSubject],
     earlier ones. A user error (bad file) discards the failing subject's staged blocks; an
     interrupt, a full disk or a memory error keeps them, and rerunning resumes.
     """
-    dataset, root, path = run.dataset, run.root, tx.root
+    dataset, root, path = get_reader(run.dataset).store_dataset(), run.root, tx.root
     raws, skipped = _check_existing(tx, dataset, raws, overwrite, dtype, voxel_chunk)
     summary = IngestSummary(dataset, skipped=skipped)
     bar = _progress_bar(sum(len(r.blocks) for r in raws), progress)

@@ -74,8 +74,9 @@ def _write_block(run: ClusterRun, subject: str, n: int, betas: str, stats: Any, 
     key = (run.dataset, str(run.root), subject, repr(run.options), run.normalization,
            run.nonfinite)
     if key not in _OPENED:
-        raw = get_reader(run.dataset).open_subject(run.root, subject, run.options)
-        set_normalization(raw, run.normalization)
+        reader = get_reader(run.dataset)
+        raw = reader.open_subject(run.root, subject, run.options)
+        set_normalization(raw, run.normalization, reader.normalization)
         set_nonfinite(raw, run.nonfinite)
         _OPENED.clear()  # one subject at a time is enough: blocks come subject by subject
         _OPENED[key] = raw

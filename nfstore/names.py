@@ -52,11 +52,12 @@ INCOMPLETE: Final = "incomplete"
 
 
 def dataset_names() -> tuple[str, ...]:
-    """Dataset keys of every registered reader, built-ins and plugins
-    (:func:`nfstore.readers.reader_names`)."""
-    from nfstore.readers import reader_names
+    """Store dataset groups of every registered reader, built-ins and plugins
+    (:func:`nfstore.readers.dataset_groups`; readers of another source of a dataset, such as
+    ``mindeye2`` for ``nsd``, add none)."""
+    from nfstore.readers import dataset_groups
 
-    return tuple(reader_names())
+    return tuple(dataset_groups())
 
 
 def __getattr__(name: str) -> tuple[str, ...]:

@@ -210,9 +210,12 @@ def checked_betas(block: Block, x: np.ndarray, policy: str = "error"
     return x, bad
 
 
-def set_normalization(raw: RawSubject, method: str | None) -> None:
-    """Set the normalization groups, fit rows and description of ``raw`` for ``method``."""
-    default = default_normalization(raw.dataset)
+def set_normalization(raw: RawSubject, method: str | None, default: str | None = None
+                      ) -> None:
+    """Set the normalization groups, fit rows and description of ``raw`` for ``method``
+    (``default``: the reader's own, which ``raw`` already describes; when None, that of the
+    reader named ``raw.dataset``)."""
+    default = default or default_normalization(raw.dataset)
     method = method or default
     if method not in NORMALIZATIONS:
         raise OptionError(f"normalization: expected one of {list(NORMALIZATIONS)}; found "

@@ -85,25 +85,26 @@ def _set_groups(top: zarr.Group, metrics: bool) -> dict[str, Any]:
 
 def subject_key_pattern() -> str:
     """Regex of every subject key ``<dataset>/<subject>`` of the registered readers (their
-    ``name`` and ``subject_pattern``), without anchors."""
+    store group and ``subject_pattern``), without anchors."""
     import re
 
     from nfstore.readers import readers
 
-    return "(" + "|".join(f"{re.escape(name)}/(?:{cls.subject_pattern})"
-                          for name, cls in readers().items()) + ")"
+    keys = dict.fromkeys(f"{re.escape(cls.store_dataset())}/(?:{cls.subject_pattern})"
+                         for cls in readers().values())
+    return "(" + "|".join(keys) + ")"
 
 
 def load_schema() -> dict[str, Any]:
     """The store schema with its subject-key patterns and dataset names made from the
     registered readers (the document's own values name the built-in datasets)."""
     import schemas
-    from nfstore.readers import reader_names
+    from nfstore.readers import dataset_groups
 
     doc = schemas.load("store-v1")
     keys = subject_key_pattern()
     attrs = doc["$defs"]["subject"]["properties"]["attributes"]["properties"]
-    attrs["dataset"]["enum"] = reader_names()
+    attrs["dataset"]["enum"] = dataset_groups()
     props = doc["properties"]
     props["subjects"]["propertyNames"]["pattern"] = f"^{keys}$"
     for group in (DECODED_GROUP, RECON_GROUP):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,43 +15,62 @@ from nfstore.errors import MissingFileError, QueryError, ReaderError
 from nfstore.readers.base import StimulusTable
 
 
-def read_brick_rows(rows: np.ndarray, path: str, key: str) -> np.ndarray:
-    """Read rows of an (N, H, W, 3) HDF5 image brick in the given order."""
-    import h5py
+def read_brick_rows(rows: np.ndarray, path: str, key: str | None = None) -> np.ndarray:
+    """Pixels (n, H, W, 3) uint8 of ``rows`` of an image brick, in the given order
+    (:mod:`nfstore.bricks`; ``key`` is ignored: the format is found from the file)."""
+    from nfstore.bricks import read_brick_rows as read
 
-    order = np.argsort(rows, kind="stable")
-    uniq, inverse = np.unique(rows[order], return_inverse=True)
-    with h5py.File(path, "r") as f:
-        block = f[key][uniq.tolist()]  # h5py needs increasing indices
-    out = np.empty((rows.size, *block.shape[1:]), block.dtype)
-    out[order] = block[inverse]
-    return out
+    return read(rows, path)
 
 
-def _read_image_files(rows: np.ndarray, paths: tuple[str, ...], size: tuple[int, int] | None
-                      ) -> np.ndarray:
-    """Pixels (n, H, W, 3) uint8 of image files (alpha composited, :mod:`nfstore.imagefile`)."""
+def brick_shape(path: Path, key: str | None = None) -> tuple[int, ...]:
+    """(N, H, W, 3) of an image brick (:mod:`nfstore.bricks`)."""
+    from nfstore.bricks import brick_shape as shape
+
+    return shape(path)
+
+
+def _read_positions(pos: np.ndarray, paths: tuple[str, ...], index: np.ndarray,
+                    size: tuple[int, int] | None) -> np.ndarray:
+    """Pixels (n, H, W, 3) uint8 of stimuli ``pos`` (rows of ``paths`` / ``index``): brick rows
+    read per brick, image files one by one (alpha composited, :mod:`nfstore.imagefile`), each
+    resized to ``size`` when it has another size."""
     from PIL import Image
 
+    from nfstore.bricks import Brick
     from nfstore.imagefile import open_rgb
 
-    imgs = []
-    for r in rows:
-        im = open_rgb(paths[int(r)])
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-        imgs.append(np.asarray(im))
-    return np.stack(imgs)
+    out: list[np.ndarray | None] = [None] * len(pos)
+    by_brick: dict[str, list[int]] = {}
+    for k, p in enumerate(pos.tolist()):
+        if index[p] >= 0:
+            by_brick.setdefault(paths[p], []).append(k)
+        else:
+            out[k] = np.asarray(open_rgb(paths[p]))
+    for path, ks in by_brick.items():
+        with Brick(path) as brick:
+            for k, px in zip(ks, brick.rows(index[pos[ks]])):
+                out[k] = px
+    if size is not None:
+        for k, px in enumerate(out):
+            assert px is not None
+            if px.shape[:2] != tuple(size):
+                out[k] = np.asarray(Image.fromarray(px).resize(
+                    (size[1], size[0]), Image.Resampling.BICUBIC))
+    return np.stack(out)  # type: ignore[arg-type]
 
 
-def brick_shape(path: Path, key: str = "imgBrick") -> tuple[int, ...]:
-    import h5py
+def _image_size(path: str) -> tuple[int, int]:
+    """(height, width) of an image file, or the one-line error of a file PIL cannot read."""
+    from PIL import Image
 
-    if not path.is_file():
-        raise MissingFileError(f"{path}: missing stimulus file; the store refers to it "
-                               f"(was the raw dataset moved?)")
-    with h5py.File(path, "r") as f:
-        return tuple(f[key].shape)
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ReaderError(f"{path}: expected an image PIL can decode; found "
+                          f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
+                          ) from None
 
 
 def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
@@ -60,11 +80,13 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
     Parameters
     ----------
     files : array of str, shape (n,)
-        Files relative to ``raw_root``.
+        Files relative to ``raw_root`` (or absolute: rows another source of the dataset wrote).
     index : int array of shape (n,)
-        Row in an HDF5 image brick, or -1 for one-image files (JPEG, PNG).
+        Row in an image brick (:mod:`nfstore.bricks`), or -1 for one-image files (JPEG, PNG).
     size : (height, width), optional
-        Resize one-image files to this size; required when their sizes differ.
+        Resize one-image files to this size; required when their sizes differ. Rows of
+        bricks of one size keep that size; bricks of several sizes (or bricks and files) are
+        all resized to ``size``.
     """
     n = files.size
     if n == 0:
@@ -72,37 +94,25 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
     if (files == "").any():
         raise QueryError(f"images: {int((files == '').sum())} stimuli have no image (GOD imagery "
                          f"trials name only a category)")
-    bricks = set(files[index >= 0].tolist())
-    if bricks and (index < 0).any() or len(bricks) > 1:
-        raise QueryError("images: expected stimuli of one dataset per call; got a mix")
-    if bricks:
-        path = raw_root / next(iter(bricks))
-        shape = brick_shape(path)
-        rows = da.from_array(index.astype(np.int64), chunks=chunk)
-        return rows.map_blocks(read_brick_rows, str(path), "imgBrick", dtype=np.uint8,
-                               new_axis=[1, 2, 3], chunks=(rows.chunks[0], *shape[1:]))
     paths = tuple(str(raw_root / f) for f in files.tolist())
-    missing = [p for p in paths if not Path(p).is_file()]
+    index = np.asarray(index, dtype=np.int64)
+    bricks = sorted({paths[i] for i in np.flatnonzero(index >= 0).tolist()})
+    singles = [paths[i] for i in np.flatnonzero(index < 0).tolist()]
+    missing = [p for p in singles if not Path(p).is_file()]
     if missing:
         raise MissingFileError(f"{missing[0]}: missing stimulus image ({len(missing)} missing)")
-    if size is None:
-        from PIL import Image
-
-        sizes = set()
-        for p in paths:
-            try:
-                with Image.open(p) as im:
-                    sizes.add((im.size[1], im.size[0]))
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                raise ReaderError(f"{p}: expected an image PIL can decode; found "
-                                  f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
-                                  ) from None
+    sizes = {tuple(brick_shape(Path(b))[1:3]) for b in bricks}
+    if bricks and not singles and len(sizes) == 1:
+        size = sizes.pop()  # rows of one-size bricks keep their size
+    elif size is None:
+        sizes |= {_image_size(p) for p in singles}
         if len(sizes) > 1:
             raise QueryError(f"images: stimuli have different sizes {sorted(sizes)[:3]}; "
                              f"pass size=(height, width)")
         size = sizes.pop()
     rows = da.from_array(np.arange(n), chunks=chunk)
-    return rows.map_blocks(_read_image_files, paths, size, dtype=np.uint8,
+    read = functools.partial(_read_positions, paths=paths, index=index, size=size)
+    return rows.map_blocks(read, dtype=np.uint8,
                            new_axis=[1, 2, 3], chunks=(rows.chunks[0], *size, 3))
 
 
@@ -192,14 +202,15 @@ def _table_rows(previous: Path, table: StimulusTable, referenced: Sequence[str],
     :func:`commit_stimulus_table`); fingerprints not known yet are empty."""
     import xarray as xr
 
-    ids = list(table.stimulus)
-    files, index = list(table.file), list(table.index)
+    ids = [str(i) for i in table.stimulus]
+    files, index = [str(f) for f in table.file], [int(n) for n in table.index]
     ident = list(identity.identities(table.dataset, ids, table.coco_ids))
     prints = [identity.NO_FINGERPRINT] * len(ids)
     seen = {s: n for n, s in enumerate(ids)}
     if previous.is_dir():
         old = xr.open_zarr(str(previous), consolidated=False, zarr_format=3).load()
         cols = {c: old[c].values.tolist() for c in ("stimulus", "file", "index")}
+        cols["file"] = _rebased(cols["file"], old.attrs.get("raw_root"), table.root)
         old_ident = old["identity"].values.tolist() if "identity" in old else [
             identity.identity_from_name(table.dataset, i) for i in cols["stimulus"]]
         old_print = old["fingerprint"].values.tolist() if "fingerprint" in old else [
@@ -210,7 +221,10 @@ def _table_rows(previous: Path, table: StimulusTable, referenced: Sequence[str],
                 seen[i] = len(ids)
                 ids.append(i), files.append(f), index.append(n), ident.append(d)
                 prints.append(p if _current(p, table.dataset) else identity.NO_FINGERPRINT)
-            elif (files[seen[i]], index[seen[i]]) == (f, n) and _current(p, table.dataset):
+                continue
+            if i not in table.coco_ids and str(d).startswith("coco/"):
+                ident[seen[i]] = d  # another source of the dataset named its COCO id
+            if (files[seen[i]], index[seen[i]]) == (f, n) and _current(p, table.dataset):
                 prints[seen[i]] = p  # same pixels as before
     for i in referenced:
         if i not in seen:
@@ -222,6 +236,15 @@ def _table_rows(previous: Path, table: StimulusTable, referenced: Sequence[str],
             prints[n] = known[i]
     return {"stimulus": ids, "file": files, "index": index, "identity": ident,
             "print": prints}
+
+
+def _rebased(files: list[str], old_root: str | None, root: Path) -> list[str]:
+    """Files of a previous table's rows as seen from ``root``: absolute when that table was
+    written from another folder (another source of the dataset, e.g. the MindEye2 bundle
+    beside the NSD release), so that its rows keep their pixels."""
+    if not old_root or Path(old_root).resolve() == Path(root).resolve():
+        return files
+    return [str(Path(old_root) / f) if f and not Path(f).is_absolute() else f for f in files]
 
 
 def _write_table(staged: Path, table: StimulusTable, rows: dict[str, list]) -> None:

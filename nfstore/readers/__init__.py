@@ -22,6 +22,7 @@ from importlib.metadata import entry_points
 from nfstore.errors import OptionError
 from nfstore.readers.base import Block, RawSubject, Reader, StimulusTable
 from nfstore.readers.bold5000 import BOLD5000Reader
+from nfstore.readers.brain_diffuser import BrainDiffuserReader
 from nfstore.readers.god import GODReader
 from nfstore.readers.mindeye2 import MindEye2Reader
 from nfstore.readers.nsd import NSDReader
@@ -29,7 +30,7 @@ from nfstore.readers.things import THINGSReader
 
 ENTRY_POINT_GROUP = "nfstore.readers"
 BUILTIN: tuple[type[Reader], ...] = (NSDReader, BOLD5000Reader, GODReader, THINGSReader,
-                                      MindEye2Reader)
+                                      MindEye2Reader, BrainDiffuserReader)
 NAME_PATTERN = r"[a-z][a-z0-9_-]*"
 
 
@@ -79,6 +80,12 @@ def reader_names() -> list[str]:
     return list(_registry())
 
 
+def dataset_groups() -> list[str]:
+    """Store groups the readers write (``Reader.store_dataset``), each once, in registry
+    order: ``mindeye2`` writes ``nsd``, so it adds none."""
+    return list(dict.fromkeys(cls.store_dataset() for cls in _registry().values()))
+
+
 def readers() -> dict[str, type[Reader]]:
     """Dataset key -> reader class, built-ins and plugins."""
     return dict(_registry())
@@ -99,5 +106,6 @@ def get_reader(dataset: str) -> Reader:
 
 
 __all__ = ["Block", "RawSubject", "Reader", "StimulusTable", "NSDReader", "BOLD5000Reader",
-           "GODReader", "ENTRY_POINT_GROUP", "PluginWarning", "get_reader", "reader_names",
+           "GODReader", "ENTRY_POINT_GROUP", "PluginWarning", "dataset_groups", "get_reader",
+           "reader_names",
            "readers", "refresh"]

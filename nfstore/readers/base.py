@@ -210,8 +210,14 @@ class Reader:
     Attributes
     ----------
     name : str
-        Dataset key: the store group (``nsd``), the stimulus-id prefix (``nsd/00042``) and the
-        ``nf ingest`` / ``nf synth`` argument. Lower-case letters, digits, ``_`` and ``-``.
+        Reader key: the ``nf ingest`` / ``nf synth`` argument and, unless ``dataset`` says
+        otherwise, the store group (``nsd``) and stimulus-id prefix (``nsd/00042``).
+        Lower-case letters, digits, ``_`` and ``-``.
+    dataset : str
+        The store group and stimulus-id prefix the reader writes, when it reads another
+        source of a dataset another reader also writes (the MindEye2 bundle holds NSD
+        subjects: ``name = "mindeye2"``, ``dataset = "nsd"``); empty means ``name``. Readers
+        that share a group share its subject names and stimulus ids.
     Options : dataclass type
         Ingest options (all fields with defaults). Field metadata may hold ``choices`` (allowed
         values), ``parse`` (text -> value, for ``--option KEY=VALUE``) and ``help``.
@@ -228,6 +234,7 @@ class Reader:
     """
 
     name: ClassVar[str] = ""
+    dataset: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     normalization: ClassVar[str] = "session-train"
     subject_regex: ClassVar[str] = r"0*([1-9]\d*)"
@@ -237,6 +244,11 @@ class Reader:
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} {self.name!r}>"
+
+    @classmethod
+    def store_dataset(cls) -> str:
+        """The store group this reader writes (``dataset``, else ``name``)."""
+        return cls.dataset or cls.name
 
     # ------------------------------------------------------------------ subjects
     def subject_name(self, spec: str | int) -> str:
