@@ -9,7 +9,9 @@ Written under ``OUT`` (Brain-Diffuser's ``data/`` folder), N = the subject numbe
 
 One row per image and split: the mean of the store's trials of that image (weighted by their
 ``n_repeats`` when the store's rows are themselves repeat averages), rows in order of the
-image's first trial. Values are the store's betas, already normalized at ingest: the
+image's first trial; voxel columns in C order over the grid when the store has every voxel's
+grid index (an NSD subject: Brain-Diffuser's nsdgeneral order), else the store's order.
+Values are the store's betas, already normalized at ingest: the
 ``/300`` and z-score of Brain-Diffuser's regression scripts then change nothing but a scale
 (see the dataset page). Imagery trials (GOD) and synthetic trial sets are left out. Every file
 loads with ``np.load`` without ``allow_pickle``.
@@ -28,7 +30,7 @@ import numpy as np
 
 from nfstore.community import brain_diffuser_files as bdf
 from nfstore.errors import OptionError, StoreError
-from nfstore.names import SPLIT, STIMULUS
+from nfstore.names import SPLIT, STIMULUS, VOXEL_COORDS
 from nfstore.transaction import replace_path
 
 IMAGE_SIZE = 425  # Brain-Diffuser's im_dim
@@ -98,9 +100,20 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inverse.astype(np.int64), uniq.astype(object)
 
 
+def column_order(ds: Any) -> np.ndarray:
+    """Voxel columns in C order over the grid (Brain-Diffuser's ``vol[mask > 0]`` order) when
+    the store knows every voxel's grid index, else the store's order; int (n_voxels,)."""
+    ijk = [np.asarray(ds[c].values, np.int64) for c in VOXEL_COORDS]
+    if ijk[0].size and all((a >= 0).all() for a in ijk):
+        return np.lexsort((ijk[2], ijk[1], ijk[0]))
+    return np.arange(ijk[0].size)
+
+
 def _average(betas: Any, groups: dict[str, tuple[np.ndarray, list[np.ndarray]]],
-             weights: np.ndarray, tmp: Path, number: int, bar: Any) -> None:
-    """Write each split's weighted row means, reading the betas once in trial blocks."""
+             weights: np.ndarray, columns: np.ndarray, tmp: Path, number: int, bar: Any
+             ) -> None:
+    """Write each split's weighted row means (voxels in ``columns`` order), reading the betas
+    once in trial blocks."""
     n_trials, n_vox = betas.shape
     outs, row_of, totals = {}, {}, {}
     for split, (ids, trials) in groups.items():
@@ -115,7 +128,7 @@ def _average(betas: Any, groups: dict[str, tuple[np.ndarray, list[np.ndarray]]],
         totals[split] = np.array([weights[t].sum() for t in trials], np.float64)
     step = int(betas.chunks[0])
     for a in range(0, n_trials, step):
-        x = np.asarray(betas[a:a + step], dtype=np.float64)
+        x = np.asarray(betas[a:a + step], dtype=np.float64)[:, columns]
         for split, out in outs.items():
             rows = row_of[split][a:a + step]
             keep = np.flatnonzero(rows >= 0)
@@ -222,7 +235,7 @@ def export_subject(store: Any, subject: str, out: str | os.PathLike[str], *,
     bar = tqdm(total=-(-betas.shape[0] // int(betas.chunks[0])) + n_img, unit="step",
                disable=not progress, desc="export")
     try:
-        _average(betas, groups, weights, tmp, number, bar)
+        _average(betas, groups, weights, column_order(ds), tmp, number, bar)
         for split, (ids, _) in groups.items():
             _write_images(st, ids, tmp / bdf.array_path(tmp, number, split, "stim").name, size)
             bar.update(-(-len(ids) // IMAGE_ROWS))

@@ -14,7 +14,7 @@ import pytest
 
 import nfstore
 from nfstore.community import brain_diffuser_files as bdf
-from nfstore.community.brain_diffuser import export_subject
+from nfstore.community.brain_diffuser import column_order, export_subject
 from nfstore.errors import OptionError, StoreError
 from nfstore.readers.brain_diffuser import BrainDiffuserReader
 from nfstore.synth import synthesize
@@ -181,6 +181,33 @@ def test_round_trip_export_then_ingest(store: Path, raw: Path, tmp_path: Path) -
         assert b[c].values.tolist() == a[c].values.tolist(), c
 
 
+def test_nsd_release_subject_exports_in_brain_diffusers_order(raw: Path, tmp_path: Path
+                                                              ) -> None:
+    """An NSD-release subject (sessions 1-3) exported and read back by the brain-diffuser
+    reader: the ids, splits and repeat counts of the design prefix, columns in C order (the
+    NSD reader sorts voxels by visual ROI), values the per-image means."""
+    path, back = tmp_path / "nsd.zarr", tmp_path / "back.zarr"
+    nfstore.ingest("nsd", raw, path, subjects=[1], options={"sessions": "1-3"})
+    export_subject(path, SUB, tmp_path / "data", size=8)
+    nfstore.ingest("brain-diffuser", tmp_path / "data", back, normalization="none",
+                   options={"expdesign": str(raw / bdf.EXPDESIGN), "rois": str(raw)})
+    nsd = nfstore.open_store(path).betas(SUB).load()
+    got = nfstore.open_store(back).betas(SUB).load()
+    ijk = ("voxel_i", "voxel_j", "voxel_k")
+    order = pd.Index(list(zip(*(nsd[c].values for c in ijk)))).get_indexer(
+        list(zip(*(got[c].values for c in ijk))))
+    assert (order >= 0).all() and (np.diff(order) != 1).any()  # reordered columns
+    for split in ("train", "test"):
+        trials = nsd.isel(trial=np.flatnonzero(nsd["split"].values == split))
+        stim = trials["stimulus"].values
+        ids = list(dict.fromkeys(stim))
+        rows = got.isel(trial=np.flatnonzero(got["split"].values == split))
+        assert rows["stimulus"].values.tolist() == ids
+        assert rows["n_repeats"].values.tolist() == [int((stim == i).sum()) for i in ids]
+        want = np.stack([trials.values[stim == i].astype(np.float64).mean(0) for i in ids])
+        np.testing.assert_allclose(rows.values, want[:, order], atol=1e-6)
+
+
 @pytest.mark.parametrize("dataset, subject", [("god", "sub-01"), ("bold5000", "CSI1")])
 def test_export_god_and_bold5000_subjects(dataset: str, subject: str,
                                           request: pytest.FixtureRequest, tmp_path: Path
@@ -197,12 +224,13 @@ def test_export_god_and_bold5000_subjects(dataset: str, subject: str,
     n = summary.number
     assert n == (7 if dataset == "god" else 1)
     x = st.betas(key).load()
+    columns = column_order(st.dataset(key))
     for split in ("train", "test"):
         rows = x.isel(trial=np.flatnonzero(x["split"].values == split))
         stim = rows["stimulus"].values
         ids = list(dict.fromkeys(stim))
         want = np.stack([rows.values[stim == i].astype(np.float64).mean(0) for i in ids])
-        np.testing.assert_allclose(_files(out, split, "fmri", n), want, atol=1e-6)
+        np.testing.assert_allclose(_files(out, split, "fmri", n), want[:, columns], atol=1e-6)
         caps = _files(out, split, "cap", n)
         assert caps.shape == (len(ids), 5) and (caps == "").all()
         pixels = _files(out, split, "stim", n)
