@@ -41,8 +41,8 @@ def escape(text: str) -> str:
     """``text`` safe as Markdown prose: characters Markdown would read as markup are escaped
     outside backtick code spans; code spans are kept as they are."""
     parts = text.split("`")
-    if len(parts) % 2 == 0:  # an unpaired backtick: escape it too
-        parts = [text.replace("`", "\\`")]
+    if len(parts) % 2 == 0:  # an unpaired backtick: no code spans; escape it too
+        return _SPECIAL.sub(r"\\\1", text).replace("`", "\\`")
     return "`".join(p if i % 2 else _SPECIAL.sub(r"\\\1", p) for i, p in enumerate(parts))
 
 
