@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
 HASH := $(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(VENV)/.test-$(HASH)
 	$(BIN)/ruff check .
 	bash .ci/install-chromium
 	$(BIN)/python -m pytest
+
+# The documentation site at http://127.0.0.1:8000/ (make test builds it with --strict, in
+# tests/test_docs.py).
+docs: $(VENV)/.test-$(HASH)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 bench: $(VENV)/.test-$(HASH)
 	$(BIN)/python benchmarks/bench_ingest.py
