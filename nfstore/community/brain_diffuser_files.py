@@ -72,7 +72,8 @@ def read_design(path: Path, number: int) -> Design:
     """Read ``nsd_expdesign.mat`` for subject ``number`` (1-based).
 
     Session and run sizes come from ``stimpattern`` (sessions x runs x slots, 1 = a stimulus
-    trial); without it, the real 750 trials in 12 runs of 63/62.
+    trial) when its stimulus slots number the trials of ``masterordering``; otherwise they
+    are the real 750 trials per session in 12 runs of 63/62.
     """
     import scipy.io
 
@@ -88,9 +89,9 @@ def read_design(path: Path, number: int) -> Design:
     if order.min() < 1 or order.max() > subjectim.shape[1]:
         raise ReaderError(f"{path}: expected masterordering in 1..{subjectim.shape[1]}; found "
                           f"{order.min()}..{order.max()}")
-    if pattern is not None and np.ndim(pattern) == 3:
-        runs = (np.asarray(pattern) > 0).sum(axis=2).astype(np.int64)  # (sessions, runs)
-    else:
+    runs = (np.asarray(pattern) > 0).sum(axis=2).astype(np.int64) if (
+        pattern is not None and np.ndim(pattern) == 3) else None  # (sessions, runs)
+    if runs is None or runs.sum() != order.size:  # absent, or not one slot per trial
         n_sess = -(-order.size // TRIALS_PER_SESSION)
         runs = np.tile(np.array(RUN_SIZES, np.int64), (n_sess, 1))
     run_of = np.concatenate([np.repeat(np.arange(1, runs.shape[1] + 1), r) for r in runs])

@@ -278,3 +278,20 @@ def test_options_are_checked(raw: Path) -> None:
         reader.open_subject(raw, "subj01", reader.parse_options({"sessions": "2"}))
     with pytest.raises(OptionError, match=r"^number: expected"):
         export_subject("unused", "nsd/subj01", "x", number=0)
+
+
+def test_design_without_stimpattern_has_the_real_session_sizes(tmp_path: Path) -> None:
+    """750 trials per session in 12 runs of 63/62; test iff masterordering <= len(sharedix)."""
+    import scipy.io
+
+    rng = np.random.default_rng(0)
+    order = rng.integers(1, 101, 1500)
+    subjectim = np.stack([rng.permutation(500)[:100] + 1 for _ in range(8)])
+    scipy.io.savemat(tmp_path / "d.mat", {"masterordering": order[None].astype(float),
+                                          "subjectim": subjectim.astype(float),
+                                          "sharedix": subjectim[0, :10][None].astype(float)})
+    d = bdf.read_design(tmp_path / "d.mat", 3)
+    assert d.session_stops.tolist() == [750, 1500]
+    assert np.bincount(d.run[:750])[1:].tolist() == [63, 62] * 6
+    np.testing.assert_array_equal(d.nsd_ids, subjectim[2, order - 1] - 1)
+    np.testing.assert_array_equal(d.test, order <= 10)
