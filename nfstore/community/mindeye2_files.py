@@ -41,6 +41,8 @@ FIELDS = ("behav.npy", "future_behav.npy", "olds_behav.npy", "past_behav.npy")  
 NSD_SESSIONS = (40, 40, 32, 30, 40, 32, 40, 30)  # MindEye2's nsessions_allsubj
 RECENT_SESSIONS = 3  # sessions released in 2023, left out of the old test set
 TEST_TARS = ("test", "new_test")
+# uint8 value -> float16 value / 255, as float32 division then rounding to float16 gives it
+_FLOAT16_OF_UINT8 = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float16)
 
 
 def betas_name(subject_no: int) -> str:
@@ -204,10 +206,10 @@ def to_float16_chw(pixels: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """uint8 (H, W, 3) -> float16 (3, size, size) in [0, 1] (PIL bicubic resize)."""
     from PIL import Image
 
+    pixels = np.asarray(pixels, np.uint8)
     if pixels.shape[:2] != (size, size):
-        pixels = np.asarray(Image.fromarray(np.asarray(pixels, np.uint8)).resize(
-            (size, size), Image.BICUBIC))
-    return (pixels.astype(np.float32) / 255.0).astype(np.float16).transpose(2, 0, 1)
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BICUBIC))
+    return _FLOAT16_OF_UINT8[pixels].transpose(2, 0, 1)
 
 
 def write_images(path: Path, n_rows: int, rows: np.ndarray,
