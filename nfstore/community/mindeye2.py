@@ -134,15 +134,18 @@ def _betas_blocks(x: Any, plan: _Plan, block_rows: int) -> Any:
         yield a, values[:, plan.voxel_order]
 
 
-def _write(store: Any, subject: str, tmp: Path, plan: _Plan, block_rows: int
-           ) -> dict[str, int]:
+def _write(store: Any, subject: str, tmp: Path, plan: _Plan, block_rows: int,
+           progress: bool) -> dict[str, int]:
     x = store.betas(subject)
     shape = (plan.rows.size, plan.voxel_order.size)
     me2.write_betas(tmp / me2.betas_name(plan.subject_no), shape,
                     _betas_blocks(x, plan, block_rows))
     counts = me2.write_tars(tmp / me2.wds_dir(plan.subject_no), plan.behav, plan.old_test)
-    me2.write_images(tmp / me2.IMAGES, plan.n_image_rows, plan.image_rows,
-                     _pixels(store, plan.stimuli))
+    from tqdm.auto import tqdm
+
+    pixels = tqdm(_pixels(store, plan.stimuli), total=len(plan.stimuli), unit="image",
+                  desc=f"{subject} images", disable=not progress, leave=False)
+    me2.write_images(tmp / me2.IMAGES, plan.n_image_rows, plan.image_rows, pixels)
     pd.DataFrame({"index": plan.image_rows, "stimulus": plan.stimuli}).to_csv(
         tmp / f"stimuli_subj{plan.subject_no:02d}.tsv", sep="\t", index=False)
     return counts
@@ -163,8 +166,7 @@ def export_subject(store: Any, subject: str, out: str | os.PathLike[str], *,
     overwrite : bool
         Replace an existing ``out``.
     progress : bool
-        Unused (the export reads block by block without a bar); accepted for the common
-        exporter signature.
+        Show a progress bar over the images (the slow part: read, resize, convert).
     **options
         ``block_rows`` (int, default 1024): trials read from the store at once.
     """
@@ -186,7 +188,7 @@ def export_subject(store: Any, subject: str, out: str | os.PathLike[str], *,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        counts = _write(st, subject, tmp, plan, max(1, block_rows))
+        counts = _write(st, subject, tmp, plan, max(1, block_rows), progress)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
