@@ -256,9 +256,11 @@ class BrainDiffuserReader(Reader):
                                    "by 300 (peer_scale), which a z-score does not change"})
 
     def stimulus_table(self, root: Path, options: Any = None) -> StimulusTable:
-        """Every subject's images as ``nsd/<5-digit 0-based 73k id>``, each once (the first
-        subject's row that holds it): file = the stim ``.npy`` (relative to ``root``), index =
-        its row; ``''`` and -1 when a subject has no stim file."""
+        """Every subject's images that have a stim file, as ``nsd/<5-digit 0-based 73k id>``,
+        each once (the first subject's row that holds it): file = the stim ``.npy`` (relative
+        to ``root``), index = its row. Images without a stim file are left out: the ingest
+        lists them without pixels, and another source's rows for them (NSD's image brick)
+        stay."""
         options = options if options is not None else Options()
         seen: dict[str, tuple[str, int]] = {}
         for subject in self.list_subjects(root):
@@ -266,11 +268,11 @@ class BrainDiffuserReader(Reader):
             files = _split_files(root, number)
             rows, _, _ = _rows(root, number, options, files)
             for split in bdf.SPLITS:
-                stim = files[split]["stim_path"] if files[split]["stim"] is not None else None
-                rel = str(stim.relative_to(root)) if stim is not None else ""
+                if files[split]["stim"] is None:
+                    continue
+                rel = str(files[split]["stim_path"].relative_to(root))
                 for r, i in enumerate(rows[split].nsd_ids.tolist()):
-                    seen.setdefault(f"{self.store_dataset()}/{i:05d}",
-                                    (rel, r if rel else -1))
+                    seen.setdefault(f"{self.store_dataset()}/{i:05d}", (rel, r))
         from nfstore.readers.nsd import coco_ids
 
         ids = sorted(seen)

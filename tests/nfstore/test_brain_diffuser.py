@@ -295,3 +295,25 @@ def test_design_without_stimpattern_has_the_real_session_sizes(tmp_path: Path) -
     assert np.bincount(d.run[:750])[1:].tolist() == [63, 62] * 6
     np.testing.assert_array_equal(d.nsd_ids, subjectim[2, order - 1] - 1)
     np.testing.assert_array_equal(d.test, order <= 10)
+
+
+def test_without_stim_files_the_nsd_brick_rows_stay(raw: Path, tmp_path: Path) -> None:
+    """Arrays without their stim files: the ingest lists no pixels of its own, and the images
+    of a store's NSD-release table (imgBrick rows) stay and serve the subject's ids."""
+    bad = tmp_path / "bd"
+    shutil.copytree(raw / "processed_data", bad / "processed_data",
+                    ignore=shutil.ignore_patterns("*_stim_*"))
+    table = BrainDiffuserReader().stimulus_table(
+        bad, BrainDiffuserReader().parse_options({"expdesign": str(raw / bdf.EXPDESIGN)}))
+    assert table.stimulus.size == 0
+    path = tmp_path / "s.zarr"
+    nfstore.ingest("nsd", raw, path, subjects=[2])
+    nfstore.ingest("brain-diffuser", bad, path, subjects=[1],
+                   options={"expdesign": str(raw / bdf.EXPDESIGN)})
+    st = nfstore.open_store(path)
+    ids = st.dataset(SUB)["stimulus"].values[:4]
+    import h5py
+
+    with h5py.File(raw / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5", "r") as f:
+        want = np.stack([f["imgBrick"][int(i[4:])] for i in ids])
+    np.testing.assert_array_equal(st.images(ids).values, want)
