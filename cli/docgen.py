@@ -23,7 +23,7 @@ import click
 
 REGENERATE = "python -m nf.docgen"
 PAGES = ("cli.md", "store-layout.md")
-_SPECIAL = re.compile(r"([\\*_<>\[\]#|])")
+_SPECIAL = re.compile(r"([\\*_\[\]#])")  # Markdown's backslash escapes; < and > are entities
 # manifest key -> the store path it describes (nfstore.schema.manifest builds these keys)
 STORE_PATHS = {
     "attributes": "/ (root attributes)",
@@ -42,8 +42,14 @@ def escape(text: str) -> str:
     outside backtick code spans; code spans are kept as they are."""
     parts = text.split("`")
     if len(parts) % 2 == 0:  # an unpaired backtick: no code spans; escape it too
-        return _SPECIAL.sub(r"\\\1", text).replace("`", "\\`")
-    return "`".join(p if i % 2 else _SPECIAL.sub(r"\\\1", p) for i, p in enumerate(parts))
+        return _prose(text).replace("`", "\\`")
+    return "`".join(p if i % 2 else _prose(p) for i, p in enumerate(parts))
+
+
+def _prose(text: str) -> str:
+    """Markup characters of ``text`` escaped (no code spans in it)."""
+    text = _SPECIAL.sub(r"\\\1", text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def code(text: str) -> str:
