@@ -31,6 +31,7 @@ from nfstore.testing import ReaderTests
 
 SMALL = dict(subjects=(1, 2), sessions=3, trials_per_session=30, runs_per_session=3,
              images_per_subject=40, shared=8, image_size=32, grid=(12, 14, 12), seed=4)
+BOLD_SMALL = {"sessions": 2, "images": (15, 10, 10), "test_images": 5}
 FIELD_SHAPES = {"behav.npy": (1, 17), "future_behav.npy": (15, 17), "olds_behav.npy": (3, 17),
                 "past_behav.npy": (15, 17)}
 
@@ -272,8 +273,9 @@ def test_export_nsd_reads_like_mindeye2_and_round_trips(bundle: Path, release_st
 
 
 @pytest.mark.parametrize("dataset,settings,options", [
-    ("god", {"seed": 2}, {}), ("bold5000", {"seed": 5}, {}),
-    ("bold5000", {"seed": 5, "release": 2}, {"release": 2}), ("things", {"seed": 3}, {})],
+    ("god", {"seed": 2}, {}), ("bold5000", {"seed": 5, **BOLD_SMALL}, {}),
+    ("bold5000", {"seed": 5, "release": 2, **BOLD_SMALL}, {"release": 2}),
+    ("things", {"seed": 3}, {})],
     ids=["god", "bold5000-r1", "bold5000-r2", "things"])
 def test_export_other_datasets_round_trip(dataset: str, settings: dict, options: dict,
                                           tmp_path: Path) -> None:
