@@ -40,7 +40,7 @@ N_OLDS = 3  # rows of olds_behav
 FIELDS = ("behav.npy", "future_behav.npy", "olds_behav.npy", "past_behav.npy")  # sorted
 NSD_SESSIONS = (40, 40, 32, 30, 40, 32, 40, 30)  # MindEye2's nsessions_allsubj
 RECENT_SESSIONS = 3  # sessions released in 2023, left out of the old test set
-TEST_TARS = ("test", "new_test")
+TEST_TARS = ("new_test", "test")  # new_test first: its rows win where both hold a trial
 # uint8 value -> float16 value / 255, as float32 division then rounding to float16 gives it
 _FLOAT16_OF_UINT8 = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float16)
 
@@ -178,8 +178,8 @@ def read_behav(path: Path) -> np.ndarray:
 
 
 def subject_tars(root: Path, subject_no: int) -> list[Path]:
-    """Every tar of a subject: ``train/*.tar`` (by number), then ``test/0.tar`` and
-    ``new_test/0.tar`` where present."""
+    """Every tar of a subject: ``train/*.tar`` (by number), then ``new_test/0.tar`` and
+    ``test/0.tar`` where present."""
     base = root / wds_dir(subject_no)
     train = sorted((base / "train").glob("*.tar"),
                    key=lambda p: (0, int(p.stem)) if p.stem.isdigit() else (1, p.stem))

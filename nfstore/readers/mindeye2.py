@@ -38,6 +38,7 @@ from nfstore.readers.base import Block, RawSubject, Reader, StimulusTable
 NAME = "mindeye2"
 DATASET = "nsd"
 ROI_SUBDIR = Path("func1pt8mm") / "roi"
+USED_COLUMNS = [me2.IMAGE, me2.SESSION, me2.RUN, me2.ROW, me2.SHARED]
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,10 @@ def _betas_shape(path: Path) -> tuple[int, int]:
 def trial_rows(tars: list[Path], betas: Path, n_rows: int) -> np.ndarray:
     """The behav row of every betas row, (n_rows, 17) float64, row r describing betas row r.
 
-    A row found in several tars (``test`` and ``new_test``) counts once when its behav rows
-    agree; every betas row must be covered exactly once.
+    A row found in several tars (``new_test`` and ``test``) counts once, the first tar's row
+    kept, when the columns the reader uses (:data:`USED_COLUMNS`) agree: the two test sets
+    were made at different times and may differ in the behavioural columns. Every betas row
+    must be covered exactly once.
     """
     out = np.full((n_rows, len(me2.COLUMNS)), np.nan)
     origin: dict[int, Path] = {}
@@ -128,9 +131,11 @@ def trial_rows(tars: list[Path], betas: Path, n_rows: int) -> np.ndarray:
                               f"the behav arrays; {tar} names row {bad}")
         for r, b in zip(rows.tolist(), behav):
             if r in origin:
-                if not np.array_equal(out[r], b):
-                    raise ReaderError(f"{tar}: expected the behav row of betas row {r} to equal "
-                                      f"the one in {origin[r]}; found different values")
+                if not np.array_equal(out[r, USED_COLUMNS], b[USED_COLUMNS]):
+                    raise ReaderError(f"{tar}: expected betas row {r} to have the image, "
+                                      f"session, run and test flag it has in {origin[r]}; "
+                                      f"found {b[USED_COLUMNS].tolist()} instead of "
+                                      f"{out[r, USED_COLUMNS].tolist()}")
                 continue
             origin[r] = tar
             out[r] = b
@@ -196,7 +201,9 @@ class MindEye2Reader(Reader):
         voxels, names, masks, geometry, roi_files = _voxels(options.rois, subject, n_cols, betas)
         blocks = self._blocks(betas, trials["session"].to_numpy(), max(1, options.block_trials))
         records = [_io.file_record(p, root) for p in [betas, *tars]]
-        records += [_io.file_record(p, p.parent) for p in roi_files]
+        if options.rois is not None:
+            records += [_io.file_record(p, Path(options.rois).expanduser())
+                        for p in roi_files]
         return RawSubject(
             dataset=DATASET, subject=subject, trials=trials,
             norm_group=trials["session"].to_numpy(), voxels=voxels, roi_names=names,

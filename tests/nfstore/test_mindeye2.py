@@ -431,14 +431,16 @@ def test_trial_rows_dedupe_and_conflicts(bundle_copy: Path) -> None:
     betas = bundle_copy / me2.betas_name(1)
     behav = trial_rows(tars, betas, 90)
     assert np.isfinite(behav).all() and (behav[:, 5] == np.arange(90)).all()
-    old = tars[-2]  # test/0.tar repeats rows of new_test/0.tar
+    old = tars[-1]  # test/0.tar repeats rows of new_test/0.tar
     assert old.parent.name == "test" and len(me2.read_behav(old)) > 0
     rows = me2.read_behav(old)
-    rows[0, 2] += 1  # the same betas row, another session
-    arrays = (rows, *[a for a in me2.context_arrays(rows)])
-    me2.write_tar(old, 0, arrays)
-    with pytest.raises(nfstore.NFError, match=r"new_test/0.tar: expected the behav row of "
-                                              r"betas row \d+ to equal"):
+    rows[:, 11] = 7  # another behavioural value: the new_test row is kept
+    me2.write_tar(old, 0, (rows, *me2.context_arrays(rows)))
+    np.testing.assert_array_equal(trial_rows(tars, betas, 90), behav)
+    rows[0, 2] += 1  # the same betas row in another session
+    me2.write_tar(old, 0, (rows, *me2.context_arrays(rows)))
+    with pytest.raises(nfstore.NFError, match=r"/test/0.tar: expected betas row \d+ to have "
+                                              r"the image, session, run and test flag"):
         trial_rows(tars, betas, 90)
 
 
