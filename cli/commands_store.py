@@ -115,6 +115,13 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
               help="bold5000: ROI file [TR34 = mean of TR3 and TR4].")
 @click.option("--images", type=click.Path(file_okay=False),
               help="god: folder with training/ and test/ images [RAW_ROOT/images].")
+@click.option("--rois", type=click.Path(),
+              help="mindeye2, brain-diffuser: the NSD release's ROI files (a subject's roi/ "
+                   "folder, a folder of subj0N folders, or the NSD root), for voxel indices "
+                   "and every ROI [only nsdgeneral].")
+@click.option("--expdesign", type=click.Path(dir_okay=False),
+              help="brain-diffuser: NSD's nsd_expdesign.mat, to recover the rows' image ids "
+                   "[RAW_ROOT/nsddata/experiments/nsd/nsd_expdesign.mat].")
 @click.option("--option", "option", cls=ManyValues, split_commas=False, metavar="KEY=VALUE",
               help="Any option of the dataset's reader (its Options fields, e.g. space=func1mm "
                    "for nsd, block_rows=512 for god, or a plugin's own).")
@@ -142,19 +149,23 @@ def synth(dataset: str, out_dir: str, subjects: tuple[str, ...] | None, seed: in
 @writes_store()
 def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | None,
            sessions: str | None, beta_version: str | None, fmt: str | None, tr: str | None,
-           images: str | None, option: tuple[str, ...] | None, release: str | None, dtype: str,
+           images: str | None, rois: str | None, expdesign: str | None,
+           option: tuple[str, ...] | None, release: str | None, dtype: str,
            normalization: str | None, overwrite: bool, nonfinite: str, cache_pixels: bool,
            pixel_size: int | None, scheduler: str | None, progress: bool) -> None:
     """Ingest DATASET from RAW_ROOT (original layout) into the store.
 
-    DATASET is any registered reader: nsd, bold5000 (releases 1 and 2), god, things, or a
-    plugin (`nfstore.readers` entry points). Reader options: the flags below, or
+    DATASET is any registered reader: nsd, bold5000 (releases 1 and 2), god, things, the
+    prepared NSD formats mindeye2 and brain-diffuser (they write nsd subjects), or a plugin
+    (`nfstore.readers` entry points). Reader options: the flags below, or
     `--option KEY=VALUE` for any."""
     import nfstore
+    from nfstore.readers import get_reader
 
     options = {**parse_items(option, "option"), **{k: v for k, v in {
         "beta_version": beta_version, "format": fmt, "tr": tr, "images": images,
-        "sessions": sessions, "release": release}.items() if v is not None}}
+        "sessions": sessions, "release": release, "rois": rois,
+        "expdesign": expdesign}.items() if v is not None}}
     summary = nfstore.ingest(dataset, raw_root, store, subjects=subjects, options=options,
                              overwrite=overwrite, dtype=dtype, normalization=normalization,
                              progress=progress, scheduler=scheduler, nonfinite=nonfinite)
@@ -162,7 +173,8 @@ def ingest(dataset: str, raw_root: str, store: str, subjects: tuple[str, ...] | 
     if cache_pixels:
         from nfstore.pixels import cache_pixels as cache
 
-        click.echo(cache(store, [dataset], pixel_size, progress).line())
+        click.echo(cache(store, [get_reader(dataset).store_dataset()], pixel_size,
+                         progress).line())
 
 
 @click.command("info")

@@ -92,8 +92,9 @@ def lazy_pixels(files: np.ndarray, index: np.ndarray, raw_root: Path,
     if n == 0:
         raise QueryError("images: expected at least one stimulus; got none")
     if (files == "").any():
-        raise QueryError(f"images: {int((files == '').sum())} stimuli have no image (GOD imagery "
-                         f"trials name only a category)")
+        raise QueryError(f"images: expected stimuli with pixels; found "
+                         f"{int((files == '').sum())} without (their source holds no image "
+                         f"of them, e.g. GOD imagery trials, which name only a category)")
     paths = tuple(str(raw_root / f) for f in files.tolist())
     index = np.asarray(index, dtype=np.int64)
     bricks = sorted({paths[i] for i in np.flatnonzero(index >= 0).tolist()})

@@ -112,12 +112,13 @@ class ReaderTests:
     # ------------------------------------------------------------------ reading
     def test_open_subject_shapes_and_dtypes(self, reader: Reader, first: RawSubject) -> None:
         n, v = first.n_trials, first.n_voxels
-        assert first.dataset == reader.name and n > 0 and v > 0
+        assert first.dataset == reader.store_dataset() and n > 0 and v > 0
         assert all(c in first.trials.columns for c in TRIAL_COLUMNS)
         for col in ("session", "run", "repeat"):
             assert first.trials[col].to_numpy().dtype.kind == "i", col
         assert set(first.trials["split"]) <= set(SPLITS)
-        assert all(str(s).startswith(f"{reader.name}/") for s in first.trials["stimulus"])
+        prefix = f"{reader.store_dataset()}/"
+        assert all(str(s).startswith(prefix) for s in first.trials["stimulus"])
         assert np.asarray(first.norm_group).shape == (n,)
         assert first.roi_mask.dtype == bool and first.roi_mask.shape == (len(first.roi_names), v)
         assert all(first.voxels[c].shape == (v,) for c in VOXEL_COORDS)
@@ -129,9 +130,9 @@ class ReaderTests:
     def test_stimulus_table(self, reader: Reader, raw_root: Path, first: RawSubject) -> None:
         table = reader.stimulus_table(raw_root, reader.parse_options(self.options))
         ids = table.stimulus.tolist()
-        assert table.dataset == reader.name and len(ids) == len(set(ids)) > 0
+        assert table.dataset == reader.store_dataset() and len(ids) == len(set(ids)) > 0
         assert len(table.file) == len(table.index) == len(ids)
-        assert all(str(s).startswith(f"{reader.name}/") for s in ids)
+        assert all(str(s).startswith(f"{reader.store_dataset()}/") for s in ids)
         assert set(first.trials["stimulus"]) & set(ids)
 
     # ------------------------------------------------------------------ ingest
@@ -141,7 +142,7 @@ class ReaderTests:
         from nfstore.schema import validate_store
 
         st = nfstore.open_store(store)
-        key = f"{reader.name}/{first.subject}"
+        key = f"{reader.store_dataset()}/{first.subject}"
         assert st.subjects() == [key]
         want = np.concatenate([b.load() for b in first.blocks])
         np.testing.assert_array_equal(st.betas(key).values, want)

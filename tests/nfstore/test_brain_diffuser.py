@@ -23,30 +23,9 @@ from nfstore.testing import ReaderTests
 SUB = "nsd/subj01"
 
 
-class _AsGroup:
-    """The reader, named by the store group it writes (``nsd``): the contract's checks of
-    the dataset, stimulus-id prefix and subject key compare against ``reader.name``."""
-
-    def __init__(self, reader: BrainDiffuserReader) -> None:
-        self._reader = reader
-        self.name = reader.store_dataset()
-
-    def __getattr__(self, attr: str) -> object:
-        return getattr(self._reader, attr)
-
-
 class TestBrainDiffuserContract(ReaderTests):
     reader_class = BrainDiffuserReader
     synth_settings = {"subjects": (1,), "sessions": 3, "array_sessions": 2}
-
-    def test_open_subject_shapes_and_dtypes(self, reader, first) -> None:  # type: ignore
-        super().test_open_subject_shapes_and_dtypes(_AsGroup(reader), first)
-
-    def test_stimulus_table(self, reader, raw_root, first) -> None:  # type: ignore
-        super().test_stimulus_table(_AsGroup(reader), raw_root, first)
-
-    def test_ingest_round_trips_the_betas(self, reader, first, store) -> None:  # type: ignore
-        super().test_ingest_round_trips_the_betas(_AsGroup(reader), first, store)
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +222,7 @@ def test_export_god_and_bold5000_subjects(dataset: str, subject: str,
 @pytest.mark.parametrize("damage, message", [
     ("stim", "nsd_test_stim_sub1.npy: expected"),
     ("expdesign", "expdesign: expected NSD's nsd_expdesign.mat"),
+    ("flag", "--expdesign: expected NSD's nsd_expdesign.mat at /nowhere/nsd_expdesign.mat"),
     ("rows", "nsd_train_fmriavg_nsdgeneral_sub1.npy: expected row counts"),
 ])
 def test_bad_inputs_fail_cleanly(raw: Path, store: Path, tmp_path: Path, damage: str,
@@ -263,8 +243,9 @@ def test_bad_inputs_fail_cleanly(raw: Path, store: Path, tmp_path: Path, damage:
     s = Path(shutil.copytree(store, tmp_path / "s.zarr"))
     before = _hash(s)
     _register()
+    flag = ["--expdesign", "/nowhere/nsd_expdesign.mat"] if damage == "flag" else []
     res = CliRunner().invoke(cli, ["ingest", "brain-diffuser", str(bad), "--store", str(s),
-                                   "--subjects", "1", "--overwrite", "--no-progress"])
+                                   "--subjects", "1", "--overwrite", "--no-progress", *flag])
     assert res.exit_code != 0 and message in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1
     assert _hash(s) == before
@@ -317,3 +298,25 @@ def test_without_stim_files_the_nsd_brick_rows_stay(raw: Path, tmp_path: Path) -
     with h5py.File(raw / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5", "r") as f:
         want = np.stack([f["imgBrick"][int(i[4:])] for i in ids])
     np.testing.assert_array_equal(st.images(ids).values, want)
+
+
+def test_averages_of_averages_weigh_each_row_by_its_repeats(store: Path) -> None:
+    """Rows that are repeat averages are never counted as single trials: averaging repeats
+    keeps each row's n_repeats, and two rows of one image weigh by their counts."""
+    import xarray as xr
+
+    from nfstore._query import average_repeats_of
+
+    st = nfstore.open_store(store)
+    rows = st.betas(SUB, split="test")
+    avg = st.betas(SUB, split="test", average_repeats=True)
+    ds = st.dataset(SUB)
+    want = dict(zip(ds["stimulus"].values.tolist(), ds["n_repeats"].values.tolist()))
+    assert avg["n_repeats"].values.tolist() == [want[s] for s in avg["stimulus"].values]
+    assert max(want.values()) > 1  # the synthetic design repeats images
+    np.testing.assert_allclose(avg.values, rows.sortby("stimulus").values, atol=1e-6)
+    two = xr.DataArray(np.array([[1.0], [4.0]], np.float32), dims=("trial", "voxel"),
+                       coords={"stimulus": ("trial", ["nsd/00007"] * 2),
+                               "n_repeats": ("trial", [2, 1])})
+    out = average_repeats_of(two)
+    assert out.values.tolist() == [[2.0]] and out["n_repeats"].values.tolist() == [3]

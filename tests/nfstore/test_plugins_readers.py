@@ -54,12 +54,16 @@ def test_builtins_come_first_and_derive_everything() -> None:
     from nfstore.synth import synth_names
 
     builtin = [cls.name for cls in readers.BUILTIN]
-    assert builtin == ["nsd", "bold5000", "god", "things"]
+    assert builtin == ["nsd", "bold5000", "god", "things", "mindeye2", "brain-diffuser"]
     assert readers.reader_names()[:len(builtin)] == builtin
-    assert DATASETS == dataset_names() == tuple(readers.reader_names())
+    # the readers of prepared NSD formats write the nsd group: no dataset of their own
+    assert DATASETS == dataset_names() == tuple(readers.dataset_groups())
+    assert dataset_names()[:4] == ("nsd", "bold5000", "god", "things")
+    assert "mindeye2" not in dataset_names() and "brain-diffuser" not in dataset_names()
+    assert [readers.get_reader(n).store_dataset() for n in builtin[4:]] == ["nsd", "nsd"]
     assert [default_normalization(d) for d in builtin] == [
         cls.normalization for cls in readers.BUILTIN]
-    assert [default_normalization(d) for d in builtin] == [
+    assert [default_normalization(d) for d in builtin[:4]] == [
         "session-train", "session-train", "run", "session-train"]
     pattern = load_schema()["properties"]["subjects"]["propertyNames"]["pattern"]
     assert "nsd/(?:subj0[1-8])" in pattern and "god/(?:sub-0[1-5])" in pattern
