@@ -38,30 +38,15 @@ class TestMindEye2Contract(ReaderTests):
     reader_class = MindEye2Reader
     synth_settings = {**SMALL, "subjects": (1,)}
 
-    # the reader writes the nsd group: these three checks name reader.store_dataset()
-    def test_open_subject_shapes_and_dtypes(self, reader: Reader, first: RawSubject) -> None:
+    def test_writes_nsd_subjects_with_release_ids(self, reader: Reader, raw_root: Path,
+                                                  first: RawSubject) -> None:
         assert first.dataset == reader.store_dataset() == "nsd"
-        assert all(s.startswith("nsd/") for s in first.trials["stimulus"])
-        assert [b.start for b in first.blocks] == [0] + [b.stop for b in first.blocks[:-1]]
-        assert first.blocks[-1].stop == first.n_trials
-        x = first.blocks[0].load()
-        assert x.dtype == np.float32 and x.shape == (first.blocks[0].stop, first.n_voxels)
-
-    def test_stimulus_table(self, reader: Reader, raw_root: Path, first: RawSubject) -> None:
+        assert all(re.fullmatch(r"nsd/\d{5}", s) for s in first.trials["stimulus"])
         table = reader.stimulus_table(raw_root)
-        assert table.dataset == "nsd" and set(first.trials["stimulus"]) <= set(table.stimulus)
-        assert (table.file == me2.IMAGES).all()
+        assert table.dataset == "nsd" and (table.file == me2.IMAGES).all()
         np.testing.assert_array_equal(table.index, [int(s[4:]) for s in table.stimulus])
-
-    def test_ingest_round_trips_the_betas(self, reader: Reader, first: RawSubject,
-                                          store: Path) -> None:
-        from nfstore.schema import validate_store
-
-        st = nfstore.open_store(store)
-        assert st.subjects() == [f"nsd/{first.subject}"]
-        want = np.concatenate([b.load() for b in first.blocks])
-        np.testing.assert_array_equal(st.betas(f"nsd/{first.subject}").values, want)
-        assert validate_store(st) == []
+        assert [b.label for b in first.blocks][:2] == ["session 1 rows 0-29",
+                                                       "session 2 rows 30-59"]
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -323,3 +308,13 @@ def test_reader_registry_and_subject_names(bundle: Path) -> None:
     assert reader.store_dataset() == "nsd" and reader.normalization == "none"
     assert reader.list_subjects(bundle) == ["subj01", "subj02"]
     assert reader.subject_name("2") == "subj02"
+
+
+def test_blocks_split_sessions_and_read_the_same_rows(bundle: Path) -> None:
+    reader = MindEye2Reader()
+    raw = reader.open_subject(bundle, "1", reader.parse_options({"block_trials": "20"}))
+    assert [(b.start, b.stop) for b in raw.blocks] == [(0, 20), (20, 30), (30, 50), (50, 60),
+                                                       (60, 80), (80, 90)]
+    with h5py.File(bundle / "betas_all_subj01_fp32_renorm.hdf5", "r") as f:
+        np.testing.assert_array_equal(np.concatenate([b.load() for b in raw.blocks]),
+                                      f["betas"][:])
