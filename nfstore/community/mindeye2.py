@@ -93,6 +93,9 @@ def _plan(ds: Any, subject: str) -> _Plan:
     stim = np.asarray(ds[STIMULUS].values).astype(str)[rows]
     session = np.asarray(ds["session"].values, np.int64)[rows]
     run = np.asarray(ds["run"].values, np.int64)[rows]
+    if session.min() < 1:  # train tars are train/{session-1}.tar
+        raise QueryError(f"subject: expected 1-based sessions; {subject} has session "
+                         f"{int(session.min())}")
     number = subject_number(subject)
     if subject.startswith("nsd/"):
         index = np.array([int(s.rsplit("/", 1)[1]) for s in stim], np.int64)
