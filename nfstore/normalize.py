@@ -223,7 +223,9 @@ def set_normalization(raw: RawSubject, method: str | None, default: str | None =
     key = subject_key(raw.dataset, raw.subject)
     train = (raw.trials["split"] == "train").to_numpy()
     session = raw.trials["session"].to_numpy()
-    base = {k: v for k, v in raw.normalization.items() if k == "scale"}
+    # what the source did before us (a scale, values a source already z-scored) stays recorded
+    base = {k: v for k, v in raw.normalization.items()
+            if k in ("scale", "as_provided", "peer_scale")}
     if method == default:
         raw.normalization = {**raw.normalization, "option": method}
         return
