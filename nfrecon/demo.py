@@ -1,19 +1,21 @@
-"""The demo pipeline on synthetic data (``nf demo``): 14 steps on CPU, one function each.
+"""The demo pipeline on synthetic data (``nf demo``): 15 steps on CPU, one function each.
 
 1-4. synthesize NSD, BOLD5000, GOD and THINGS (sizes in :data:`DEMO_SIZES`) and ingest them
      into one store (THINGS: one small subject; it is not among the ``demo-cpu`` config's
      training subjects, so it appears in the ingest reports and the per-subject summary);
 5.   query nsd/subj01's V1 test betas, repeat-averaged, written as a NetCDF file;
-6.   embed every stimulus with a tiny random image encoder (written into the work folder);
-7.   register and embed a pool of novel images (with a few GOD test images in it, as real
+6.   export god/sub-01 as a MindEye2 bundle and as Brain-Diffuser arrays, and read the bundle
+     back into a second store (values, splits, sessions and runs compared);
+7.   embed every stimulus with a tiny random image encoder (written into the work folder);
+8.   register and embed a pool of novel images (with a few GOD test images in it, as real
      pools have), and report the leakage between the pool and the held-out images;
-8.   augment nsd/subj01 with ridge-synthesized trials of the pool images;
-9.   train the decoder (the ``demo-cpu`` config, or ``config``);
-10.  evaluate retrieval on the test split, with the closed-form ridge baseline;
-11.  predict decoded embeddings and refine them;
-12.  reconstruct images with a tiny random SDXL + IP-Adapter;
-13.  export the reconstructions as PNG files and grids;
-14.  the low-level stage: pixels embedded, ridge-decoded into blurry images, img2img from
+9.   augment nsd/subj01 with ridge-synthesized trials of the pool images;
+10.  train the decoder (the ``demo-cpu`` config, or ``config``);
+11.  evaluate retrieval on the test split, with the closed-form ridge baseline;
+12.  predict decoded embeddings and refine them;
+13.  reconstruct images with a tiny random SDXL + IP-Adapter;
+14.  export the reconstructions as PNG files and grids;
+15.  the low-level stage: pixels embedded, ridge-decoded into blurry images, img2img from
      them, scored by PixCorr / SSIM;
 
 then a per-subject summary (trials, voxels, ROIs, repeat reliability, synthetic trials).
@@ -119,6 +121,30 @@ def _query(d: _Demo) -> str:
     out = write_query(x, d.workdir / "subj01_V1_test.nc")
     return (f"query nsd/subj01 V1 test (repeat-averaged): {x.shape[0]} stimuli x "
             f"{x.shape[1]} voxels -> {out}")
+
+
+def _formats(d: _Demo) -> str:
+    """GOD sub-01 written as a MindEye2 bundle and as Brain-Diffuser arrays (``nf export``);
+    the bundle is read back into a second store and compared with the first."""
+    import nfstore
+    from nfstore.community import column_order, export_subject
+
+    key = "god/sub-01"
+    out = d.workdir / "exports"
+    me2 = export_subject("mindeye2", d.store_path, key, out / "mindeye2", overwrite=True)
+    bd = export_subject("brain-diffuser", d.store_path, key, out / "brain-diffuser",
+                        overwrite=True, size=64)
+    back = out / "mindeye2-read-back.zarr"
+    nfstore.ingest("mindeye2", out / "mindeye2", back, overwrite=True)
+    a = d.store.betas(key)
+    b = nfstore.open_store(back).betas(nfstore.open_store(back).subjects()[0])
+    keep = a["split"].values != "imagery"  # the bundle has no imagery trials
+    cols = column_order(d.store.dataset(key))  # the bundle's voxel order
+    diff = float(np.abs(a.values[keep][:, cols] - b.values).max())
+    same = all((a[c].values[keep] == b[c].values).all() for c in ("split", "session", "run"))
+    return (f"export {key}: {me2}{INDENT}{bd}{INDENT}read back with nf ingest mindeye2: "
+            f"max |difference| {diff:.1e}, splits, sessions and runs "
+            f"{'equal' if same else 'DIFFER'}")
 
 
 def _embed(d: _Demo) -> str:
@@ -253,14 +279,14 @@ def _subjects(store: Any) -> tuple[list[str], dict[str, float]]:
 
 STEPS: tuple[Callable[[_Demo], str], ...] = (
     *(partial(_synth, dataset=dataset) for dataset in DATASETS),
-    _query, _embed, _pool, _augment, _train, _evaluate, _predict, _reconstruct, _export,
+    _query, _formats, _embed, _pool, _augment, _train, _evaluate, _predict, _reconstruct, _export,
     _low_level)
 
 
 def run_demo(workdir: Path, seed: int = 0, echo: Echo = print,
              config: Path | None = None) -> DemoSummary:
-    """The whole pipeline on synthetic NSD, BOLD5000, GOD and THINGS (the 14 steps of this
-    module's docstring), each reported through ``echo`` as ``[n/14] ...`` when it is done.
+    """The whole pipeline on synthetic NSD, BOLD5000, GOD and THINGS (the 15 steps of this
+    module's docstring), each reported through ``echo`` as ``[n/15] ...`` when it is done.
 
     Parameters
     ----------

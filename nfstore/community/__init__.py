@@ -15,12 +15,34 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from nfstore.errors import OptionError
+from nfstore.names import VOXEL_I, VOXEL_J, VOXEL_K
 
 EXPORT_FORMATS: dict[str, str] = {
     "mindeye2": "nfstore.community.mindeye2:export_subject",
     "brain-diffuser": "nfstore.community.brain_diffuser:export_subject",
 }
+
+
+def column_order(ds: Any) -> np.ndarray:
+    """Voxel columns of an export: C order over the grid (the peers' ``vol[mask > 0]`` order,
+    for MindEye2 and Brain-Diffuser alike) when the store knows every voxel's grid index, else
+    the store's order.
+
+    Parameters
+    ----------
+    ds : xarray Dataset of a subject (``voxel_i``, ``voxel_j``, ``voxel_k`` of shape (n_voxels,))
+
+    Returns
+    -------
+    int array of shape (n_voxels,): the store's voxel of each exported column
+    """
+    ijk = [np.asarray(ds[c].values, np.int64) for c in (VOXEL_I, VOXEL_J, VOXEL_K)]
+    if ijk[0].size and all((a >= 0).all() for a in ijk):
+        return np.lexsort((ijk[2], ijk[1], ijk[0]))
+    return np.arange(ijk[0].size)
 
 
 def exporter(fmt: str) -> Callable[..., Any]:
@@ -45,4 +67,4 @@ def export_subject(fmt: str, store: Any, subject: str, out: Any, *, overwrite: b
                          **options)
 
 
-__all__ = ["EXPORT_FORMATS", "export_subject", "exporter"]
+__all__ = ["EXPORT_FORMATS", "column_order", "export_subject", "exporter"]

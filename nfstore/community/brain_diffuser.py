@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from nfstore.community import brain_diffuser_files as bdf
+from nfstore.community import column_order
 from nfstore.errors import OptionError, StoreError
-from nfstore.names import SPLIT, STIMULUS, VOXEL_COORDS
+from nfstore.names import SPLIT, STIMULUS
 from nfstore.transaction import replace_path
 
 IMAGE_SIZE = 425  # Brain-Diffuser's im_dim
@@ -98,15 +99,6 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes of string values and the sorted unique values."""
     uniq, inverse = np.unique(values.astype(str), return_inverse=True)
     return inverse.astype(np.int64), uniq.astype(object)
-
-
-def column_order(ds: Any) -> np.ndarray:
-    """Voxel columns in C order over the grid (Brain-Diffuser's ``vol[mask > 0]`` order) when
-    the store knows every voxel's grid index, else the store's order; int (n_voxels,)."""
-    ijk = [np.asarray(ds[c].values, np.int64) for c in VOXEL_COORDS]
-    if ijk[0].size and all((a >= 0).all() for a in ijk):
-        return np.lexsort((ijk[2], ijk[1], ijk[0]))
-    return np.arange(ijk[0].size)
 
 
 def _average(betas: Any, groups: dict[str, tuple[np.ndarray, list[np.ndarray]]],

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nfstore.community import column_order
 from nfstore.community import mindeye2_files as me2
 from nfstore.errors import OptionError, QueryError
-from nfstore.names import SPLIT, STIMULUS, TRIAL, VOXEL_I, VOXEL_J, VOXEL_K
+from nfstore.names import SPLIT, STIMULUS, TRIAL
 from nfstore.transaction import replace_path
 
 NSD_IMAGES = 73000
@@ -110,9 +111,7 @@ def _plan(ds: Any, subject: str) -> _Plan:
         me2.IMAGE: index, me2.SUBJECT: np.full(rows.size, number), me2.SESSION: session,
         me2.RUN: run, me2.TRIAL: trial, me2.ROW: np.arange(rows.size), me2.SHARED: test})
     old = session <= cut if cut is not None else np.ones(rows.size, bool)
-    ijk = [np.asarray(ds[c].values, np.int64) for c in (VOXEL_I, VOXEL_J, VOXEL_K)]
-    known = all((a >= 0).all() for a in ijk)
-    order = np.lexsort(ijk[::-1]) if known else np.arange(ijk[0].size)
+    order = column_order(ds)
     image_rows, first = np.unique(index, return_index=True)
     return _Plan(rows, behav, old, order, [str(stim[i]) for i in first], image_rows,
                  n_image_rows, number)

@@ -14,7 +14,8 @@ import pytest
 
 import nfstore
 from nfstore.community import brain_diffuser_files as bdf
-from nfstore.community.brain_diffuser import column_order, export_subject
+from nfstore.community import column_order
+from nfstore.community.brain_diffuser import export_subject
 from nfstore.errors import OptionError, StoreError
 from nfstore.readers.brain_diffuser import BrainDiffuserReader
 from nfstore.synth import synthesize
