@@ -35,6 +35,7 @@ from nfstore.names import (
     COMPLETE,
     STAGING_GROUP,
     STATUS_ATTR,
+    STIMULI_GROUP,
     subject_key,
 )
 from nfstore.normalize import (
@@ -243,6 +244,7 @@ def _write_subjects(tx: Transaction, run: ClusterRun, raws: list[RawSubject],
     pool = ThreadPoolExecutor(max_workers=1)
     client = connect(run.scheduler)
     referenced = sorted({i for raw in raws for i in pd.unique(raw.trials["stimulus"])})
+    tx.path(f"{STIMULI_GROUP}/{table.dataset}")  # on a URL: the previous table, to reuse
     prints = pool.submit(fingerprints_to_compute, path, table, referenced)
     try:
         for raw in raws:
@@ -262,6 +264,7 @@ def _write_subjects(tx: Transaction, run: ClusterRun, raws: list[RawSubject],
                     f"space or memory and rerun the same command to resume") from err
             if not committed_any:
                 _commit_stimuli(path, table, raws, prints.result())
+            tx.path(f"{key}/synthetic")  # on a URL: the sets to keep, brought in whole
             _keep_synthetic_sets(path, key, tx.staged(key))
             tx.commit(key)
             committed_any = True
@@ -308,7 +311,7 @@ def _check_existing(tx: Transaction, dataset: str, raws: list[RawSubject], overw
     existing = [(r, k) for r, k in zip(raws, keys) if _is_complete(path / k)]
     if not existing:
         return raws, []
-    resuming = any(tx.state(k) is not None for k in keys)
+    resuming = tx.finished_earlier or any(tx.state(k) is not None for k in keys)
     same = {k for r, k in existing if resuming and _stored_fingerprint(path / k)
             == _fingerprint(r, dtype, voxel_chunk)}
     blocking = [k for _, k in existing if k not in same]
