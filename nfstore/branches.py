@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import re
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from nfstore.errors import StoreError
@@ -208,3 +209,80 @@ def _keys(diff: Any, nodes: dict[str, str], tip: Any, base: Any) -> tuple[list[s
     gone = [k for n, what in nodes.items() if what == "deleted"
             for k in asyncio.run(under(n + "/"))]
     return keys, gone
+
+
+def listing(url: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The work branches of ``url``, oldest first: ``branch``, ``command``, ``base`` (the
+    snapshot of ``main`` it was made from), ``tip``, ``written`` (its last resume point),
+    ``staged`` (keys in progress), ``done`` (finished; only the move of ``main`` is left)."""
+    from nfstore.versioned import open_repository
+
+    repo = open_repository(url, storage_options)
+    out = []
+    for name in work_branches(repo):
+        tip = repo.lookup_branch(name)
+        info = repo.lookup_snapshot(tip)
+        meta = dict(info.metadata or {})
+        staged = sorted({k.split("/")[1] for k in asyncio.run(_all_keys(
+            repo.readonly_session(snapshot_id=tip).store))
+            if k.startswith("_staging/") and k.count("/") >= 2
+            and not k.split("/")[1].endswith(".nf-progress")})
+        out.append({"branch": name, "command": meta.get(COMMAND, ""),
+                    "base": meta.get(BASE, tip), "tip": tip,
+                    "written": info.written_at.isoformat(timespec="seconds"),
+                    "staged": [unquote(s) for s in staged], "done": done(repo, name)})
+    return out
+
+
+async def _all_keys(store: Any) -> list[str]:
+    return [k async for k in store.list()]
+
+
+def unquote(name: str) -> str:
+    from nfstore.transaction import key_of_staged
+
+    return key_of_staged(name)
+
+
+@dataclass
+class GCSummary:
+    url: str
+    branches: list[str]
+    snapshots: int
+    objects: int
+    bytes: int
+
+    def line(self) -> str:
+        gone = ", ".join(self.branches) or "none"
+        return (f"{self.url}: removed abandoned work branches: {gone}; expired "
+                f"{self.snapshots} snapshots; deleted {self.objects} objects "
+                f"({self.bytes / 2**20:.1f} MiB)")
+
+
+def gc(url: str, older_than_days: float = 7.0, storage_options: dict[str, Any] | None = None,
+       dry_run: bool = False) -> GCSummary:
+    """Reclaim what abandoned writes left: delete work branches whose last resume point is
+    older than ``older_than_days`` (a command killed and never rerun), expire the snapshots
+    older than that which no branch or tag needs, and delete the objects nothing references
+    (Icechunk's ``expire_snapshots`` and ``garbage_collect``). ``main``'s history older than
+    the threshold is expired too: ``nf log`` then starts at the threshold."""
+    from nfstore.errors import OptionError
+    from nfstore.versioned import open_repository
+
+    if older_than_days < 0:
+        raise OptionError(f"older_than_days: expected a number of days >= 0; found "
+                          f"{older_than_days}")
+    repo = open_repository(url, storage_options)
+    cut = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=older_than_days)
+    old = [b["branch"] for b in listing(url, storage_options)
+           if dt.datetime.fromisoformat(b["written"]) < cut and not b["done"]]
+    if dry_run:
+        return GCSummary(url, old, 0, 0, 0)
+    for name in old:
+        repo.delete_branch(name)
+    expired = repo.expire_snapshots(cut)
+    summary = repo.garbage_collect(cut)
+    objects = sum(int(getattr(summary, f, 0) or 0) for f in (
+        "chunks_deleted", "manifests_deleted", "snapshots_deleted", "attributes_deleted",
+        "transaction_logs_deleted"))
+    return GCSummary(url, old, len(expired), objects, int(summary.bytes_deleted))

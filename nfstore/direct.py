@@ -69,9 +69,10 @@ class RemoteWork:
         The work branch.
     base : str
         The snapshot of ``main`` the branch was made from.
-    finished_earlier : bool
-        This transaction completed the publication of an earlier run of the same command
-        that was killed while ``main`` moved (its results are in ``main`` now).
+    continues : bool
+        This transaction continues an earlier run of the same command that was killed: it
+        resumed its work branch, or completed its move of ``main`` (its results are in
+        ``main`` now).
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None, command: str,
@@ -80,11 +81,10 @@ class RemoteWork:
 
         self.url, self.opts, self.command, self.show = url, storage_options, command, progress
         self.repo = open_repository(url, storage_options, create=True)
-        self.finished_earlier = False
         found = branches.find(self.repo, command)
+        self.continues = found is not None
         if found is not None and branches.done(self.repo, found):
             branches.move_main(self.repo, url, found)  # killed while main moved: finish it
-            self.finished_earlier = True
             found = None
         if found is None:
             self.branch, self.base = branches.create(self.repo, command)
@@ -105,6 +105,7 @@ class RemoteWork:
         import zarr.storage
 
         tip = self.repo.lookup_branch(self.branch)
+        self.snapshot = tip  # the work branch's last commit
         self.remote = self.repo.readonly_session(snapshot_id=tip).store
         self.root.mkdir(parents=True, exist_ok=True)
         keys = asyncio.run(_listing(self.remote))
@@ -205,6 +206,7 @@ class RemoteWork:
                                          branches.COMMAND: self.command}, step=not last)
         if snapshot is None:
             return None
+        self.snapshot = snapshot
         self.remote = self.repo.readonly_session(snapshot_id=snapshot).store
         self.remote_keys = (self.remote_keys - set(gone)) | set(changed)
         self.synced, self.progress = now, progress

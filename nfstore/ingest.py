@@ -311,7 +311,7 @@ def _check_existing(tx: Transaction, dataset: str, raws: list[RawSubject], overw
     existing = [(r, k) for r, k in zip(raws, keys) if _is_complete(path / k)]
     if not existing:
         return raws, []
-    resuming = tx.finished_earlier or any(tx.state(k) is not None for k in keys)
+    resuming = tx.continues or any(tx.state(k) is not None for k in keys)
     same = {k for r, k in existing if resuming and _stored_fingerprint(path / k)
             == _fingerprint(r, dtype, voxel_chunk)}
     blocking = [k for _, k in existing if k not in same]

@@ -80,10 +80,11 @@ class Transaction:
         self.remote: Any = None  # nfstore.direct.RemoteWork of a URL
 
     @property
-    def finished_earlier(self) -> bool:
-        """This transaction completed the publication of an earlier run of the same command,
-        killed while ``main`` moved: what that run wrote is in the store now."""
-        return bool(self.remote is not None and self.remote.finished_earlier)
+    def continues(self) -> bool:
+        """On a URL: this transaction continues an earlier run of the same command that was
+        killed (its work branch, or its move of ``main``), so what that run completed is
+        already in the store this transaction sees."""
+        return bool(self.remote is not None and self.remote.continues)
 
     def __repr__(self) -> str:
         return f"<nfstore.Transaction {self.command!r} on {self.location!r}>"
