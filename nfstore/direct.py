@@ -125,6 +125,8 @@ class RemoteWork:
             if state is not None:
                 (self.root / STAGING_GROUP / f"{name}.json").write_text(json.dumps(state))
         self.owned = {f"{STAGING_GROUP}/{n}" for n in staged - progress}
+        self.kept: set[str] = set()  # chunks written on the branch only (cluster forks)
+        self.moves: list[tuple[str, str]] = []  # (staged prefix, key) committed since
         self.synced = _scan(self.root)
         self.progress = self._read_progress()
 
@@ -178,7 +180,7 @@ class RemoteWork:
         node whose metadata document is gone locally."""
         out = []
         for k in self.remote_keys:
-            if k in now or k.split("/")[-1] == "zarr.json" and PROGRESS_NODE in k:
+            if k in now or k in self.kept or (k.endswith("zarr.json") and PROGRESS_NODE in k):
                 continue
             node = _node_of(k, self.remote_keys)
             if self.is_owned(k) or k.endswith("zarr.json") or not (
@@ -198,6 +200,9 @@ class RemoteWork:
         session = self.repo.writable_session(self.branch)
         local = zarr.storage.LocalStore(str(self.root), read_only=True)
         asyncio.run(transfer(local, session.store, changed, gone, None, False, "upload"))
+        moved = {k: dst + k[len(src):] for src, dst in self.moves for k in self.kept
+                 if k.startswith(src + "/")}
+        asyncio.run(_move(self.remote, session.store, moved))
         asyncio.run(_set_progress(session.store, progress, self.progress))
         if not session.has_uncommitted_changes:
             return None
@@ -208,9 +213,39 @@ class RemoteWork:
             return None
         self.snapshot = snapshot
         self.remote = self.repo.readonly_session(snapshot_id=snapshot).store
-        self.remote_keys = (self.remote_keys - set(gone)) | set(changed)
+        self.remote_keys = (self.remote_keys - set(gone) - set(moved)) | set(changed) | set(
+            moved.values())
+        self.kept = (self.kept - set(moved)) | set(moved.values())
+        self.moves = []
         self.synced, self.progress = now, progress
         return snapshot
+
+    def moving(self, staged: str, key: str) -> None:
+        """``staged`` is committed to ``key``: chunks of it held on the branch only move too
+        (at the next resume point)."""
+        self.moves.append((staged.strip("/"), key.strip("/")))
+
+    def writable(self) -> Any:
+        """A writable session of the work branch, after a resume point (cluster workers
+        write into its forks: :func:`nfstore.ingest_cluster.stage_on_forks`)."""
+        self.checkpoint()
+        return self.repo.writable_session(self.branch)
+
+    def merge_forks(self, session: Any, forks: list[Any], path: str) -> None:
+        """Merge the forks the workers wrote into ``session`` and commit the branch; the
+        chunks they wrote under ``path`` stay on the branch only (not in the scratch)."""
+        session.merge(*forks)
+        snapshot = branches.commit_work(session, self.url, f"{self.command}: {path}",
+                                        {branches.BASE: self.base,
+                                         branches.COMMAND: self.command})
+        if snapshot is None:
+            return
+        self.snapshot = snapshot
+        self.remote = self.repo.readonly_session(snapshot_id=snapshot).store
+        written = {k for k in asyncio.run(_prefixed(self.remote, path + "/"))
+                   if not k.endswith("zarr.json")}
+        self.kept |= written
+        self.remote_keys |= written
 
     def finish(self) -> str | None:
         """The command succeeded: upload the rest, drop staged leftovers from the branch,
@@ -244,6 +279,24 @@ def _node_of(key: str, keys: set[str]) -> str:
         if "/".join(parts[:i]) + "/zarr.json" in keys:
             return "/".join(parts[:i])
     return ""
+
+
+async def _prefixed(store: Any, prefix: str) -> list[str]:
+    return [k async for k in store.list_prefix(prefix)]
+
+
+async def _move(src: Any, dst: Any, moved: dict[str, str]) -> None:
+    """Copy the objects ``moved`` names from the branch's last commit ``src`` to their new
+    keys in the session ``dst``, and delete the old ones there."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    proto = default_buffer_prototype()
+    for old, new in moved.items():
+        buf = await src.get(old, proto)
+        if buf is not None:
+            await dst.set(new, buf)
+        if await dst.exists(old):
+            await dst.delete(old)
 
 
 async def _listing(store: Any) -> list[str]:

@@ -29,7 +29,7 @@ from nfstore import _layout
 from nfstore._version import __version__
 from nfstore.errors import MissingFileError, NFError, OptionError, StoreError
 from nfstore.ingest_blocks import stage_here, write_template
-from nfstore.ingest_cluster import ClusterRun, connect, stage_on_cluster
+from nfstore.ingest_cluster import ClusterRun, connect, stage_on_cluster, stage_on_forks
 from nfstore.names import (
     BETAS,
     COMPLETE,
@@ -373,7 +373,10 @@ def _stage(tx: Transaction, raw: RawSubject, key: str, layout: tuple[str, int, s
             on_block(key, block.label)
 
     client, run = cluster
-    if client is not None:
+    if client is not None and tx.remote is not None:  # a URL: forks of the work branch
+        stage_on_forks(client, run, raw, todo, tx.remote,
+                       (staged / BETAS).relative_to(tx.root).as_posix(), stats, dtype, done)
+    elif client is not None:
         stage_on_cluster(client, run, raw, todo, str((staged / BETAS).resolve()), stats,
                           dtype, done)
     else:

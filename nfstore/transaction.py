@@ -151,6 +151,8 @@ class Transaction:
         """Move the staged group of ``key`` into place, replacing any previous version
         atomically (parents created, chunk counts recorded, progress file removed)."""
         self._own(self.staged(key), self.root / key)
+        if self.remote is not None:
+            self.remote.moving(self.staged(key).relative_to(self.root).as_posix(), key)
         _layout.commit(self.root, self.staged(key), key)
         self.progress_file(key).unlink(missing_ok=True)
         self.committed.append(key)

@@ -267,3 +267,35 @@ def test_log_branches_and_gc_reclaim_abandoned_work(url: str, env: dict[str, str
     with transaction(url, "nf contract") as tx:  # nothing left to resume
         assert tx.stage("contract/x", identity={"seed": 1})[2] is False
         tx.discard("contract/x")
+
+
+def test_cluster_workers_write_forks_of_the_work_branch(url: str, env: dict[str, str],
+                                                        nsd_raw: Path, nsd_store_ro: Path,
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--scheduler`` on a URL: two worker processes, each with empty home, temporary and
+    work folders of their own, write their blocks into forks of the work branch's session;
+    the driver merges and commits them. No betas chunk passes through a local folder."""
+    from distributed import LocalCluster
+
+    folders = {k: tmp_path / f"worker-{k.lower()}" for k in ("HOME", "TMPDIR", "NF_WORKDIR")}
+    for f in folders.values():
+        f.mkdir()
+    seen: list[str] = []
+    real = direct.RemoteWork.checkpoint
+
+    def watched(self: Any, *a: Any, **k: Any) -> Any:
+        seen.extend(str(p) for p in self.root.rglob("*") if "/betas/c/" in str(p))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(direct.RemoteWork, "checkpoint", watched)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, local_directory=str(tmp_path / "dask"),
+                      env={k: str(v) for k, v in folders.items()}) as cluster:
+        summary = nfstore.ingest("nsd", nsd_raw, url, scheduler=cluster.scheduler_address)
+    assert summary.subjects == ["nsd/subj01", "nsd/subj02"] and seen == []
+    st, local = nfstore.open_store(url), nfstore.open_store(nsd_store_ro)
+    for subject in summary.subjects:
+        np.testing.assert_array_equal(st.betas(subject).values, local.betas(subject).values)
+    assert not any(f.is_file() for f in folders["NF_WORKDIR"].rglob("*"))
+    assert branches.listing(url) == []
