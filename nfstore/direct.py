@@ -39,6 +39,21 @@ def workdir(url: str) -> Path:
     return base / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+def local_bytes(url: str) -> tuple[Path, int]:
+    """(the local folder of ``url``'s writes, the bytes in it): a command's scratch while it
+    runs (or after a kill, until the next run), and a working copy made by
+    :func:`nfstore.versioned.publishing`."""
+    folder = workdir(url)
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(parent, name)).st_size
+            except OSError:  # removed meanwhile
+                pass
+    return folder, total
+
+
 def _scan(root: Path) -> dict[str, tuple[int, int]]:
     """zarr objects of the scratch folder: key -> (size, mtime_ns); progress files, locks,
     zarr's temporary files and interrupted swaps left out."""

@@ -254,6 +254,9 @@ def test_log_branches_and_gc_reclaim_abandoned_work(url: str, env: dict[str, str
     out = CliRunner().invoke(cli, ["log", url, "--branches"])
     assert out.exit_code == 0 and branch["branch"] in out.output
     assert "nf contract" in out.output and "in progress: contract/x" in out.output
+    info = CliRunner().invoke(cli, ["info", url]).output
+    assert f"nf contract: unfinished on work branch {branch['branch']} (contract/x)" in info
+    assert f"local disk for {url}: " in info
     assert "would" not in CliRunner().invoke(cli, ["gc", url, "--dry-run"]).output
     kept = CliRunner().invoke(cli, ["gc", url, "--dry-run", "--older-than-days", "0"])
     assert f"removed abandoned work branches: {branch['branch']}" in kept.output
