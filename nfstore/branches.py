@@ -126,11 +126,22 @@ def move_main(repo: Any, url: str, branch: str) -> str:
             head = tip
         except Exception:  # main moved between the lookup and the reset
             head = repo.lookup_branch("main")
-    if head != tip and tip not in {s.id for s in repo.ancestry(branch="main")}:
+    if head != tip and not _landed(repo, branch, tip, base):
         head = _apply(repo, url, branch, base, tip, head)
     repo.delete_branch(branch)
     repo.delete_branch(branch + DONE_SUFFIX)
     return str(head)
+
+
+def _landed(repo: Any, branch: str, tip: str, base: str) -> bool:
+    """Whether ``main`` already holds the branch's result (moved to ``tip``, or the branch
+    applied on top of another writer's snapshot) since ``base``: a run killed after that."""
+    for snap in repo.ancestry(branch="main"):
+        if snap.id in (tip, base):
+            return snap.id == tip
+        if (snap.metadata or {}).get("merged_from") == branch:
+            return True
+    return False
 
 
 def _nodes(diff: Any) -> dict[str, str]:
