@@ -30,14 +30,7 @@ from nfstore._version import __version__
 from nfstore.errors import MissingFileError, NFError, OptionError, StoreError
 from nfstore.ingest_blocks import stage_here, write_template
 from nfstore.ingest_cluster import ClusterRun, connect, stage_on_cluster, stage_on_forks
-from nfstore.names import (
-    BETAS,
-    COMPLETE,
-    STAGING_GROUP,
-    STATUS_ATTR,
-    STIMULI_GROUP,
-    subject_key,
-)
+from nfstore.names import BETAS, COMPLETE, STAGING_GROUP, STATUS_ATTR, STIMULI_GROUP, subject_key
 from nfstore.normalize import (
     NONFINITE,
     set_nonfinite,
@@ -264,8 +257,7 @@ def _write_subjects(tx: Transaction, run: ClusterRun, raws: list[RawSubject],
                     f"space or memory and rerun the same command to resume") from err
             if not committed_any:
                 _commit_stimuli(path, table, raws, prints.result())
-            tx.path(f"{key}/synthetic")  # on a URL: the sets to keep, brought in whole
-            _keep_synthetic_sets(path, key, tx.staged(key))
+            _keep_synthetic_sets(tx, key)
             tx.commit(key)
             committed_any = True
             summary.subjects.append(key)
@@ -282,10 +274,11 @@ def _write_subjects(tx: Transaction, run: ClusterRun, raws: list[RawSubject],
     return summary
 
 
-def _keep_synthetic_sets(path: Path, key: str, staged: Path) -> None:
+def _keep_synthetic_sets(tx: Transaction, key: str) -> None:
     """Move the synthetic sets of the version being replaced into the new one: they stay
-    usable if the ingest fingerprint is unchanged, and are refused as stale otherwise."""
-    old = path / key / "synthetic"
+    usable if the ingest fingerprint is unchanged, and are refused as stale otherwise (on a
+    URL they are brought into the scratch folder whole first)."""
+    old, staged = tx.path(f"{key}/synthetic"), tx.staged(key)
     if old.is_dir() and not (staged / "synthetic").exists():
         os.rename(old, staged / "synthetic")
 
