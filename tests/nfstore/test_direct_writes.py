@@ -302,3 +302,41 @@ def test_cluster_workers_write_forks_of_the_work_branch(url: str, env: dict[str,
         np.testing.assert_array_equal(st.betas(subject).values, local.betas(subject).values)
     assert not any(f.is_file() for f in folders["NF_WORKDIR"].rglob("*"))
     assert branches.listing(url) == []
+
+
+def test_a_replaced_key_keeps_what_the_writer_moves_into_it(url: str, env: dict[str, str],
+                                                            nsd_store_ro: Path) -> None:
+    """What re-ingesting a subject does to its synthetic sets, on a URL: the old version's
+    sub-group is brought into the scratch folder (``tx.path``), moved into the staged
+    group, and lands in the new version with its values; appends to an existing group
+    (``require_group``) keep the rows written before."""
+    import zarr
+
+    from nfstore import transaction
+
+    versioned.push(nsd_store_ro, url, message="base")
+    with transaction(url, "nf contract") as tx:
+        staged, _, _ = tx.stage("contract/k")
+        g = zarr.open_group(str(staged), mode="r+")
+        g.create_array("x", shape=(2,), dtype="int64", fill_value=0)[:] = [1, 2]
+        g.create_group("synthetic").create_array(
+            "s", shape=(6,), chunks=(2,), dtype="float32", fill_value=0.0)[:] = np.arange(6)
+        tx.commit("contract/k")
+        cache = tx.require_group("contract/cache")
+        cache.create_array("rows", shape=(2,), chunks=(1,), dtype="int64", fill_value=0)[:] = 7
+    with transaction(url, "nf contract again") as tx:
+        old = tx.path("contract/k/synthetic")
+        assert float(zarr.open_array(str(old / "s"), mode="r")[5]) == 5.0  # brought in
+        staged, _, _ = tx.stage("contract/k")
+        zarr.open_group(str(staged), mode="r+").create_array(
+            "x", shape=(2,), dtype="int64", fill_value=0)[:] = [3, 4]
+        os.rename(old, staged / "synthetic")
+        tx.commit("contract/k")
+        cache = tx.require_group("contract/cache")
+        cache["rows"].resize((3,))
+        cache["rows"][2] = 8
+    st = nfstore.open_store(url, check=False)
+    assert st.group("contract/k")["x"][:].tolist() == [3, 4]
+    assert st.group("contract/k/synthetic")["s"][:].tolist() == list(range(6))
+    assert st.group("contract/cache")["rows"][:].tolist() == [7, 7, 8]
+    assert st.subjects() == ["nsd/subj01", "nsd/subj02"]
