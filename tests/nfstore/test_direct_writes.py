@@ -53,7 +53,7 @@ KILL = textwrap.dedent("""
     import os, signal, sys
     import icechunk
     import nfstore
-    from nfstore import branches
+    from nfstore import branches, direct
 
     where = sys.argv[3]
 
@@ -78,13 +78,25 @@ KILL = textwrap.dedent("""
         if where == "after-reset":
             die()  # main moved; the branch not yet deleted
 
+    real, uploads = direct.transfer, []
+
+    async def cut(src, dst, keys, gone, on_key, progress, label, **k):
+        if where == "upload" and label == "upload" and any("subj02/betas/c" in x for x in keys):
+            uploads.append(1)
+            if len(uploads) == 3:  # half of a resume point's objects sent, then kill -9
+                await real(src, dst, keys[:len(keys) // 2], [], on_key, progress, label)
+                die()
+        return await real(src, dst, keys, gone, on_key, progress, label, **k)
+
+    direct.transfer = cut
     branches.mark_done = marked
     icechunk.Repository.reset_branch = moved
     nfstore.ingest("nsd", sys.argv[1], sys.argv[2], on_block=on_block)
 """)
 
 
-@pytest.mark.parametrize("where", ["block", "before-done", "after-done", "after-reset"])
+@pytest.mark.parametrize("where", ["block", "upload", "before-done", "after-done",
+                                   "after-reset"])
 def test_an_ingest_killed_anywhere_finishes_when_rerun(where: str, url: str, env: dict[str, str],
                                                       nsd_raw: Path, god_raw: Path,
                                                       nsd_store_ro: Path) -> None:
@@ -102,7 +114,7 @@ def test_an_ingest_killed_anywhere_finishes_when_rerun(where: str, url: str, env
     listed = branches.listing(url)
     assert [b["command"] for b in listed] == ["nf ingest nsd"]
     summary = nfstore.ingest("nsd", nsd_raw, url)  # the same command again: it finishes
-    if where == "block":
+    if where in ("block", "upload"):
         # subj01 was committed on the work branch before the kill: kept, not written again
         assert summary.resumed == ["nsd/subj02"] and summary.subjects == ["nsd/subj02"]
         assert summary.skipped == ["nsd/subj01"]
