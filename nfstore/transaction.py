@@ -63,7 +63,8 @@ class Transaction:
     Attributes
     ----------
     root : Path
-        The local folder written: the store itself, or the working copy of a versioned URL.
+        The local folder written: the store itself, or on a versioned URL the sparse scratch
+        folder of the command's work branch (:mod:`nfstore.direct`).
     location : str
         The store as the caller named it (path or URL).
     command : str
@@ -205,7 +206,7 @@ def transaction(location: str | os.PathLike[str], command: str, *,
     storage_options : fsspec options of a URL (``endpoint_url``, ``key``, ...)
     create : create a new local store when ``location`` does not exist yet
     check : validate the store's metadata against the schema after the last commit
-    progress : show progress bars for a versioned store's pull and publish
+    progress : show progress bars (a versioned store's transfers)
 
     Raises
     ------
