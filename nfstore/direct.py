@@ -132,7 +132,7 @@ class RemoteWork:
             k.startswith(f"{STAGING_GROUP}/{p}/") for p in progress))
             or (k.startswith(f"{STAGING_GROUP}/") and k.split("/")[1] in staged - progress)]
         local = zarr.storage.LocalStore(str(self.root))
-        asyncio.run(transfer(self.remote, local, fetch, [], None, False, "scratch"))
+        asyncio.run(transfer(self.remote, local, fetch, [], None, self.show, "scratch"))
         for p in progress:
             name = p[:-len(PROGRESS_NODE)]
             doc = json.loads((asyncio.run(_get(self.remote, _progress_key(name))) or b"{}"))
