@@ -200,8 +200,23 @@ def info(store: str) -> None:
         click.echo(f"embeddings {name}: {st.embeddings(name).sizes['stimulus']} stimuli")
     for key, (what, command, state) in st.staged_writes().items():
         click.echo(f"{key}: incomplete {what} ({state}); rerun `{command}` to finish it")
+    if st.version is not None:  # a versioned URL: unfinished writes live on work branches
+        _versioned_info(store)
     if not table:
         click.echo(f"{store}: no subjects yet")
+
+
+def _versioned_info(url: str) -> None:
+    """Unfinished writes (work branches) of a versioned URL, and its local disk use."""
+    from nfstore.branches import listing
+    from nfstore.direct import local_bytes
+
+    for b in listing(url):
+        what = ", ".join(b["staged"]) or "nothing staged"
+        click.echo(f"{b['command']}: unfinished on work branch {b['branch']} ({what}); rerun "
+                   f"it to finish, or `nf gc {url}` to drop it")
+    folder, size = local_bytes(url)
+    click.echo(f"local disk for {url}: {size / 2**20:.1f} MiB in {folder}")
 
 
 @click.command("validate")

@@ -26,11 +26,23 @@ def push(store: str, url: str, message: str, progress: bool) -> None:
 
 @click.command("log")
 @click.argument("store")
+@click.option("--branches", is_flag=True,
+              help="List the work branches of unfinished writes instead (a command killed "
+                   "and not rerun yet; rerunning it resumes there, `nf gc` removes old ones).")
 @remote_option("store")
-def log(store: str) -> None:
+def log(store: str, branches: bool) -> None:
     """The snapshots of the versioned store at STORE, newest first."""
     from nfstore.versioned import log as history
 
+    if branches:
+        from nfstore.branches import listing
+
+        for b in listing(store):
+            state = "finished, main not moved yet" if b["done"] else (
+                f"in progress: {', '.join(b['staged'])}" if b["staged"] else "in progress")
+            click.echo(f"{b['branch']}  {b['written']}  {b['command']}  from {b['base']}  "
+                       f"({state})")
+        return
     for s in history(store):
         extra = s["metadata"]
         size = f"{extra['objects']} objects, {extra['bytes'] / 2**20:.1f} MiB" \
@@ -50,4 +62,18 @@ def rollback(store: str, snapshot: str) -> None:
     click.echo(f"{store}: main is now snapshot {snapshot}")
 
 
-COMMANDS = [push, log, rollback]
+@click.command("gc")
+@click.argument("store")
+@click.option("--older-than-days", type=click.FloatRange(0), default=7.0, show_default=True,
+              help="Work branches and snapshots older than this are removed.")
+@click.option("--dry-run", is_flag=True, help="Only list the work branches it would remove.")
+@remote_option("store")
+def gc(store: str, older_than_days: float, dry_run: bool) -> None:
+    """Reclaim the space abandoned writes left in the versioned STORE: work branches of
+    commands killed and never rerun, expired snapshots and the objects nothing references."""
+    from nfstore.branches import gc as collect
+
+    click.echo(collect(store, older_than_days, dry_run=dry_run).line())
+
+
+COMMANDS = [push, log, rollback, gc]

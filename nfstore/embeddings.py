@@ -86,6 +86,13 @@ def _pool_table(folder: str | Path, name: str) -> Any:
                          np.full(len(ids), -1, np.int64), base.resolve())
 
 
+def _commit_pool_in(tx: Transaction, table: Any, skip_bad: bool) -> list[str]:
+    """:func:`_commit_pool` in the transaction ``tx`` (on a URL the previous table of the
+    pool, whose fingerprints are reused, is brought into the scratch folder first)."""
+    tx.path(f"stimuli/{table.dataset}")
+    return _commit_pool(tx.root, table, skip_bad)
+
+
 def _commit_pool(path: Path, table: Any, skip_bad: bool) -> list[str]:
     """Fingerprint the pool's images, then write its stimulus table (the caller holds the
     write lock). An unreadable image (decompression bombs included) is a one-line error
@@ -112,7 +119,7 @@ def register_pool(store: Path, folder: str | Path, name: str, skip_bad: bool = F
     """
     table = _pool_table(folder, name)
     with transaction(store, "nf embed --pool") as tx:
-        _commit_pool(tx.root, table, skip_bad)
+        _commit_pool_in(tx, table, skip_bad)
     return len(table.stimulus)
 
 
@@ -294,7 +301,7 @@ def _featurize(tx: Transaction, cls: type, model: str, weights: str | Path | Non
             "feature_shape": list(feat.feature_shape), "nf_version": __version__}
     _clash(tx.root, feat.cache_name, meta, replace)
     if table is not None:
-        _commit_pool(tx.root, table, skip_bad)
+        _commit_pool_in(tx, table, skip_bad)
     line = _cache_pixels(tx, chosen, pixel_size, progress) if cache_pixels else ""
     summary = write_cache(tx, feat, meta, chosen, batch_size=batch_size, workers=workers,
                           skip_bad=skip_bad, overwrite=replace, progress=progress,

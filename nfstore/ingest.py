@@ -29,14 +29,8 @@ from nfstore import _layout
 from nfstore._version import __version__
 from nfstore.errors import MissingFileError, NFError, OptionError, StoreError
 from nfstore.ingest_blocks import stage_here, write_template
-from nfstore.ingest_cluster import ClusterRun, connect, stage_on_cluster
-from nfstore.names import (
-    BETAS,
-    COMPLETE,
-    STAGING_GROUP,
-    STATUS_ATTR,
-    subject_key,
-)
+from nfstore.ingest_cluster import ClusterRun, connect, stage_on_cluster, stage_on_forks
+from nfstore.names import BETAS, COMPLETE, STAGING_GROUP, STATUS_ATTR, STIMULI_GROUP, subject_key
 from nfstore.normalize import (
     NONFINITE,
     set_nonfinite,
@@ -243,6 +237,7 @@ def _write_subjects(tx: Transaction, run: ClusterRun, raws: list[RawSubject],
     pool = ThreadPoolExecutor(max_workers=1)
     client = connect(run.scheduler)
     referenced = sorted({i for raw in raws for i in pd.unique(raw.trials["stimulus"])})
+    tx.path(f"{STIMULI_GROUP}/{table.dataset}")  # on a URL: the previous table, to reuse
     prints = pool.submit(fingerprints_to_compute, path, table, referenced)
     try:
         for raw in raws:
@@ -262,7 +257,7 @@ def _write_subjects(tx: Transaction, run: ClusterRun, raws: list[RawSubject],
                     f"space or memory and rerun the same command to resume") from err
             if not committed_any:
                 _commit_stimuli(path, table, raws, prints.result())
-            _keep_synthetic_sets(path, key, tx.staged(key))
+            _keep_synthetic_sets(tx, key)
             tx.commit(key)
             committed_any = True
             summary.subjects.append(key)
@@ -279,10 +274,11 @@ def _write_subjects(tx: Transaction, run: ClusterRun, raws: list[RawSubject],
     return summary
 
 
-def _keep_synthetic_sets(path: Path, key: str, staged: Path) -> None:
+def _keep_synthetic_sets(tx: Transaction, key: str) -> None:
     """Move the synthetic sets of the version being replaced into the new one: they stay
-    usable if the ingest fingerprint is unchanged, and are refused as stale otherwise."""
-    old = path / key / "synthetic"
+    usable if the ingest fingerprint is unchanged, and are refused as stale otherwise (on a
+    URL they are brought into the scratch folder whole first)."""
+    old, staged = tx.path(f"{key}/synthetic"), tx.staged(key)
     if old.is_dir() and not (staged / "synthetic").exists():
         os.rename(old, staged / "synthetic")
 
@@ -308,7 +304,7 @@ def _check_existing(tx: Transaction, dataset: str, raws: list[RawSubject], overw
     existing = [(r, k) for r, k in zip(raws, keys) if _is_complete(path / k)]
     if not existing:
         return raws, []
-    resuming = any(tx.state(k) is not None for k in keys)
+    resuming = tx.continues or any(tx.state(k) is not None for k in keys)
     same = {k for r, k in existing if resuming and _stored_fingerprint(path / k)
             == _fingerprint(r, dtype, voxel_chunk)}
     blocking = [k for _, k in existing if k not in same]
@@ -370,7 +366,10 @@ def _stage(tx: Transaction, raw: RawSubject, key: str, layout: tuple[str, int, s
             on_block(key, block.label)
 
     client, run = cluster
-    if client is not None:
+    if client is not None and tx.remote is not None:  # a URL: forks of the work branch
+        stage_on_forks(client, run, raw, todo, tx.remote,
+                       (staged / BETAS).relative_to(tx.root).as_posix(), stats, dtype, done)
+    elif client is not None:
         stage_on_cluster(client, run, raw, todo, str((staged / BETAS).resolve()), stats,
                           dtype, done)
     else:

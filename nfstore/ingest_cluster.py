@@ -71,6 +71,26 @@ def _write_block(run: ClusterRun, subject: str, n: int, betas: str, stats: Any, 
                  ) -> tuple[int, int]:
     """A cluster task: write block ``n`` of ``subject``; returns its zero-std pair count and
     its count of non-finite values stored as 0."""
+    block, z, n_zero, n_bad = _rows(run, subject, n, stats, dtype)
+    zarr.open_array(betas, mode="r+")[block.start:block.stop] = z
+    return n_zero, n_bad
+
+
+def write_block_to_fork(run: ClusterRun, subject: str, n: int, fork: Any, path: str,
+                        stats: Any, dtype: str) -> tuple[int, int, Any]:
+    """A cluster task on a versioned store URL: write block ``n`` of ``subject`` into the
+    array ``path`` of ``fork`` (an Icechunk fork of the work branch's session, which carries
+    the URL and credentials: the worker needs no shared filesystem). Returns the zero-std
+    pair count, the non-finite count and the fork, for the driver to merge."""
+    block, z, n_zero, n_bad = _rows(run, subject, n, stats, dtype)
+    zarr.open_array(fork.store, path=path, mode="r+")[block.start:block.stop] = z
+    return n_zero, n_bad, fork
+
+
+def _rows(run: ClusterRun, subject: str, n: int, stats: Any, dtype: str
+          ) -> tuple[Block, Any, int, int]:
+    """Block ``n`` of ``subject`` reopened from the raw files and normalized: (block, rows of
+    shape (trials of the block, voxels) in ``dtype``, zero-std pairs, non-finite values)."""
     key = (run.dataset, str(run.root), subject, repr(run.options), run.normalization,
            run.nonfinite)
     if key not in _OPENED:
@@ -86,5 +106,29 @@ def _write_block(run: ClusterRun, subject: str, n: int, betas: str, stats: Any, 
                                                           ).to_numpy()
     none = raw.normalization.get("method") == "none"
     z, n_zero, n_bad = normalized_block(raw, block, block.load(), stats, fit, none)
-    zarr.open_array(betas, mode="r+")[block.start:block.stop] = z.astype(dtype, copy=False)
-    return n_zero, n_bad
+    return block, z.astype(dtype, copy=False), n_zero, n_bad
+
+
+def stage_on_forks(client: Any, run: ClusterRun, raw: RawSubject, todo: list[Block],
+                   work: Any, path: str, stats: Any, dtype: str,
+                   done: Callable[[Block, int, int], None]) -> None:
+    """:func:`stage_on_cluster` for a versioned store URL (``work``: the transaction's
+    :class:`nfstore.direct.RemoteWork`): blocks go out in waves of twice the workers; each task
+    writes its block into a fork of the work branch's session, and this process merges the
+    wave's forks, commits the branch (a resume point) and records the blocks."""
+    n_of = {id(b): n for n, b in enumerate(raw.blocks)}
+    stats_f = client.scatter(stats, broadcast=True) if stats is not None else None
+    wave = max(2, 2 * len(client.scheduler_info().get("workers", {})))
+    for i in range(0, len(todo), wave):
+        blocks = todo[i:i + wave]
+        session = work.writable()
+        futures = [client.submit(write_block_to_fork, run, raw.subject, n_of[id(b)],
+                                 session.fork(), path, stats_f, dtype, pure=False)
+                   for b in blocks]
+        try:
+            results = client.gather(futures)
+        finally:
+            client.cancel(futures)
+        work.merge_forks(session, [r[2] for r in results], path)
+        for block, (n_zero, n_bad, _) in zip(blocks, results):
+            done(block, n_zero, n_bad)

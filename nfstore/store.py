@@ -84,6 +84,10 @@ class Store(RawAccess, StimulusAccess):
         self.fs, self.fs_path = _remote.filesystem(self.location, self.storage_options)
         self.version: str | None = None  # snapshot id of a versioned store
         self._zstore = _remote.zarr_store(self.location, self.storage_options)
+        if zarr_store is None and not self.remote and version is None:
+            from nfstore.transaction import overlay_of
+
+            zarr_store = overlay_of(self.location)  # the scratch of a write on a URL
         if zarr_store is not None:
             self._zstore = zarr_store
         elif version is not None or (self.remote and self._versioned()):

@@ -14,9 +14,11 @@ writer killed half-way leaves its staged group and progress file; the next trans
 stages the same key with the same ``identity`` resumes it, any other identity starts again.
 
 On a local folder the commit is the atomic rename. On a versioned store URL (``nf push``
-made it) the transaction writes a local working copy brought up to date first, and publishes
-it as the next snapshot when the block ends without an error
-(:func:`nfstore.versioned.publishing`): readers see the previous snapshot until then.
+made it, or the first transaction on a new URL) the transaction writes through an Icechunk
+work branch with no local copy of the store (:mod:`nfstore.direct`): every resume point
+(:meth:`Transaction.save`, :meth:`Transaction.commit`) commits the branch, and ``main``
+moves to the result in one step when the block ends without an error; readers see the
+previous snapshot until then.
 
 Transactions nest: a library function that opens one inside another transaction on the same
 store joins it, so functions compose without a second lock.
@@ -61,7 +63,8 @@ class Transaction:
     Attributes
     ----------
     root : Path
-        The local folder written: the store itself, or the working copy of a versioned URL.
+        The local folder written: the store itself, or on a versioned URL the sparse scratch
+        folder of the command's work branch (:mod:`nfstore.direct`).
     location : str
         The store as the caller named it (path or URL).
     command : str
@@ -75,6 +78,14 @@ class Transaction:
         self.location = location
         self.command = command
         self.committed: list[str] = []
+        self.remote: Any = None  # nfstore.direct.RemoteWork of a URL
+
+    @property
+    def continues(self) -> bool:
+        """On a URL: this transaction continues an earlier run of the same command that was
+        killed (its work branch, or its move of ``main``), so what that run completed is
+        already in the store this transaction sees."""
+        return bool(self.remote is not None and self.remote.continues)
 
     def __repr__(self) -> str:
         return f"<nfstore.Transaction {self.command!r} on {self.location!r}>"
@@ -106,6 +117,7 @@ class Transaction:
         the writer saved with :meth:`save`; a fresh start has only ``"identity"``.
         """
         staged = self.staged(key)
+        self._own(staged)
         state = _layout.read_json(self.progress_file(key))
         ident = identity or {}
         if state is not None and state.get("identity") == ident and staged.is_dir():
@@ -119,8 +131,11 @@ class Transaction:
         return staged, state, False
 
     def save(self, key: str, state: dict[str, Any]) -> None:
-        """Record the progress of ``key`` (atomically): the resume point of a later run."""
+        """Record the progress of ``key`` (atomically): the resume point of a later run (on a
+        URL: what changed is uploaded and the work branch commits)."""
         _layout.write_json_atomic(self.progress_file(key), state)
+        if self.remote is not None:
+            self.remote.checkpoint(f"{self.command}: {key}")
 
     def state(self, key: str) -> dict[str, Any] | None:
         """The saved progress of ``key``, or None."""
@@ -128,6 +143,7 @@ class Transaction:
 
     def discard(self, key: str) -> None:
         """Remove the staged group of ``key`` and its progress file."""
+        self._own(self.staged(key))
         _layout.discard(self.staged(key))
 
     # ------------------------------------------------------------------ committing
@@ -135,14 +151,20 @@ class Transaction:
     def commit(self, key: str) -> None:
         """Move the staged group of ``key`` into place, replacing any previous version
         atomically (parents created, chunk counts recorded, progress file removed)."""
+        self._own(self.staged(key), self.root / key)
+        if self.remote is not None:
+            self.remote.moving(self.staged(key).relative_to(self.root).as_posix(), key)
         _layout.commit(self.root, self.staged(key), key)
         self.progress_file(key).unlink(missing_ok=True)
         self.committed.append(key)
+        if self.remote is not None:
+            self.remote.checkpoint(f"{self.command}: {key}")
 
     def replace(self, key: str, new: Path) -> None:
         """Put the file or folder ``new`` at ``key`` atomically (the old version is removed
         only once the new one is in place): for things that are not zarr groups."""
         target = self.root / key
+        self._own(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         _layout.swap_into_place(new, target, target.with_name(
             f".{target.name}.old-{os.getpid()}"))
@@ -152,12 +174,23 @@ class Transaction:
         """The group ``path`` of the store, created with its parents if missing, writable
         in place (for appends that are their own resume points, such as an embedding cache
         growing row by row)."""
+        if self.remote is not None:
+            self.remote.materialize(path)
         _layout.ensure_group(self.root, path)
         return zarr.open_group(str(self.root / path), mode="r+")
 
     def path(self, key: str) -> Path:
-        """The local path of ``key`` in the store being written."""
+        """The local path of ``key`` in the store being written (on a URL, its whole content
+        is brought into the scratch folder first)."""
+        if self.remote is not None:
+            self.remote.materialize(key)
         return self.root / key
+
+    def _own(self, *paths: Path) -> None:
+        """On a URL: the scratch folder holds these keys whole from now on."""
+        if self.remote is not None:
+            for p in paths:
+                self.remote.own(p.relative_to(self.root).as_posix())
 
 
 @contextmanager
@@ -173,7 +206,7 @@ def transaction(location: str | os.PathLike[str], command: str, *,
     storage_options : fsspec options of a URL (``endpoint_url``, ``key``, ...)
     create : create a new local store when ``location`` does not exist yet
     check : validate the store's metadata against the schema after the last commit
-    progress : show progress bars for a versioned store's pull and publish
+    progress : show progress bars (a versioned store's transfers)
 
     Raises
     ------
@@ -193,17 +226,8 @@ def transaction(location: str | os.PathLike[str], command: str, *,
         yield joined
         return
     if url:
-        from nfstore import versioned
-
-        # the working copy's folder is locked before the pull, so a second writer on this
-        # machine never pulls into a copy another one is writing
-        lock = versioned.working_copy(text).parent
-        lock.mkdir(parents=True, exist_ok=True)
-        with _layout.writing(lock, command), versioned.publishing(
-                text, storage_options, message=command, progress=progress) as work:
-            with _locked(work, text, command, create=True, check=check,
-                         key=text) as tx:
-                yield tx
+        with _remote_transaction(text, command, storage_options, check, progress) as tx:
+            yield tx
         return
     assert root is not None
     with _locked(root, text, command, create=create, check=check) as tx:
@@ -211,8 +235,34 @@ def transaction(location: str | os.PathLike[str], command: str, *,
 
 
 @contextmanager
+def _remote_transaction(url: str, command: str, storage_options: dict[str, Any] | None,
+                        check: bool, progress: bool) -> Iterator[Transaction]:
+    """A transaction on a versioned store URL: a work branch, no local copy of the store
+    (:mod:`nfstore.direct`). The URL's local folder is locked first, so a second writer on
+    this machine is refused before it touches the repository."""
+    from nfstore import direct, versioned
+
+    lock = direct.workdir(url)
+    lock.mkdir(parents=True, exist_ok=True)
+    with _layout.writing(lock, command):
+        versioned.refuse_plain(url, storage_options)
+        work = direct.RemoteWork(url, storage_options, command, progress)
+        try:
+            with _locked(work.root, url, command, create=True, check=check, key=url,
+                         remote=work) as tx:
+                yield tx
+        except Exception:
+            try:  # what was written since the last resume point is kept for a rerun
+                work.checkpoint()
+            except Exception:  # noqa: BLE001 (the first error is the one to report)
+                pass
+            raise
+        work.finish()
+
+
+@contextmanager
 def _locked(root: Path, location: str, command: str, *, create: bool, check: bool,
-            key: str | None = None) -> Iterator[Transaction]:
+            key: str | None = None, remote: Any = None) -> Iterator[Transaction]:
     """Hold ``root``'s write lock for one transaction (registered under the folder, and
     under ``key`` (a URL) if given, so nested calls on either join it)."""
     if create:
@@ -222,6 +272,7 @@ def _locked(root: Path, location: str, command: str, *, create: bool, check: boo
         raise SchemaError(f"{location}: expected a NeuroFusion store; found {found} (a new "
                           f"store needs create=True, or open_store(location, mode='a'))")
     tx = Transaction(root, location, command)
+    tx.remote = remote
     with _layout.writing(root, command), registered(tx, key):
         yield tx
         if check and tx.committed:
@@ -246,6 +297,15 @@ def registered(tx: Transaction, *keys: str | None) -> Iterator[Transaction]:
 def active(root: Path) -> Transaction | None:
     """The transaction this context holds on the folder ``root``, if any."""
     return (_ACTIVE.get() or {}).get(str(Path(root).resolve()))
+
+
+def overlay_of(root: str | os.PathLike[str]) -> Any:
+    """The zarr store to read the folder ``root`` through where it is the scratch folder of
+    a transaction on a URL in this context (:mod:`nfstore._overlay`), else None."""
+    if not _ACTIVE.get():
+        return None
+    tx = active(Path(os.fspath(root).removeprefix("file://")))
+    return tx.remote.overlay() if tx is not None and tx.remote is not None else None
 
 
 def replace_path(new: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

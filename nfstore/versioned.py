@@ -328,6 +328,16 @@ def _changes(repo: Any, src: Any, sync: dict[str, Any], head: str, work: Path
     return sorted(fetch), gone
 
 
+def refuse_plain(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """A one-line error where ``url`` holds a plain (unversioned) copy of a store."""
+    if not is_repository(url, storage_options):
+        fs, root = _remote.filesystem(url, storage_options)
+        if fs.exists(f"{root}/zarr.json"):
+            raise OptionError(f"{url}: holds a plain copy of a store, which is read-only here; "
+                              f"writes go to a versioned store: `nf push LOCAL URL` to a new "
+                              f"prefix makes one")
+
+
 @contextmanager
 def publishing(url: str, storage_options: dict[str, Any] | None = None,
                message: str = "nf", progress: bool = False) -> Iterator[Path]:
@@ -339,12 +349,7 @@ def publishing(url: str, storage_options: dict[str, Any] | None = None,
     snapshot, and the working copy keeps the writer's staged progress, so rerunning the same
     command resumes it there and then publishes.
     """
-    if not is_repository(url, storage_options):
-        fs, root = _remote.filesystem(url, storage_options)
-        if fs.exists(f"{root}/zarr.json"):
-            raise OptionError(f"{url}: holds a plain copy of a store, which is read-only here; "
-                              f"writes go to a versioned store: `nf push LOCAL URL` to a new "
-                              f"prefix makes one")
+    refuse_plain(url, storage_options)
     work = working_copy(url)
     head = pull(url, storage_options, progress).snapshot
     yield work
@@ -356,17 +361,21 @@ def publishing(url: str, storage_options: dict[str, Any] | None = None,
 
 def log(url: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The snapshots of ``main``, newest first: id, time, message, metadata."""
+    from nfstore.branches import COMMAND, STEP, published
+
     repo = open_repository(url, storage_options)
     return [{"snapshot": s.id, "written": s.written_at.isoformat(timespec="seconds"),
-             "message": s.message, "metadata": dict(s.metadata or {})}
-            for s in repo.ancestry(branch="main")]
+             "message": (s.metadata or {}).get(COMMAND, s.message) if (
+                 s.metadata or {}).get(STEP) else s.message,
+             "metadata": dict(s.metadata or {})}
+            for s in published(list(repo.ancestry(branch="main")))]
 
 
 def rollback(url: str, snapshot: str, storage_options: dict[str, Any] | None = None) -> None:
     """Move ``main`` back to ``snapshot`` (later snapshots stay listed nowhere but can be
     found by id until the repository is garbage-collected)."""
     repo = open_repository(url, storage_options)
-    known = [s.id for s in repo.ancestry(branch="main")]
+    known = [s["snapshot"] for s in log(url, storage_options)]
     if snapshot not in known:
         raise OptionError(f"snapshot: {snapshot!r} is not in the history of {url}; "
                           f"`nf log {url}` lists {len(known)}")

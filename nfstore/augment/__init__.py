@@ -223,6 +223,17 @@ def _set_attrs(staged: Path, store: Any, subject: str, cfg: AugmentConfig, name:
             store.attrs(subject).get("ingest_fingerprint"), "dtype": dtype})
 
 
+def _betas_ref(tx: Any, subject: str) -> BetasRef:
+    """The measured betas as tasks name them (workers open the store themselves): the local
+    folder, or on a URL the snapshot of the work branch (the scratch folder holds no betas)."""
+    import json
+
+    if tx.remote is not None:
+        return BetasRef(tx.location, subject, json.dumps(tx.remote.opts or {}),
+                        tx.remote.snapshot)
+    return BetasRef(str(tx.root.resolve()), subject)
+
+
 def _augment(store: Any, tx: Any, subject: str, cfg: AugmentConfig, name: str,
              overwrite: bool, dtype: str, progress: bool, t0: float) -> AugmentSummary:
     """Fit the ridge model of one subject and write a synthetic set (see :func:`augment`)."""
@@ -235,7 +246,7 @@ def _augment(store: Any, tx: Any, subject: str, cfg: AugmentConfig, name: str,
     if tx.path(key).exists() and not overwrite:
         raise StoreError(f"name: {subject} already has a synthetic set '{name}' in "
                          f"{tx.location}; pass overwrite=True to replace it or another name")
-    betas = BetasRef(str(tx.root.resolve()), subject)  # workers open the store themselves
+    betas = _betas_ref(tx, subject)
     model, lowrank, timing = fit_model(betas, train, X, int(ds.sizes[VOXEL]), cfg, progress)
     noise = noise_model(model, lowrank, cfg.noise, n, cfg.rank, cfg.seed)
 

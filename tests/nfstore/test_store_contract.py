@@ -67,14 +67,20 @@ class TestVersionedStore(StoreContract):
         versioned.push(seed, url, s3["options"], message="first")
         return url
 
-    def test_a_second_writer_is_refused_before_it_pulls(
+    def test_a_second_writer_is_refused_before_it_opens_a_branch(
             self, location: str, opts: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
         import threading
 
+        from nfstore import direct
+
         pulls: list[str] = []
-        real = versioned.pull
-        monkeypatch.setattr(versioned, "pull",
-                            lambda url, *a, **k: pulls.append(url) or real(url, *a, **k))
+        real = direct.RemoteWork
+
+        def counted(url: str, *a: Any, **k: Any) -> Any:
+            pulls.append(url)
+            return real(url, *a, **k)
+
+        monkeypatch.setattr(direct, "RemoteWork", counted)
         errors: list[BaseException] = []
 
         def second() -> None:  # a thread has a context of its own: it does not join
@@ -88,7 +94,7 @@ class TestVersionedStore(StoreContract):
             thread = threading.Thread(target=second)
             thread.start()
             thread.join()
-        assert len(pulls) == 1 and len(errors) == 1  # the second never touched the copy
+        assert len(pulls) == 1 and len(errors) == 1  # the second never made a branch
         assert "another writer holds the store (process" in str(errors[0])
 
     def test_a_transaction_on_a_new_url_makes_a_versioned_store(
