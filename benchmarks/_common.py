@@ -34,7 +34,8 @@ def nsd_bench_tree(sessions: int = 4, trials: int = 250, grid: tuple[int, int, i
     out = WORK / f"nsd_{sessions}x{trials}_{'x'.join(map(str, grid))}"
     if not (out / "nf_synth_truth.npz").is_file():
         synthesize("nsd", out, overwrite=True, subjects=(1,), sessions=sessions,
-                   trials_per_session=trials, runs_per_session=5, images_per_subject=500,
+                   trials_per_session=trials, runs_per_session=5,
+                   images_per_subject=max(500, -(-sessions * trials // 3)),  # <= 3 shows each
                    shared=50, image_size=32, grid=grid)
     return out
 

@@ -1,4 +1,4 @@
-"""Does the trainer beat the closed-form ridge baseline? (figures for the README)
+"""Does the trainer beat the closed-form ridge baseline? (figures in docs/benchmarks.md)
 
 Planted synthetic stores at three sizes (about 500, 3000 and 10000 train trials per NSD subject,
 two NSD subjects, one BOLD5000 and one GOD subject scaled alongside; tiny random image

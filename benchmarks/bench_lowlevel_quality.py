@@ -1,4 +1,4 @@
-"""The low-level stage on planted synthetic data (figures for the README).
+"""The low-level stage on planted synthetic data (figures in docs/benchmarks.md).
 
 Per seed (0, 1, 2): a small planted NSD store (one subject, tiny image encoder), the tiny
 random SDXL + IP-Adapter of ``nf synth models``, then on the subject's test images:

@@ -1,4 +1,4 @@
-"""``nf serve`` under a bounded load on 127.0.0.1 (figures for the README).
+"""``nf serve`` under a bounded load on 127.0.0.1 (figures in docs/benchmarks.md).
 
 A synthetic NSD subject with 1000 test images and a reconstruction set of 1000 rows (random
 64 px images: rendering and serving cost, not quality), served by ``nf serve`` in its own

@@ -1,4 +1,4 @@
-"""Decoding quality on synthetic data with planted signal (figures for the README).
+"""Decoding quality on synthetic data with planted signal (figures in docs/benchmarks.md).
 
 One store with NSD, BOLD5000 and GOD subjects (tiny random image encoder, ridge-synthesized
 trials for every subject), then: cross-dataset training vs. one dataset at a time, with vs.
@@ -28,7 +28,7 @@ from nftrain.train import train  # noqa: E402
 NEW = "god/sub-03"
 BASE = dict(adapter_dim=256, width=256, depth=2, batch_size=64, epochs=40, lr=1e-3,
             patience=10, val_fraction=0.15, input_noise=0.15, seed=0,
-            ridge_init=False, regression=0.0, select="loss")  # the README's figures: InfoNCE only
+            ridge_init=False, regression=0.0, select="loss")  # docs/benchmarks.md figures: InfoNCE
 
 
 def build_store() -> Path:

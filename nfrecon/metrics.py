@@ -1,6 +1,6 @@
 """The eight image metrics of brain-decoding papers, as the published code computes them.
 
-Variants (``reconstruction.md``, Metrics conventions). The ground truth enters at its native
+Variants (``docs/user-guide/metrics.md``, conventions). The ground truth enters at its native
 size (each image its own: BOLD5000 and GOD images differ), so the convention's own resizing is
 the only one applied to it.
 

@@ -253,7 +253,7 @@ def _by_dataset(subjects: dict[str, dict[str, Any]]) -> dict[str, dict[str, floa
 
 
 # --------------------------------------------------------------------------- tables
-PUBLISHED = {  # reconstruction.md: the paper's Tables 1-3 and the methods they quote
+PUBLISHED = {  # docs/user-guide/metrics.md: the paper's Tables 1-3 and the methods they quote
     "bold5000": [("WAVE", ".050 .194 69.47 78.31 68.41 78.41 .902 .591 20.75"),
                  ("Mind-Vis", ".036 .272 60.56 68.92 64.25 64.47 .938 .593 9.19"),
                  ("BOLD5000", ".036 .374 58.9 64.0 60.2 62.2 .947 .652 10.2"),

@@ -23,7 +23,8 @@ from nfstore.errors import OptionError
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on. The defaults are the recommended setting
-    (``nf train STORE --set subjects=...`` with no ``--config``; README, "Decoder quality").
+    (``nf train STORE --set subjects=...`` with no ``--config``; docs/benchmarks.md, "Decoder
+    quality").
 
     Attributes
     ----------

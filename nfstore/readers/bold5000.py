@@ -1,7 +1,7 @@
 """BOLD5000 reader (release 1 ROI files; release 2 in :mod:`nfstore.readers.bold5000_r2`) ->
 :class:`RawSubject`.
 
-Files (relative to the BOLD5000 root), as the README's BOLD5000 section lists them::
+Files (relative to the BOLD5000 root), as docs/datasets/bold5000.md lists them::
 
     ROIs/CSI{n}/mat/CSI{n}_ROIs_TR{1,2,3,4,5,34}.mat     one (trials x voxels) variable per ROI
     ROIs/CSI{n}/h5/CSI{n}_ROIs_TR{...}.h5                the same; may be transposed (MATLAB)

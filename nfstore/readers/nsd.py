@@ -1,6 +1,6 @@
 """NSD reader: the original NSD release tree -> :class:`RawSubject`.
 
-Files (relative to the NSD root), as the README's NSD section lists them::
+Files (relative to the NSD root), as docs/datasets/nsd.md lists them::
 
     nsddata/experiments/nsd/nsd_expdesign.mat            masterordering, subjectim, sharedix
     nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5         imgBrick (N, H, W, 3) uint8, 0-based rows
