@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import WORK, nsd_bench_tree  # noqa: E402
+from bench_ingest_bold5000_r2 import header  # noqa: E402
 
 import nfstore  # noqa: E402
 from nfstore import versioned  # noqa: E402
@@ -126,6 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=4)
     args = parser.parse_args()
+    print(header())
     raw = nsd_bench_tree(sessions=args.sessions)
     local = WORK / f"direct_seed_{args.sessions}.zarr"
     if not (local / "stimuli").is_dir():
