@@ -38,21 +38,11 @@ _BEHAV = {6: "TIME", 7: "ISOLD", 8: "ISCORRECT", 9: "RT", 10: "CHANGEMIND", 11: 
 
 
 @dataclass(frozen=True)
-class MindEye2SynthConfig:
+class MindEye2SynthConfig(NSDSynthConfig):
     """Sizes of a synthetic bundle: those of its NSD tree (:class:`NSDSynthConfig`, real values
     in brackets there) plus ``new_sessions``, the last sessions left out of ``test/0.tar`` [3]."""
 
-    subjects: tuple[int, ...] = (1, 2)
-    sessions: int = 3
-    trials_per_session: int = 60
-    runs_per_session: int = 4
-    images_per_subject: int = 100
-    shared: int = 20
-    image_size: int = 64
-    grid: tuple[int, int, int] = (20, 24, 20)
-    noise: float = 1.0
     new_sessions: int = 1
-    seed: int = 0
 
     def nsd(self) -> NSDSynthConfig:
         """The settings of the NSD tree the bundle is made from."""
