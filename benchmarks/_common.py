@@ -26,6 +26,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def report_ratio(baseline: str, t_bare: float, t_ingest: float) -> None:
+    """Print an ingest benchmark's times, their ratio and the peak RSS (one format for all)."""
+    print(f"  {baseline:26s}: {t_bare:7.2f} s")
+    print(f"  {'nf ingest':26s}: {t_ingest:7.2f} s")
+    print(f"  {'ratio ingest/bare':26s}: {t_ingest / t_bare:.2f}x")
+    print(f"  {'peak RSS':26s}: {peak_rss_mib():.0f} MiB")
+
+
 def nsd_bench_tree(sessions: int = 4, trials: int = 250, grid: tuple[int, int, int] = (48, 56, 48)
                    ) -> Path:
     """A synthetic NSD tree big enough to time (built once, reused)."""

@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import WORK, peak_rss_mib, timed  # noqa: E402
+from _common import WORK, report_ratio, timed  # noqa: E402
 
 import nfstore  # noqa: E402
 
@@ -96,10 +96,7 @@ def main(argv: list[str] | None = None) -> None:
           f"sessions, grid {shape[:3]}, {summary.trials} trials x "
           f"{summary.voxels['bold5000/CSI1']} brain-mask voxels, {nbytes / 2**20:.0f} MiB "
           f"float32 masked")
-    print(f"  bare nibabel read : {t_bare:7.2f} s")
-    print(f"  nf ingest         : {t_ingest:7.2f} s")
-    print(f"  ratio ingest/bare : {t_ingest / t_bare:.2f}x")
-    print(f"  peak RSS          : {peak_rss_mib():.0f} MiB")
+    report_ratio("bare nibabel read", t_bare, t_ingest)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import WORK, peak_rss_mib, timed  # noqa: E402
+from _common import WORK, report_ratio, timed  # noqa: E402
 from bench_ingest_bold5000_r2 import header  # noqa: E402
 
 import nfstore  # noqa: E402
@@ -137,10 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     print(header())
     print(f"brain-diffuser ({what}): {summary.trials} rows x {summary.voxels['nsd/subj01']} "
           f"voxels, bare read {nbytes / 2**20:.0f} MiB")
-    print(f"  bare read (np.load)       : {t_bare:7.2f} s")
-    print(f"  nf ingest                 : {t_ingest:7.2f} s")
-    print(f"  ratio ingest/bare         : {t_ingest / t_bare:.2f}x")
-    print(f"  peak RSS                  : {peak_rss_mib():.0f} MiB")
+    report_ratio("bare read (np.load)", t_bare, t_ingest)
     assert np.isfinite(t_ingest / t_bare)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import WORK, peak_rss_mib, timed  # noqa: E402
+from _common import WORK, report_ratio, timed  # noqa: E402
 from bench_ingest_bold5000_r2 import header  # noqa: E402
 
 import nfstore  # noqa: E402
@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"things (synthetic, {'tiny' if args.tiny else f'voxel fraction {args.fraction}'}; "
           f"{sizes['sessions']} sessions x {sizes['runs']} runs): {summary.trials} trials x "
           f"{summary.voxels['things/sub-01']} voxels, bare read {nbytes / 2**20:.0f} MiB")
-    print(f"  bare read (h5py + pandas) : {t_bare:7.2f} s")
-    print(f"  nf ingest                 : {t_ingest:7.2f} s")
-    print(f"  ratio ingest/bare         : {t_ingest / t_bare:.2f}x")
-    print(f"  peak RSS                  : {peak_rss_mib():.0f} MiB")
+    report_ratio("bare read (h5py + pandas)", t_bare, t_ingest)
     assert np.isfinite(t_ingest / t_bare)
 
 
