@@ -9,8 +9,10 @@ others, so it sees a subset of the images, as in the real data.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -87,6 +89,28 @@ def _sequence(cfg: BOLD5000SynthConfig, n_images: int, test: np.ndarray,
     return rng.permutation(np.array(seq[:n_trials]))
 
 
+def subject_trials(cfg: Any, seq: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(subject, sessions, image index of each trial) of every subject: the shared trial
+    sequence ``seq`` cut to the subject's sessions (CSI4 has one session less, as in the
+    release)."""
+    per_session = cfg.runs_per_session * cfg.trials_per_run
+    for sub in cfg.subjects:
+        n_sess = cfg.sessions - 1 if sub == 4 else cfg.sessions
+        yield sub, n_sess, seq[: n_sess * per_session]
+
+
+def write_presentation_lists(out: Path, sub: int, files: list[str], n_sess: int, runs: int,
+                             per_run: int) -> None:
+    """Release-1 presentation lists: one file per run, 'rep_' marking test images."""
+    for s in range(n_sess):
+        sd = out / PRESENTATION / f"CSI{sub}" / f"CSI{sub}_sess{s + 1:02d}"
+        sd.mkdir(parents=True, exist_ok=True)
+        for r in range(runs):
+            a = (s * runs + r) * per_run
+            (sd / f"CSI{sub}_sess{s + 1:02d}_run{r + 1:02d}.txt").write_text(
+                "\n".join(files[a:a + per_run]) + "\n")
+
+
 def write_stimuli(out: Path, cfg: BOLD5000SynthConfig, rng: np.random.Generator
                   ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Write the images and the test list (both releases draw them alike from ``rng``).
@@ -117,21 +141,14 @@ def synth_bold5000(out: Path, cfg: BOLD5000SynthConfig = BOLD5000SynthConfig()
     names, z, test, seq = write_stimuli(out, cfg, rng)
     per_session = cfg.runs_per_session * cfg.trials_per_run
     total = 0
-    for sub in cfg.subjects:
-        n_sess = cfg.sessions - 1 if sub == 4 else cfg.sessions
-        trials = seq[: n_sess * per_session]
+    for sub, n_sess, trials in subject_trials(cfg, seq):
         total += trials.size
         files = [("rep_" if i in test else "") + names[i].split("/")[1] for i in trials]
         lists = out / "ROIs/stim_lists"
         lists.mkdir(parents=True, exist_ok=True)
         (lists / f"CSI0{sub}_stim_lists.txt").write_text("\n".join(files) + "\n")
-        for s in range(n_sess):
-            sd = out / PRESENTATION / f"CSI{sub}" / f"CSI{sub}_sess{s + 1:02d}"
-            sd.mkdir(parents=True, exist_ok=True)
-            for r in range(cfg.runs_per_session):
-                a = s * per_session + r * cfg.trials_per_run
-                (sd / f"CSI{sub}_sess{s + 1:02d}_run{r + 1:02d}.txt").write_text(
-                    "\n".join(files[a:a + cfg.trials_per_run]) + "\n")
+        write_presentation_lists(out, sub, files, n_sess, cfg.runs_per_session,
+                                 cfg.trials_per_run)
         _write_rois(out, cfg, sub, z[trials], n_sess, per_session, rng)
     _signal.save_truth(out, latents=z, names=np.array(names))
     return {"subjects": len(cfg.subjects), "images": len(names), "trials": total,

@@ -26,10 +26,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from nfstore.readers.bold5000 import PRESENTATION, ROI_KEYS
+from nfstore.readers.bold5000 import ROI_KEYS
 from nfstore.readers.bold5000_r2 import MISNAMED, ROI_DIRS, betas_name, roi_file_name
 from nfstore.synth import _signal
-from nfstore.synth.bold5000 import write_stimuli
+from nfstore.synth.bold5000 import subject_trials, write_presentation_lists, write_stimuli
 
 MASK_AFFINE = np.array([[2.0, 0, 0, -70], [0, 2, 0, -90], [0, 0, 2, -60], [0, 0, 0, 1]])
 WRONG_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])  # the TYPED files' header (a release bug)
@@ -62,18 +62,6 @@ def _roi_masks(mask: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarr
         ball = ((grid - centre) ** 2).sum(axis=1) <= 4
         out[key] = ball.reshape(mask.shape)
     return out
-
-
-def _write_lists(out: Path, sub: int, files: list[str], n_sess: int, runs: int,
-                 per_run: int) -> None:
-    """Release-1 presentation lists: one file per run, 'rep_' marking test images."""
-    for s in range(n_sess):
-        sd = out / PRESENTATION / f"CSI{sub}" / f"CSI{sub}_sess{s + 1:02d}"
-        sd.mkdir(parents=True, exist_ok=True)
-        for r in range(runs):
-            a = (s * runs + r) * per_run
-            (sd / f"CSI{sub}_sess{s + 1:02d}_run{r + 1:02d}.txt").write_text(
-                "\n".join(files[a:a + per_run]) + "\n")
 
 
 def _write_volumes(out: Path, cfg: Any, sub: int, z: np.ndarray, n_sess: int,
@@ -112,16 +100,14 @@ def synth_release2(out: Path, cfg: Any) -> dict[str, float]:
     t0 = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)  # the calls of release 1, in its order
     names, z, test, seq = write_stimuli(out, cfg, rng)
-    per_session = cfg.runs_per_session * cfg.trials_per_run
     total = 0
-    for sub in cfg.subjects:
-        n_sess = cfg.sessions - 1 if sub == 4 else cfg.sessions
-        trials = seq[: n_sess * per_session]
+    for sub, n_sess, trials in subject_trials(cfg, seq):
         total += trials.size
         bare = [names[i].split("/")[1] for i in trials]
         (out / f"CSI{sub}_imgnames.txt").write_text("\n".join(bare) + "\n")
         files = [("rep_" if i in test else "") + b for i, b in zip(trials, bare)]
-        _write_lists(out, sub, files, n_sess, cfg.runs_per_session, cfg.trials_per_run)
+        write_presentation_lists(out, sub, files, n_sess, cfg.runs_per_session,
+                                 cfg.trials_per_run)
         _write_volumes(out, cfg, sub, z[trials], n_sess, rng)
     _signal.save_truth(out, latents=z, names=np.array(names))
     return {"subjects": len(cfg.subjects), "images": len(names), "trials": total,
